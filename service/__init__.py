@@ -1,0 +1,1 @@
+"""facebridge online side: FastAPI, ONNX Runtime, FAISS, SQL. Never imports torch."""

@@ -1,0 +1,311 @@
+"""Artefact contracts shared by the offline (training) and online (service) sides.
+
+Pure Python + NumPy: no torch, no ONNX Runtime. See docs/ARCHITECTURE.md, "Contracts".
+
+1. Pairs file: ``.npz`` (or a directory of ``.npy``) with ``old`` [N, d_old], ``new`` [N, d_new],
+   ``label`` [N] and optional ``name``, ``path``, ``split``, ...
+2. Transformer artefact: one ONNX file, input ``new_embedding``, output ``old_embedding``,
+   ``metadata_props`` keyed by ``META_*`` below.
+3. Backbone manifest: JSON beside a backbone ONNX, :class:`BackboneManifest`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import ContractError
+
+# ---------------------------------------------------------------------------------------------
+# 1. Pairs file
+# ---------------------------------------------------------------------------------------------
+PAIRS_REQUIRED = ("old", "new", "label")
+PAIRS_OPTIONAL_STRINGS = ("name", "path", "split")
+SPLIT_BRIDGE = "bridge"
+SPLIT_EVAL = "eval"
+
+
+@dataclass(frozen=True)
+class PairsSet:
+    """Row i is one image seen by both models. Vectors are float32 as stored (not normalised).
+
+    ``extra`` holds any other per-row arrays of the file (e.g. ``landmarks5``, ``detected``).
+    """
+
+    old: np.ndarray
+    new: np.ndarray
+    label: np.ndarray
+    name: np.ndarray | None = None
+    path: np.ndarray | None = None
+    split: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    @property
+    def old_dim(self) -> int:
+        return int(self.old.shape[1])
+
+    @property
+    def new_dim(self) -> int:
+        return int(self.new.shape[1])
+
+    def take(self, rows: np.ndarray) -> PairsSet:
+        """The subset at ``rows`` (indices or boolean mask), materialised in memory."""
+        rows = np.asarray(rows)
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.asarray(a[rows])
+
+        return replace(
+            self,
+            old=np.ascontiguousarray(self.old[rows], dtype=np.float32),
+            new=np.ascontiguousarray(self.new[rows], dtype=np.float32),
+            label=np.asarray(self.label[rows]),
+            name=pick(self.name),
+            path=pick(self.path),
+            split=pick(self.split),
+            extra={k: np.asarray(v[rows]) for k, v in self.extra.items()},
+        )
+
+    def select_split(self, split: str | None) -> PairsSet:
+        """Rows whose ``split`` equals ``split``; all rows when ``split`` is None or absent."""
+        if split is None or self.split is None:
+            return self
+        mask = self.split == split
+        if not mask.any():
+            raise ContractError(f"pairs file has no rows with split == {split!r}")
+        return self.take(np.flatnonzero(mask))
+
+
+def _check_pairs(arrays: dict[str, np.ndarray], source: str) -> None:
+    missing = [k for k in PAIRS_REQUIRED if k not in arrays]
+    if missing:
+        raise ContractError(f"{source}: missing required array(s) {', '.join(missing)}")
+    old, new, label = arrays["old"], arrays["new"], arrays["label"]
+    for key, arr in (("old", old), ("new", new)):
+        if arr.ndim != 2:
+            raise ContractError(f"{source}: '{key}' must be 2-D [N, d], got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ContractError(f"{source}: '{key}' must be floating point, got {arr.dtype}")
+        if arr.shape[1] == 0:
+            raise ContractError(f"{source}: '{key}' has dimension 0")
+    if label.ndim != 1 or not np.issubdtype(label.dtype, np.integer):
+        raise ContractError(f"{source}: 'label' must be a 1-D integer array, got {label.dtype} {label.shape}")
+    n = label.shape[0]
+    if n == 0:
+        raise ContractError(f"{source}: no rows")
+    for key, arr in arrays.items():
+        if arr.ndim >= 1 and arr.shape[0] != n:
+            raise ContractError(f"{source}: '{key}' has {arr.shape[0]} rows but 'label' has {n}")
+    for key in ("old", "new"):
+        bad = ~np.isfinite(np.asarray(arrays[key])).all(axis=1)
+        if bad.any():
+            raise ContractError(f"{source}: '{key}' has NaN/inf in {int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])}")
+    if "split" in arrays:
+        allowed = {SPLIT_BRIDGE, SPLIT_EVAL}
+        unknown = set(np.unique(arrays["split"]).tolist()) - allowed
+        if unknown:
+            raise ContractError(f"{source}: 'split' has unknown value(s) {sorted(unknown)}; allowed: bridge, eval")
+
+
+def load_pairs(path: str | Path, *, mmap: bool = True) -> PairsSet:
+    """Load and validate a pairs file (``.npz`` or a directory of ``.npy``; the latter memory-mapped).
+
+    Raises :class:`ContractError` with one clear line when the file breaks the contract.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ContractError(f"pairs file not found: {p}")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        if p.is_dir():
+            files = sorted(p.glob("*.npy"))
+            if not files:
+                raise ContractError(f"{p}: directory holds no .npy files")
+            for f in files:
+                arrays[f.stem] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+        else:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+    except ContractError:
+        raise
+    except Exception as exc:  # numpy raises many kinds for a corrupt file
+        raise ContractError(f"{p}: not a readable pairs file ({type(exc).__name__}: {exc})") from exc
+    _check_pairs(arrays, str(p))
+    named = {k: arrays.pop(k) for k in (*PAIRS_REQUIRED, *PAIRS_OPTIONAL_STRINGS) if k in arrays}
+    return PairsSet(
+        old=named["old"] if mmap and p.is_dir() else np.asarray(named["old"], dtype=np.float32),
+        new=named["new"] if mmap and p.is_dir() else np.asarray(named["new"], dtype=np.float32),
+        label=np.asarray(named["label"]).astype(np.int64),
+        name=None if "name" not in named else np.asarray(named["name"]).astype(str),
+        path=None if "path" not in named else np.asarray(named["path"]).astype(str),
+        split=None if "split" not in named else np.asarray(named["split"]).astype(str),
+        extra=arrays,
+    )
+
+
+def save_pairs(path: str | Path, pairs: PairsSet) -> Path:
+    """Write ``pairs`` as ``.npz`` (a path ending in .npz) or as a directory of ``.npy``."""
+    p = Path(path)
+    arrays: dict[str, np.ndarray] = {
+        "old": np.asarray(pairs.old, dtype=np.float32),
+        "new": np.asarray(pairs.new, dtype=np.float32),
+        "label": np.asarray(pairs.label, dtype=np.int64),
+    }
+    for key in PAIRS_OPTIONAL_STRINGS:
+        value = getattr(pairs, key)
+        if value is not None:
+            arrays[key] = np.asarray(value).astype(str)
+    arrays.update(pairs.extra)
+    _check_pairs(arrays, str(p))
+    if p.suffix == ".npz":
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(p)
+    else:
+        p.mkdir(parents=True, exist_ok=True)
+        for key, arr in arrays.items():
+            np.save(p / f"{key}.npy", arr, allow_pickle=False)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Transformer artefact
+# ---------------------------------------------------------------------------------------------
+TRANSFORMER_INPUT = "new_embedding"
+TRANSFORMER_OUTPUT = "old_embedding"
+FORMAT_VERSION = "1"
+META_PREFIX = "facebridge."
+META_FORMAT_VERSION = "facebridge.format_version"
+META_INPUT_DIM = "facebridge.input_dim"
+META_OUTPUT_DIM = "facebridge.output_dim"
+META_SOURCE_MODEL = "facebridge.source_model"  # the new backbone's model id
+META_TARGET_MODEL = "facebridge.target_model"  # the old model's id
+META_RECIPE = "facebridge.recipe"
+META_CREATED_AT = "facebridge.created_at"
+META_THRESHOLD = "facebridge.threshold"  # recommended decision threshold (cosine), optional
+META_METRICS = "facebridge.metrics"  # JSON object of evaluation metrics, optional
+META_SHA256 = "facebridge.weights_sha256"  # optional; the file's own sha256 lives beside it
+META_REQUIRED = (
+    META_FORMAT_VERSION,
+    META_INPUT_DIM,
+    META_OUTPUT_DIM,
+    META_SOURCE_MODEL,
+    META_TARGET_MODEL,
+    META_RECIPE,
+    META_CREATED_AT,
+)
+
+# Default model ids of the sample kit.
+KIT_OLD_MODEL_ID = "dlib-resnet-v1"
+KIT_NEW_MODEL_ID = "mobilefacenet-128"
+
+
+@dataclass(frozen=True)
+class TransformerMetadata:
+    input_dim: int
+    output_dim: int
+    source_model: str
+    target_model: str
+    recipe: str
+    created_at: str
+    format_version: str = FORMAT_VERSION
+    threshold: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_props(self) -> dict[str, str]:
+        """As ONNX ``metadata_props`` (all strings)."""
+        props = {
+            META_FORMAT_VERSION: self.format_version,
+            META_INPUT_DIM: str(self.input_dim),
+            META_OUTPUT_DIM: str(self.output_dim),
+            META_SOURCE_MODEL: self.source_model,
+            META_TARGET_MODEL: self.target_model,
+            META_RECIPE: self.recipe,
+            META_CREATED_AT: self.created_at,
+        }
+        if self.threshold is not None:
+            props[META_THRESHOLD] = repr(float(self.threshold))
+        if self.metrics:
+            props[META_METRICS] = json.dumps(self.metrics, sort_keys=True)
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], *, source: str = "transformer") -> TransformerMetadata:
+        missing = [k for k in META_REQUIRED if k not in props]
+        if missing:
+            raise ContractError(f"{source}: metadata_props lacks {', '.join(missing)}")
+        try:
+            threshold = float(props[META_THRESHOLD]) if META_THRESHOLD in props else None
+            metrics = json.loads(props[META_METRICS]) if META_METRICS in props else {}
+            return cls(
+                input_dim=int(props[META_INPUT_DIM]),
+                output_dim=int(props[META_OUTPUT_DIM]),
+                source_model=props[META_SOURCE_MODEL],
+                target_model=props[META_TARGET_MODEL],
+                recipe=props[META_RECIPE],
+                created_at=props[META_CREATED_AT],
+                format_version=props[META_FORMAT_VERSION],
+                threshold=threshold,
+                metrics=metrics,
+            )
+        except (ValueError, TypeError) as exc:
+            raise ContractError(f"{source}: malformed metadata_props ({exc})") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Backbone manifest
+# ---------------------------------------------------------------------------------------------
+class BackboneManifest(BaseModel):
+    """JSON beside a backbone ONNX file: how to feed it and what it returns."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model_id: str = Field(min_length=1)
+    file: str = Field(min_length=1, description="ONNX file, relative to the manifest")
+    input_name: str
+    output_name: str
+    layout: Literal["NCHW", "NHWC"]
+    input_size: tuple[int, int] = (112, 112)
+    color: Literal["RGB", "BGR"] = "RGB"
+    mean: float | tuple[float, float, float] = 127.5
+    std: float | tuple[float, float, float] = 127.5
+    output_dim: int = Field(gt=0)
+    output_normalized: bool = False
+    alignment: str = "arcface-5pt-112"
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: float | tuple[float, float, float]) -> float | tuple[float, float, float]:
+        values = v if isinstance(v, tuple) else (v,)
+        if any(s <= 0 for s in values):
+            raise ValueError("std must be positive")
+        return v
+
+
+def load_backbone_manifest(path: str | Path) -> tuple[BackboneManifest, Path]:
+    """Parse a manifest; returns it with the resolved ONNX file path. One clear error line."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+        manifest = BackboneManifest.model_validate(data)
+    except FileNotFoundError as exc:
+        raise ContractError(f"backbone manifest not found: {p}") from exc
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{p}: not valid JSON ({exc})") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ContractError(f"{p}: invalid backbone manifest: {where}: {first['msg']}") from exc
+    onnx_path = (p.parent / manifest.file).resolve()
+    if not onnx_path.is_file():
+        raise ContractError(f"{p}: model file {manifest.file!r} not found beside the manifest")
+    return manifest, onnx_path

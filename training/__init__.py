@@ -1,0 +1,1 @@
+"""facebridge offline side (torch): backbones, pairs, transformers, evaluation, export."""
