@@ -97,7 +97,9 @@ def _check_pairs(arrays: dict[str, np.ndarray], source: str) -> None:
         if arr.shape[1] == 0:
             raise ContractError(f"{source}: '{key}' has dimension 0")
     if label.ndim != 1 or not np.issubdtype(label.dtype, np.integer):
-        raise ContractError(f"{source}: 'label' must be a 1-D integer array, got {label.dtype} {label.shape}")
+        raise ContractError(
+            f"{source}: 'label' must be a 1-D integer array, got {label.dtype} {label.shape}"
+        )
     n = label.shape[0]
     if n == 0:
         raise ContractError(f"{source}: no rows")
@@ -107,12 +109,16 @@ def _check_pairs(arrays: dict[str, np.ndarray], source: str) -> None:
     for key in ("old", "new"):
         bad = ~np.isfinite(np.asarray(arrays[key])).all(axis=1)
         if bad.any():
-            raise ContractError(f"{source}: '{key}' has NaN/inf in {int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])}")
+            raise ContractError(
+                f"{source}: '{key}' has NaN/inf in {int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])}"
+            )
     if "split" in arrays:
         allowed = {SPLIT_BRIDGE, SPLIT_EVAL}
         unknown = set(np.unique(arrays["split"]).tolist()) - allowed
         if unknown:
-            raise ContractError(f"{source}: 'split' has unknown value(s) {sorted(unknown)}; allowed: bridge, eval")
+            raise ContractError(
+                f"{source}: 'split' has unknown value(s) {sorted(unknown)}; allowed: bridge, eval"
+            )
 
 
 def load_pairs(path: str | Path, *, mmap: bool = True) -> PairsSet:
@@ -137,7 +143,9 @@ def load_pairs(path: str | Path, *, mmap: bool = True) -> PairsSet:
     except ContractError:
         raise
     except Exception as exc:  # numpy raises many kinds for a corrupt file
-        raise ContractError(f"{p}: not a readable pairs file ({type(exc).__name__}: {exc})") from exc
+        raise ContractError(
+            f"{p}: not a readable pairs file ({type(exc).__name__}: {exc})"
+        ) from exc
     _check_pairs(arrays, str(p))
     named = {k: arrays.pop(k) for k in (*PAIRS_REQUIRED, *PAIRS_OPTIONAL_STRINGS) if k in arrays}
     return PairsSet(
@@ -239,7 +247,9 @@ class TransformerMetadata:
         return props
 
     @classmethod
-    def from_props(cls, props: dict[str, str], *, source: str = "transformer") -> TransformerMetadata:
+    def from_props(
+        cls, props: dict[str, str], *, source: str = "transformer"
+    ) -> TransformerMetadata:
         missing = [k for k in META_REQUIRED if k not in props]
         if missing:
             raise ContractError(f"{source}: metadata_props lacks {', '.join(missing)}")
@@ -284,7 +294,9 @@ class BackboneManifest(BaseModel):
 
     @field_validator("std")
     @classmethod
-    def _std_positive(cls, v: float | tuple[float, float, float]) -> float | tuple[float, float, float]:
+    def _std_positive(
+        cls, v: float | tuple[float, float, float]
+    ) -> float | tuple[float, float, float]:
         values = v if isinstance(v, tuple) else (v,)
         if any(s <= 0 for s in values):
             raise ValueError("std must be positive")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def as_float32_matrix(x: np.ndarray, *, dim: int | None = None, name: str = "vectors") -> np.ndarray:
+def as_float32_matrix(
+    x: np.ndarray, *, dim: int | None = None, name: str = "vectors"
+) -> np.ndarray:
     """Return ``x`` as a C-contiguous float32 [n, d] array (what FAISS and ORT require)."""
     from service.errors import ContractError
 

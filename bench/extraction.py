@@ -1,0 +1,142 @@
+"""Extraction throughput vs raw ONNX Runtime throughput of the same backbone, in the same run.
+
+Extraction (``facebridge pairs extract --aligned``: read + decode JPEG crops, preprocess, run the
+old and the new backbone, normalise, write chunks, join) is compared with the bare
+``session.run`` time of the same backbone(s) on already preprocessed tensors, same batch size
+and intra-op threads. Both sides are the kit's MobileFaceNet, so the raw reference runs it twice
+per batch too. Without the kit, synthetic crops and a small synthetic ONNX backbone are used
+(and the table says so). Target: ratio >= 0.9.
+
+    .venv/bin/python bench/extraction.py [--images 1024] [--batch-size 64] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def synthetic_setup(work: Path, n: int) -> tuple[Path, Path]:
+    """Random 112x112 JPEG crops under work/crops/<id>/ and a small conv ONNX backbone."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        folder = work / "crops" / f"id{k // 4:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{k:06d}.jpg", quality=95)
+    conv = numpy_helper.from_array(rng.standard_normal((32, 3, 3, 3)).astype(np.float32), "w1")
+    proj = numpy_helper.from_array(rng.standard_normal((32, 128)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("GlobalAveragePool", ["r1"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "w2"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "synthetic",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 112, 112])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", 128])],
+        initializer=[conv, proj],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(work / "synthetic.onnx"))
+    manifest = work / "synthetic.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "model_id": "synthetic-conv",
+                "file": "synthetic.onnx",
+                "input_name": "input",
+                "output_name": "embedding",
+                "layout": "NCHW",
+                "output_dim": 128,
+            }
+        )
+    )
+    return work / "crops", manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="best of N for both measurements")
+    args = parser.parse_args(argv)
+
+    from service.inference.backbone import OnnxBackbone
+    from service.inference.images import read_image_file
+    from service.inference.preprocess import preprocess
+    from service.kit import find_kit_dir, kit_backbone_manifest
+    from training.data.extract import extract_pairs, list_image_folder
+
+    with tempfile.TemporaryDirectory(prefix="facebridge-bench-") as tmp:
+        work = Path(tmp)
+        kit = find_kit_dir()
+        if kit is not None:
+            crops_dir, manifest, source = (
+                kit / "lfw" / "aligned",
+                kit_backbone_manifest(kit),
+                "kit aligned/ crops + kit MobileFaceNet",
+            )
+        else:
+            crops_dir, manifest = synthetic_setup(work, args.images)
+            source = "SYNTHETIC crops + synthetic conv backbone (kit absent)"
+        records = list_image_folder(crops_dir, limit=args.images)
+        n = len(records)
+
+        # Raw ONNX Runtime: the same backbone twice per batch (old + new side), tensors ready.
+        backbone = OnnxBackbone(manifest, intra_op_threads=args.threads, batch_size=args.batch_size)
+        crops = np.stack([read_image_file(crops_dir / r.relpath) for r in records])
+        tensors = [
+            preprocess(crops[i : i + args.batch_size], manifest=backbone.manifest)
+            for i in range(0, n, args.batch_size)
+        ]
+        # Interleaved (raw, extraction) rounds, best of each: the machine is shared.
+        raw_seconds, extract_seconds = [], []
+        for repeat in range(args.repeats):
+            started = time.perf_counter()
+            for tensor in tensors:
+                backbone.run_tensor(tensor)
+                backbone.run_tensor(tensor)
+            raw_seconds.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            result = extract_pairs(
+                images_dir=crops_dir,
+                old=str(manifest),
+                new=str(manifest),
+                output=work / f"pairs{repeat}.npz",
+                aligned=True,
+                batch_size=args.batch_size,
+                threads=args.threads,
+                limit=n,
+                progress=False,
+            )
+            extract_seconds.append(time.perf_counter() - started)
+            assert result.rows == n, (result.rows, n)
+
+    raw_rate = n / min(raw_seconds)
+    extract_rate = n / min(extract_seconds)
+    print(f"source: {source}; {n} images; batch {args.batch_size}; threads {args.threads}")
+    print("| measurement | images/s |\n|---|---|")
+    print(f"| raw ONNX Runtime (old + new backbone runs only) | {raw_rate:.1f} |")
+    print(f"| facebridge pairs extract --aligned (end to end) | {extract_rate:.1f} |")
+    print(f"| ratio extraction / raw (target >= 0.9) | {extract_rate / raw_rate:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Everything under /v1/admin: transformer versions and API keys. Every route needs ``admin``.
+
+The admin check sits on the ROUTER (``dependencies=``), so a route added here later cannot
+forget it; a test enumerates ``app.routes`` under /v1/admin and proves 401/403 for each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Path, Response, UploadFile, status
+
+from service import keys
+from service.api.deps import (
+    SCOPE_ADMIN,
+    DbSession,
+    MultipartBody,
+    StateDep,
+    require_scope,
+)
+from service.api.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyInfo,
+    ApiKeyList,
+    TransformerInfo,
+    TransformerList,
+    problem_responses,
+)
+from service.api.uploads import check_media_type
+from service.errors import InvalidInput
+from service.registry import store as registry
+
+router = APIRouter(
+    prefix="/v1/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_scope(SCOPE_ADMIN))],
+)
+
+Version = Annotated[str, Path(min_length=1, max_length=64, description="transformer version")]
+ONNX_MEDIA_TYPES = frozenset({"application/onnx", "application/x-onnx", "application/protobuf"})
+
+
+def _transformer(info: registry.TransformerInfo) -> TransformerInfo:
+    return TransformerInfo(
+        version=info.version,
+        sha256=info.sha256,
+        input_dim=info.input_dim,
+        output_dim=info.output_dim,
+        source_model=info.source_model,
+        target_model=info.target_model,
+        recipe=info.recipe,
+        threshold=info.threshold,
+        metrics=dict(info.metrics),
+        active=info.active,
+        uploaded_at=info.created_at,
+        activated_at=info.activated_at,
+    )
+
+
+async def _refresh_holder(state: Any) -> None:
+    """Make THIS worker serve the new active version now (others follow via the poller)."""
+    await state.pool.run(state.holder.refresh)
+
+
+@router.post(
+    "/transformers",
+    operation_id="uploadTransformer",
+    summary="Upload and validate a transformer (ONNX)",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TransformerInfo,
+    responses={
+        200: {"model": TransformerInfo, "description": "identical file already uploaded"},
+        **problem_responses(403, 413, 415, 422),
+    },
+)
+async def upload_transformer(
+    state: StateDep,
+    response: Response,
+    _multipart: MultipartBody,
+    file: Annotated[UploadFile, File(description="the transformer ONNX file")],
+    activate: Annotated[bool, Form(description="activate it once validated")] = False,
+    note: Annotated[str | None, Form(max_length=2000)] = None,
+) -> TransformerInfo:
+    """Validated against the artefact contract, the backbone and the gallery; a file that fails
+    is refused (422) and nothing is stored, the active version unchanged."""
+    check_media_type(file, allowed=ONNX_MEDIA_TYPES, what="transformer file")
+    data = await file.read()
+    if not data:
+        raise InvalidInput("empty file: the upload has no bytes")
+    info = await state.pool.run(
+        registry.upload_transformer,
+        session_factory=state.session_factory,
+        settings=state.settings,
+        data=data,
+        activate=activate,
+        note=note,
+    )
+    if activate:
+        await _refresh_holder(state)
+    if not getattr(info, "created", True):
+        response.status_code = status.HTTP_200_OK
+    return _transformer(info)
+
+
+@router.get(
+    "/transformers",
+    operation_id="listTransformers",
+    summary="List transformer versions",
+    response_model=TransformerList,
+    responses=problem_responses(403),
+)
+def list_transformers(state: StateDep, session: DbSession) -> TransformerList:
+    items = [
+        _transformer(info)
+        for info in registry.list_transformers(session=session, settings=state.settings)
+    ]
+    active = next((item.version for item in items if item.active), None)
+    return TransformerList(items=items, active=active)
+
+
+@router.get(
+    "/transformers/{version}",
+    operation_id="getTransformer",
+    summary="One transformer version",
+    response_model=TransformerInfo,
+    responses=problem_responses(403, 404),
+)
+def get_transformer(version: Version, state: StateDep, session: DbSession) -> TransformerInfo:
+    return _transformer(
+        registry.get_transformer(session=session, settings=state.settings, version=version)
+    )
+
+
+@router.post(
+    "/transformers/rollback",
+    operation_id="rollbackTransformer",
+    summary="Re-activate the previously active version",
+    response_model=TransformerInfo,
+    responses=problem_responses(403, 409),
+)
+async def rollback_transformer(state: StateDep) -> TransformerInfo:
+    info = await state.pool.run(
+        registry.rollback_transformer,
+        session_factory=state.session_factory,
+        settings=state.settings,
+    )
+    await _refresh_holder(state)
+    return _transformer(info)
+
+
+@router.post(
+    "/transformers/{version}/activate",
+    operation_id="activateTransformer",
+    summary="Activate a transformer version (hot swap)",
+    response_model=TransformerInfo,
+    responses=problem_responses(403, 404, 409, 422),
+)
+async def activate_transformer(version: Version, state: StateDep) -> TransformerInfo:
+    """In-flight requests finish on the version they started with; other workers follow
+    within ``generation_poll_seconds``."""
+    info = await state.pool.run(
+        registry.activate_transformer,
+        session_factory=state.session_factory,
+        settings=state.settings,
+        version=version,
+    )
+    await _refresh_holder(state)
+    return _transformer(info)
+
+
+@router.delete(
+    "/transformers/{version}",
+    operation_id="deleteTransformer",
+    summary="Delete an inactive transformer version",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(403, 404, 409),
+)
+def delete_transformer(version: Version, state: StateDep) -> Response:
+    """Never the active one (409)."""
+    registry.delete_transformer(
+        session_factory=state.session_factory, settings=state.settings, version=version
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _key(info: Any, *, secret: str | None = None) -> dict[str, Any]:
+    data = asdict(info) if is_dataclass(info) else dict(vars(info))
+    scopes = data.get("scopes") or ()
+    if isinstance(scopes, str):
+        scopes = [s for s in scopes.split(",") if s]
+    out = {
+        "id": data["id"],
+        "name": data.get("name") or "",
+        "scopes": list(scopes),
+        "prefix": data.get("prefix"),
+        "created_at": data.get("created_at"),
+        "revoked": bool(data.get("revoked") or data.get("revoked_at")),
+    }
+    if secret is not None:
+        out["key"] = secret
+    return out
+
+
+@router.post(
+    "/keys",
+    operation_id="createApiKey",
+    summary="Create an API key (the secret is shown once)",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyCreated,
+    responses=problem_responses(403, 422),
+)
+def create_api_key(body: ApiKeyCreate, session: DbSession) -> ApiKeyCreated:
+    info, secret = keys.create_key(session=session, scopes=list(body.scopes), name=body.name)
+    return ApiKeyCreated(**_key(info, secret=secret))
+
+
+@router.get(
+    "/keys",
+    operation_id="listApiKeys",
+    summary="List API keys (never their secrets)",
+    response_model=ApiKeyList,
+    responses=problem_responses(403),
+)
+def list_api_keys(session: DbSession) -> ApiKeyList:
+    return ApiKeyList(items=[ApiKeyInfo(**_key(info)) for info in keys.list_keys(session=session)])
+
+
+@router.delete(
+    "/keys/{key_id}",
+    operation_id="revokeApiKey",
+    summary="Revoke an API key",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(403, 404),
+)
+def revoke_api_key(key_id: Annotated[int, Path(ge=1)], session: DbSession) -> Response:
+    keys.revoke_key(session=session, key_id=key_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

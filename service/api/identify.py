@@ -1,0 +1,119 @@
+"""POST /v1/identify and POST /v1/verify."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+
+from service.api.deps import IdentifyScope, MultipartBody, StateDep
+from service.api.schemas import (
+    Candidate,
+    IdentifyResponse,
+    IdentifyResult,
+    Timings,
+    VerifyResponse,
+    problem_responses,
+)
+from service.api.uploads import read_images
+from service.pipeline import Candidate as PipelineCandidate
+from service.pipeline import IdentifyOutcome
+
+router = APIRouter(prefix="/v1", tags=["identify"])
+
+ImageParts = Annotated[
+    list[UploadFile],
+    File(
+        description="one or more images (JPEG/PNG/WebP): aligned 112x112 crops or photos; "
+        "several parts named `image` form a batch answered in order"
+    ),
+]
+TopK = Annotated[int, Query(ge=1, le=100, description="candidates per image")]
+Threshold = Annotated[
+    float | None,
+    Query(
+        ge=-1.0,
+        le=1.0,
+        description="decision threshold (cosine); default: the active transformer's "
+        "recommended threshold, else the service default",
+    ),
+]
+
+
+def _candidate(c: PipelineCandidate) -> Candidate:
+    return Candidate(
+        identity_id=c.identity_id, external_id=c.external_id, name=c.name, score=c.score
+    )
+
+
+def _result(outcome: IdentifyOutcome) -> IdentifyResult:
+    return IdentifyResult(
+        index=outcome.index,
+        filename=outcome.filename,
+        candidates=[_candidate(c) for c in outcome.candidates],
+        match=None if outcome.match is None else _candidate(outcome.match),
+        backbone=outcome.backbone,
+        transformer=outcome.transformer,
+        timings=Timings(**outcome.timings.as_ms()),
+    )
+
+
+@router.post(
+    "/identify",
+    operation_id="identify",
+    summary="Who is in these images?",
+    response_model=IdentifyResponse,
+    responses=problem_responses(403, 413, 415, 422, 503),
+)
+async def identify(
+    state: StateDep,
+    _auth: IdentifyScope,
+    _multipart: MultipartBody,
+    image: ImageParts,
+    top_k: TopK = 5,
+    threshold: Threshold = None,
+) -> IdentifyResponse:
+    """Nearest identities in the gallery for each image (new backbone -> active transformer)."""
+    uploads = await read_images(image, max_images=state.settings.max_batch_images)
+    outcomes, decision = await state.pool.run(
+        state.pipeline.identify, images=uploads, top_k=top_k, threshold=threshold
+    )
+    state.metrics.images.labels(operation="identify").inc(len(outcomes))
+    return IdentifyResponse(results=[_result(o) for o in outcomes], top_k=top_k, threshold=decision)
+
+
+@router.post(
+    "/verify",
+    operation_id="verify",
+    summary="Is this image that identity?",
+    response_model=VerifyResponse,
+    responses=problem_responses(403, 404, 413, 415, 422, 503),
+)
+async def verify(
+    state: StateDep,
+    _auth: IdentifyScope,
+    _multipart: MultipartBody,
+    image: Annotated[UploadFile, File(description="one image (aligned crop or photo)")],
+    identity_id: Annotated[int, Form(description="the identity to compare with")],
+    threshold: Threshold = None,
+) -> VerifyResponse:
+    """Best cosine between the image and the identity's gallery vectors, and the decision."""
+    (upload,) = await read_images([image], max_images=1)
+    vectors_of = state.extras["identity_vectors"]
+    score, face_id, decision, mapped = await state.pool.run(
+        state.pipeline.verify,
+        image=upload,
+        identity_vectors=lambda: vectors_of(identity_id),
+        threshold=threshold,
+    )
+    state.metrics.images.labels(operation="verify").inc()
+    return VerifyResponse(
+        identity_id=identity_id,
+        score=score,
+        threshold=decision,
+        match=face_id is not None and score >= decision,
+        face_id=face_id,
+        backbone=mapped.backbone,
+        transformer=mapped.transformer,
+        timings=Timings(**mapped.timings[0].as_ms()),
+    )

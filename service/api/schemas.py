@@ -1,0 +1,432 @@
+"""Request and response bodies of the HTTP API (pydantic), each with an OpenAPI example."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scope = Literal["identify", "enrol", "admin"]
+
+_TIMINGS_EXAMPLE = {
+    "decode_ms": 0.9,
+    "align_ms": 0.1,
+    "embed_ms": 12.4,
+    "map_ms": 0.2,
+    "search_ms": 0.3,
+    "lookup_ms": 1.1,
+    "total_ms": 15.2,
+}
+_CANDIDATE_EXAMPLE = {
+    "identity_id": 42,
+    "external_id": "emp-0042",
+    "name": "Ada Lovelace",
+    "score": 0.83,
+}
+
+
+def _example(value: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [value]}, from_attributes=True)
+
+
+class Problem(BaseModel):
+    """Every error (RFC 9457 problem+json)."""
+
+    model_config = _example(
+        {
+            "type": "https://facebridge.dev/problems/no-face",
+            "title": "No face found",
+            "status": 422,
+            "detail": "image 0: no face found by the dlib detector",
+            "code": "no-face",
+            "instance": "/v1/identify",
+            "request_id": "5f0c1e0b9d0a4b7e8f1e2d3c4b5a6978",
+        }
+    )
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    request_id: str | None = None
+
+
+class Timings(BaseModel):
+    """Milliseconds per stage for one image (stages shared by a batch are split evenly)."""
+
+    model_config = _example(_TIMINGS_EXAMPLE)
+    decode_ms: float
+    align_ms: float
+    embed_ms: float
+    map_ms: float
+    search_ms: float
+    lookup_ms: float
+    total_ms: float
+
+
+class Candidate(BaseModel):
+    model_config = _example(_CANDIDATE_EXAMPLE)
+    identity_id: int
+    external_id: str | None
+    name: str | None
+    score: float = Field(description="cosine similarity in the old model's space")
+
+
+class IdentifyResult(BaseModel):
+    """The answer for one uploaded image, in upload order."""
+
+    model_config = _example(
+        {
+            "index": 0,
+            "filename": "probe.jpg",
+            "candidates": [_CANDIDATE_EXAMPLE],
+            "match": _CANDIDATE_EXAMPLE,
+            "backbone": "mobilefacenet-128",
+            "transformer": "tf-20260101-ab12cd34",
+            "timings": _TIMINGS_EXAMPLE,
+        }
+    )
+    index: int
+    filename: str | None = None
+    candidates: list[Candidate]
+    match: Candidate | None = Field(
+        description="the top candidate when its score >= threshold, else null"
+    )
+    backbone: str = Field(description="model id of the backbone used")
+    transformer: str | None = Field(description="transformer version used (null: identity map)")
+    timings: Timings
+
+
+class IdentifyResponse(BaseModel):
+    model_config = _example(
+        {
+            "results": [IdentifyResult.model_config["json_schema_extra"]["examples"][0]],  # type: ignore[index]
+            "top_k": 5,
+            "threshold": 0.5,
+        }
+    )
+    results: list[IdentifyResult]
+    top_k: int
+    threshold: float
+
+
+class VerifyResponse(BaseModel):
+    model_config = _example(
+        {
+            "identity_id": 42,
+            "score": 0.71,
+            "threshold": 0.5,
+            "match": True,
+            "face_id": 1001,
+            "backbone": "mobilefacenet-128",
+            "transformer": "tf-20260101-ab12cd34",
+            "timings": _TIMINGS_EXAMPLE,
+        }
+    )
+    identity_id: int
+    score: float = Field(description="best cosine similarity over the identity's faces")
+    threshold: float
+    match: bool = Field(description="score >= threshold")
+    face_id: int | None = Field(description="the identity's face that scored best")
+    backbone: str
+    transformer: str | None
+    timings: Timings
+
+
+class IdentityCreate(BaseModel):
+    model_config = _example({"external_id": "emp-0042", "name": "Ada Lovelace"})
+    external_id: str | None = Field(default=None, min_length=1, max_length=255)
+    name: str | None = Field(default=None, max_length=255)
+
+
+class IdentityUpdate(BaseModel):
+    model_config = _example({"name": "Ada King, Countess of Lovelace"})
+    external_id: str | None = Field(default=None, min_length=1, max_length=255)
+    name: str | None = Field(default=None, max_length=255)
+
+
+class Face(BaseModel):
+    model_config = _example(
+        {
+            "id": 1001,
+            "identity_id": 42,
+            "source": "mapped",
+            "transformer_version": "tf-20260101-ab12cd34",
+            "created_at": "2026-01-01T12:00:00Z",
+        }
+    )
+    id: int
+    identity_id: int
+    source: str = Field(description="'legacy' (imported old-model vector) or 'mapped'")
+    transformer_version: str | None
+    created_at: datetime | None = None
+
+
+class Identity(BaseModel):
+    model_config = _example(
+        {
+            "id": 42,
+            "external_id": "emp-0042",
+            "name": "Ada Lovelace",
+            "face_count": 2,
+            "created_at": "2026-01-01T12:00:00Z",
+            "updated_at": "2026-01-01T12:00:00Z",
+        }
+    )
+    id: int
+    external_id: str | None
+    name: str | None
+    face_count: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class IdentityDetail(Identity):
+    model_config = _example(
+        {
+            "id": 42,
+            "external_id": "emp-0042",
+            "name": "Ada Lovelace",
+            "face_count": 1,
+            "created_at": "2026-01-01T12:00:00Z",
+            "updated_at": "2026-01-01T12:00:00Z",
+            "faces": [
+                {
+                    "id": 1001,
+                    "identity_id": 42,
+                    "source": "legacy",
+                    "transformer_version": None,
+                    "created_at": "2026-01-01T12:00:00Z",
+                }
+            ],
+        }
+    )
+    faces: list[Face] = []
+
+
+class IdentityPage(BaseModel):
+    model_config = _example(
+        {
+            "items": [
+                {
+                    "id": 42,
+                    "external_id": "emp-0042",
+                    "name": "Ada Lovelace",
+                    "face_count": 2,
+                    "created_at": "2026-01-01T12:00:00Z",
+                    "updated_at": "2026-01-01T12:00:00Z",
+                }
+            ],
+            "total": 1,
+            "limit": 50,
+            "offset": 0,
+        }
+    )
+    items: list[Identity]
+    total: int
+    limit: int
+    offset: int
+
+
+class EnrolResponse(BaseModel):
+    model_config = _example(
+        {
+            "identity_id": 42,
+            "faces": [
+                {
+                    "id": 1002,
+                    "identity_id": 42,
+                    "source": "mapped",
+                    "transformer_version": "tf-20260101-ab12cd34",
+                    "created_at": "2026-01-01T12:00:00Z",
+                }
+            ],
+            "backbone": "mobilefacenet-128",
+            "transformer": "tf-20260101-ab12cd34",
+        }
+    )
+    identity_id: int
+    faces: list[Face]
+    backbone: str
+    transformer: str | None
+
+
+class GalleryImportResponse(BaseModel):
+    model_config = _example(
+        {"rows": 1431, "identities_created": 1431, "identities_updated": 0, "faces_added": 1431}
+    )
+    rows: int
+    identities_created: int
+    identities_updated: int
+    faces_added: int
+    details: dict[str, Any] = {}
+
+
+class GalleryStats(BaseModel):
+    model_config = _example(
+        {
+            "identities": 1431,
+            "faces": 1431,
+            "index_vectors": 1431,
+            "dim": 128,
+            "consistent": True,
+            "faces_by_source": {"legacy": 1431},
+            "details": {},
+        }
+    )
+    identities: int
+    faces: int
+    index_vectors: int
+    dim: int | None
+    consistent: bool
+    faces_by_source: dict[str, int] = {}
+    details: dict[str, Any] = {}
+
+
+class TransformerInfo(BaseModel):
+    model_config = _example(
+        {
+            "version": "tf-20260101-ab12cd34",
+            "sha256": "ab12cd34" + "0" * 56,
+            "input_dim": 128,
+            "output_dim": 128,
+            "source_model": "mobilefacenet-128",
+            "target_model": "dlib-resnet-v1",
+            "recipe": "ridge",
+            "threshold": 0.5,
+            "metrics": {"top1": 92.1},
+            "active": True,
+            "created_at": "2026-01-01T12:00:00Z",
+            "uploaded_at": "2026-01-01T12:05:00Z",
+            "activated_at": "2026-01-01T12:06:00Z",
+        }
+    )
+    version: str
+    sha256: str
+    input_dim: int
+    output_dim: int
+    source_model: str
+    target_model: str
+    recipe: str
+    threshold: float | None = None
+    metrics: dict[str, Any] = {}
+    active: bool
+    created_at: str | None = None
+    uploaded_at: datetime | None = None
+    activated_at: datetime | None = None
+
+
+class TransformerList(BaseModel):
+    model_config = _example(
+        {
+            "items": [TransformerInfo.model_config["json_schema_extra"]["examples"][0]],  # type: ignore[index]
+            "active": "tf-20260101-ab12cd34",
+        }
+    )
+    items: list[TransformerInfo]
+    active: str | None
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = _example({"name": "kiosk-3", "scopes": ["identify"]})
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[Scope] = Field(min_length=1)
+
+
+class ApiKeyInfo(BaseModel):
+    model_config = _example(
+        {
+            "id": 3,
+            "name": "kiosk-3",
+            "scopes": ["identify"],
+            "prefix": "fb_3k9x",
+            "created_at": "2026-01-01T12:00:00Z",
+            "revoked": False,
+        }
+    )
+    id: int
+    name: str
+    scopes: list[str]
+    prefix: str | None = None
+    created_at: datetime | None = None
+    revoked: bool = False
+
+
+class ApiKeyCreated(ApiKeyInfo):
+    model_config = _example(
+        {
+            "id": 3,
+            "name": "kiosk-3",
+            "scopes": ["identify"],
+            "prefix": "fb_3k9x",
+            "created_at": "2026-01-01T12:00:00Z",
+            "revoked": False,
+            "key": "fb_3k9x...the whole secret, shown once",
+        }
+    )
+    key: str = Field(description="the secret; shown once, stored only as a hash")
+
+
+class ApiKeyList(BaseModel):
+    model_config = _example(
+        {"items": [ApiKeyInfo.model_config["json_schema_extra"]["examples"][0]]}  # type: ignore[index]
+    )
+    items: list[ApiKeyInfo]
+
+
+class Health(BaseModel):
+    model_config = _example({"status": "ok"})
+    status: str
+
+
+class Readiness(BaseModel):
+    model_config = _example(
+        {
+            "status": "ready",
+            "checks": {
+                "database": "ok",
+                "backbone": "mobilefacenet-128",
+                "transformer": "tf-20260101-ab12cd34",
+                "index": "ok: 1431 vectors, consistent with SQL",
+            },
+            "ready": True,
+        }
+    )
+    status: str
+    ready: bool
+    checks: dict[str, str]
+
+
+_PROBLEM_TITLES = {
+    401: ("unauthorized", "Missing or unknown API key"),
+    403: ("forbidden", "API key lacks the required scope"),
+    404: ("not-found", "Not found"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("invalid-input", "Invalid input"),
+    503: ("unavailable", "Service not ready"),
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the problem+json errors a route can answer."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({401, 422, *statuses}):
+        code, title = _PROBLEM_TITLES[status]
+        example = {
+            "type": f"https://facebridge.dev/problems/{code}",
+            "title": title,
+            "status": status,
+            "detail": title,
+            "code": code,
+            "request_id": "5f0c1e0b9d0a4b7e8f1e2d3c4b5a6978",
+        }
+        out[status] = {
+            "model": Problem,
+            "description": title,
+            "content": {"application/problem+json": {"example": example}},
+        }
+    return out

@@ -1,0 +1,415 @@
+"""``facebridge service|db|gallery|transformers|keys`` commands. They work on the database
+directly (no HTTP), with settings from the environment (``FACEBRIDGE_*``).
+
+Each command is a thin wrapper over a plain function with keyword-only arguments (also used
+in-process, e.g. by the demo): :func:`db_upgrade`, :func:`gallery_import`,
+:func:`gallery_rebuild`, :func:`transformers_upload`, :func:`keys_create`.
+Every command except ``service run`` first brings the schema to the newest migration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.settings import ServiceSettings
+
+serve_app = typer.Typer(help="Run the HTTP service.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+gallery_app = typer.Typer(
+    help="The gallery: import legacy vectors, rebuild the index, stats.", no_args_is_help=True
+)
+transformers_app = typer.Typer(
+    help="Transformer versions: upload, list, activate, roll back, delete.", no_args_is_help=True
+)
+keys_app = typer.Typer(
+    help="API keys (shown once at creation, stored hashed).", no_args_is_help=True
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain functions (keyword-only)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Storage:
+    """Settings + engine + session factory for one command (disposed on exit)."""
+
+    settings: ServiceSettings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+
+
+@contextmanager
+def open_storage(
+    *, settings: ServiceSettings | None = None, upgrade: bool = True
+) -> Iterator[Storage]:
+    """Engine and sessions for ``settings`` (default: from env); upgrades the schema first."""
+    from service.db.session import make_engine, make_session_factory, upgrade_database
+
+    settings = settings or ServiceSettings()
+    if upgrade:
+        upgrade_database(url=settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        yield Storage(
+            settings=settings, engine=engine, session_factory=make_session_factory(engine)
+        )
+    finally:
+        engine.dispose()
+
+
+def db_upgrade(*, settings: ServiceSettings | None = None, revision: str = "head") -> str | None:
+    """``alembic upgrade <revision>`` on the configured database; returns the new revision."""
+    from service.db.session import current_revision, make_engine, upgrade_database
+
+    settings = settings or ServiceSettings()
+    upgrade_database(url=settings.database_url, revision=revision)
+    engine = make_engine(settings.database_url)
+    try:
+        return current_revision(engine=engine)
+    finally:
+        engine.dispose()
+
+
+def gallery_import(
+    *,
+    path: Path,
+    settings: ServiceSettings | None = None,
+    model_id: str | None = None,
+    format: str | None = None,
+) -> Any:
+    """Import a legacy gallery file into SQL, update and save the FAISS index. ImportReport."""
+    from service.gallery.importer import import_gallery
+    from service.gallery.store import open_gallery, save_gallery, set_faiss_threads
+
+    with open_storage(settings=settings) as storage:
+        set_faiss_threads(storage.settings.faiss_threads)
+        index, _ = open_gallery(session_factory=storage.session_factory, settings=storage.settings)
+        report = import_gallery(
+            session_factory=storage.session_factory,
+            index=index,
+            source=path,
+            format=format,  # type: ignore[arg-type]
+            model_id=model_id,
+            settings=storage.settings,
+        )
+        save_gallery(index=index, settings=storage.settings)
+        return report
+
+
+def gallery_rebuild(*, settings: ServiceSettings | None = None) -> Any:
+    """Rebuild the FAISS index from SQL and save it; returns the ConsistencyReport after."""
+    from service.gallery.store import (
+        check_consistency,
+        rebuild_from_sql,
+        save_gallery,
+        set_faiss_threads,
+    )
+
+    with open_storage(settings=settings) as storage:
+        set_faiss_threads(storage.settings.faiss_threads)
+        with storage.session_factory() as session:
+            index = rebuild_from_sql(session=session, settings=storage.settings)
+            save_gallery(index=index, settings=storage.settings)
+            return check_consistency(session=session, index=index)
+
+
+def transformers_upload(
+    *,
+    path: Path,
+    settings: ServiceSettings | None = None,
+    activate: bool = False,
+    note: str | None = None,
+) -> Any:
+    """Validate and store a transformer ONNX file; optionally activate it. TransformerInfo."""
+    from service.errors import InvalidInput
+    from service.registry.store import upload_transformer
+
+    if not Path(path).is_file():
+        raise InvalidInput(f"transformer file not found: {path}")
+    with open_storage(settings=settings) as storage:
+        return upload_transformer(
+            session_factory=storage.session_factory,
+            settings=storage.settings,
+            data=Path(path).read_bytes(),
+            activate=activate,
+            note=note,
+        )
+
+
+def keys_create(
+    *, scopes: list[str], name: str | None = None, settings: ServiceSettings | None = None
+) -> tuple[Any, str]:
+    """Create an API key; returns (ApiKeyInfo, plaintext)."""
+    from service.keys import create_key
+
+    with open_storage(settings=settings) as storage, storage.session_factory() as session:
+        return create_key(session=session, scopes=scopes, name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(_jsonable(value), indent=2, sort_keys=True))
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        typer.echo("(none)")
+        return
+    cells = [[str("" if r.get(c) is None else r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+# ---------------------------------------------------------------------------------------------
+# service
+# ---------------------------------------------------------------------------------------------
+@serve_app.command("run")
+def serve_run(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default FACEBRIDGE_HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default FACEBRIDGE_PORT).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default FACEBRIDGE_WORKERS).")
+    ] = None,
+) -> None:
+    """Serve the HTTP API with uvicorn (factory ``service.app:create_app``)."""
+    import uvicorn
+
+    settings = ServiceSettings()
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        log_level=settings.log_level,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# db
+# ---------------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade_command(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations up to ``revision`` (default: the newest) on FACEBRIDGE_DATABASE_URL."""
+    current = db_upgrade(revision=revision)
+    typer.echo(f"database at revision {current}")
+
+
+@db_app.command("current")
+def db_current_command() -> None:
+    """Print the database's migration revision."""
+    from service.db.session import current_revision, make_engine
+
+    engine = make_engine(ServiceSettings().database_url)
+    try:
+        typer.echo(current_revision(engine=engine) or "(not migrated)")
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# gallery
+# ---------------------------------------------------------------------------------------------
+@gallery_app.command("import")
+def gallery_import_command(
+    file: Annotated[Path, typer.Argument(help=".npz (old + name/external_id), .parquet or .csv")],
+    model_id: Annotated[
+        str | None, typer.Option("--model-id", help="Id of the old model that made the vectors.")
+    ] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="npz | parquet | csv (default: from suffix).")
+    ] = None,
+) -> None:
+    """Import legacy vectors; idempotent per external id (re-running stores nothing new)."""
+    report = gallery_import(path=file, model_id=model_id, format=format)
+    _print_json(report)
+
+
+@gallery_app.command("rebuild")
+def gallery_rebuild_command() -> None:
+    """Rebuild the FAISS index from SQL (e.g. after changing FACEBRIDGE_INDEX_TYPE)."""
+    report = gallery_rebuild()
+    typer.echo(report.detail)
+
+
+@gallery_app.command("stats")
+def gallery_stats_command() -> None:
+    """Counts, dimension, index type, vectors by source; and index vs SQL consistency."""
+    from service.errors import ContractError
+    from service.gallery.index import GalleryIndex
+    from service.gallery.store import check_consistency, gallery_stats
+
+    with open_storage() as storage, storage.session_factory() as session:
+        try:
+            index: GalleryIndex | None = GalleryIndex.load(storage.settings.index_file)
+        except ContractError:
+            index = None
+        stats = _jsonable(gallery_stats(session=session, index=index, settings=storage.settings))
+        stats["index_file"] = str(storage.settings.index_file)
+        stats["index_consistent"] = (
+            check_consistency(session=session, index=index).consistent if index else False
+        )
+        _print_json(stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+# ---------------------------------------------------------------------------------------------
+_TRANSFORMER_COLUMNS = [
+    "version",
+    "state",
+    "recipe",
+    "input_dim",
+    "output_dim",
+    "source_model",
+    "target_model",
+    "threshold",
+    "created_at",
+]
+
+
+@transformers_app.command("upload")
+def transformers_upload_command(
+    file: Annotated[Path, typer.Argument(help="Transformer ONNX file.")],
+    activate: Annotated[
+        bool, typer.Option("--activate", help="Activate it after validation.")
+    ] = False,
+    note: Annotated[str | None, typer.Option(help="Free-text note stored with it.")] = None,
+) -> None:
+    """Validate and store a transformer (refused with one error line if it does not fit)."""
+    info = transformers_upload(path=file, activate=activate, note=note)
+    _print_json(info)
+
+
+@transformers_app.command("list")
+def transformers_list_command() -> None:
+    """All stored versions; the active one is marked."""
+    from service.registry.store import list_transformers
+
+    with open_storage() as storage, storage.session_factory() as session:
+        rows = [_jsonable(i) for i in list_transformers(session=session, settings=storage.settings)]
+    _print_table(rows, _TRANSFORMER_COLUMNS)
+
+
+@transformers_app.command("show")
+def transformers_show_command(version: Annotated[str, typer.Argument()]) -> None:
+    """Everything stored about one version (metrics included)."""
+    from service.registry.store import get_transformer
+
+    with open_storage() as storage, storage.session_factory() as session:
+        _print_json(get_transformer(session=session, settings=storage.settings, version=version))
+
+
+@transformers_app.command("activate")
+def transformers_activate_command(version: Annotated[str, typer.Argument()]) -> None:
+    """Make VERSION the active transformer (workers swap within the poll interval)."""
+    from service.registry.store import activate_transformer
+
+    with open_storage() as storage:
+        info = activate_transformer(
+            session_factory=storage.session_factory, settings=storage.settings, version=version
+        )
+    typer.echo(f"active: {info.version}")
+
+
+@transformers_app.command("rollback")
+def transformers_rollback_command() -> None:
+    """Re-activate the previously active version."""
+    from service.registry.store import rollback_transformer
+
+    with open_storage() as storage:
+        info = rollback_transformer(
+            session_factory=storage.session_factory, settings=storage.settings
+        )
+    typer.echo(f"active: {info.version}")
+
+
+@transformers_app.command("delete")
+def transformers_delete_command(version: Annotated[str, typer.Argument()]) -> None:
+    """Delete an inactive version and its file (the active one is refused)."""
+    from service.registry.store import delete_transformer
+
+    with open_storage() as storage:
+        delete_transformer(
+            session_factory=storage.session_factory, settings=storage.settings, version=version
+        )
+    typer.echo(f"deleted: {version}")
+
+
+# ---------------------------------------------------------------------------------------------
+# keys
+# ---------------------------------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create_command(
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="identify | enrol | admin (repeatable).")
+    ],
+    name: Annotated[str | None, typer.Option("--name", help="A label for the key.")] = None,
+) -> None:
+    """Create a key and print it ONCE on stdout (details on stderr)."""
+    info, plaintext = keys_create(scopes=scope, name=name)
+    typer.echo(
+        f"created key {info.id} ({info.prefix}, scopes {','.join(info.scopes)}); "
+        "it is shown only now",
+        err=True,
+    )
+    typer.echo(plaintext)
+
+
+@keys_app.command("list")
+def keys_list_command() -> None:
+    """Keys (never their secrets)."""
+    from service.keys import list_keys
+
+    with open_storage() as storage, storage.session_factory() as session:
+        rows = []
+        for info in list_keys(session=session):
+            row = _jsonable(info)
+            row["scopes"] = ",".join(info.scopes)
+            rows.append(row)
+    _print_table(
+        rows, ["id", "prefix", "name", "scopes", "created_at", "last_used_at", "revoked_at"]
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke_command(
+    key_id: Annotated[int, typer.Argument(help="The key's id (keys list).")],
+) -> None:
+    """Revoke a key (it stops working at once)."""
+    from service.keys import revoke_key
+
+    with open_storage() as storage, storage.session_factory() as session:
+        info = revoke_key(session=session, key_id=key_id)
+    typer.echo(f"revoked key {info.id} ({info.prefix})")

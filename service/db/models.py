@@ -1,0 +1,185 @@
+"""SQLAlchemy 2 models: the source of truth. The FAISS index is a cache of ``faces`` keyed by id.
+
+Every schema change goes through an Alembic migration (``alembic/versions``); a test compares
+this metadata with the migrated schema.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only auto-increments an "INTEGER PRIMARY KEY"; Postgres gets a 64-bit key (FAISS ids).
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+FACE_SOURCES = ("legacy", "mapped")
+TRANSFORMER_STATES = ("inactive", "active")
+STATE_ACTIVE = "active"
+STATE_INACTIVE = "inactive"
+REGISTRY_STATE_ID = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite returns naive values otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Identity(Base):
+    """A person. ``external_id`` is the caller's key (unique when set)."""
+
+    __tablename__ = "identities"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    external_id: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    # "metadata" is reserved on declarative classes; the column keeps the plain name.
+    attributes: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSON, nullable=False, default=dict
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    faces: Mapped[list[Face]] = relationship(
+        back_populates="identity", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Face(Base):
+    """One gallery vector in the OLD model's space. ``id`` is its FAISS id."""
+
+    __tablename__ = "faces"
+    __table_args__ = (
+        CheckConstraint("source IN ('legacy', 'mapped')", name="source"),
+        CheckConstraint("dim > 0", name="dim_positive"),
+        # Idempotent imports: the same vector is stored once per identity.
+        UniqueConstraint("identity_id", "content_hash", name="uq_faces_identity_content"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    identity_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("identities.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    )
+    vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # float32, L2-normalised
+    dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    transformer_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    origin: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    identity: Mapped[Identity] = relationship(back_populates="faces")
+
+
+class TransformerVersion(Base):
+    """An uploaded, validated transformer. At most one row is ``active`` (partial unique index)."""
+
+    __tablename__ = "transformer_versions"
+    __table_args__ = (
+        CheckConstraint("state IN ('inactive', 'active')", name="state"),
+        Index(
+            "uq_transformer_versions_one_active",
+            "state",
+            unique=True,
+            sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    file_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    input_dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    output_dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    source_model: Mapped[str] = mapped_column(String(255), nullable=False)
+    target_model: Mapped[str] = mapped_column(String(255), nullable=False)
+    recipe: Mapped[str] = mapped_column(String(255), nullable=False)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default=STATE_INACTIVE)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RegistryState(Base):
+    """One row (id = 1): the counters every worker polls, rollback memory, gallery facts."""
+
+    __tablename__ = "registry_state"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # Bumped in every transaction that adds or removes faces: workers re-sync their index.
+    gallery_revision: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    active_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    gallery_model_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    gallery_dim: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored as sha256 of the (high-entropy, random) key; looked up by prefix."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    prefix: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    scopes: Mapped[str] = mapped_column(String(255), nullable=False)  # comma-separated
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,421 @@
+"""Bulk import of legacy (old-model) gallery vectors: ``.npz``, Parquet or CSV.
+
+- ``.npz``: ``old`` float [N, d] plus ``name`` and/or ``external_id`` (str [N]); optional ``path``.
+- Parquet / CSV: columns ``external_id`` and/or ``name``, and either ``v0 .. v{d-1}`` or one
+  list column ``vector`` (CSV: a JSON list or space-separated numbers); optional ``path``.
+
+Idempotent: an identity is keyed by its external id (the name doubles as external id when the
+file has no ``external_id``); a face by (identity, sha256 of its normalised vector), so importing
+the same file twice stores nothing new. Parquet and CSV are read in chunks. The whole import is
+one transaction: a malformed row anywhere raises ContractError and nothing is stored. Faces reach
+FAISS only after the commit (SQL first).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import Face, Identity
+from service.errors import ContractError, FacebridgeError, InvalidInput
+from service.gallery.index import GalleryIndex
+from service.gallery.store import (
+    bump_gallery_revision,
+    claim_gallery_dim,
+    content_hash,
+    gallery_dim,
+    iter_face_vectors,
+    normalize_gallery_vectors,
+    registry_row,
+    vector_bytes,
+)
+
+if TYPE_CHECKING:
+    from service.settings import ServiceSettings
+
+ImportFormat = Literal["npz", "parquet", "csv"]
+FORMATS: tuple[str, ...] = ("npz", "parquet", "csv")
+VECTOR_LIST_COLUMNS = ("vector", "old", "embedding")
+DEFAULT_CHUNK_ROWS = 10_000
+SQL_IN_CHUNK = 900  # stays under SQLite's bound-parameter limit
+_V_COLUMN = re.compile(r"^v(\d+)$")
+
+
+@dataclass(frozen=True)
+class ImportChunk:
+    external_ids: list[str]
+    names: list[str | None]
+    vectors: np.ndarray
+    origins: list[str | None]
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    format: str
+    rows: int
+    identities_created: int
+    identities_matched: int
+    faces_added: int
+    faces_skipped: int
+    dim: int | None
+
+
+def detect_format(name: str | None) -> ImportFormat:
+    suffix = Path(name or "").suffix.lower().lstrip(".")
+    if suffix in ("npz", "parquet", "csv"):
+        return suffix  # type: ignore[return-value]
+    if suffix == "pq":
+        return "parquet"
+    raise InvalidInput(
+        f"cannot tell the import format from {name!r}: use a .npz, .parquet or .csv file "
+        "(or pass the format)"
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _make_chunk(
+    *,
+    external_ids: list[Any] | None,
+    names: list[Any] | None,
+    vectors: np.ndarray,
+    origins: list[Any] | None,
+    first_row: int,
+) -> ImportChunk:
+    n = vectors.shape[0]
+    ext = [_text(v) for v in external_ids] if external_ids is not None else [None] * n
+    nam = [_text(v) for v in names] if names is not None else [None] * n
+    keys: list[str] = []
+    for i, (e, m) in enumerate(zip(ext, nam, strict=True)):
+        key = e if e is not None else m
+        if key is None:
+            raise ContractError(f"row {first_row + i}: neither external_id nor name is set")
+        keys.append(key)
+    org = [_text(v) for v in origins] if origins is not None else [None] * n
+    return ImportChunk(external_ids=keys, names=nam, vectors=vectors, origins=org)
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------------------------
+def _read_npz(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]:
+    try:
+        archive = np.load(source, allow_pickle=False)
+    except Exception as exc:
+        raise ContractError(f"not a readable .npz file ({type(exc).__name__})") from exc
+    if not hasattr(archive, "files"):
+        raise ContractError("not a .npz archive (a single array?)")
+    with archive as z:
+        if "old" not in z.files:
+            raise ContractError(f".npz lacks the 'old' array (has {sorted(z.files)})")
+        if "name" not in z.files and "external_id" not in z.files:
+            raise ContractError(".npz needs a 'name' or an 'external_id' array")
+        try:
+            old = z["old"]
+            columns = {k: z[k] for k in ("name", "external_id", "path") if k in z.files}
+        except Exception as exc:
+            raise ContractError(f".npz array unreadable ({type(exc).__name__}: {exc})") from exc
+    if old.ndim != 2 or not np.issubdtype(old.dtype, np.number):
+        raise ContractError(f"'old' must be a numeric [N, d] array, got {old.dtype} {old.shape}")
+    n = old.shape[0]
+    for key, arr in columns.items():
+        if arr.ndim != 1 or arr.shape[0] != n:
+            raise ContractError(f"'{key}' must be 1-D with {n} rows, got shape {arr.shape}")
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+
+        def part(key: str, start: int = start, stop: int = stop) -> list[Any] | None:
+            return columns[key][start:stop].tolist() if key in columns else None
+
+        yield _make_chunk(
+            external_ids=part("external_id"),
+            names=part("name"),
+            vectors=np.asarray(old[start:stop], dtype=np.float32),
+            origins=part("path"),
+            first_row=start,
+        )
+
+
+def _vector_column_names(names: list[str]) -> list[str] | None:
+    indexed = sorted((int(m.group(1)), n) for n in names if (m := _V_COLUMN.match(n)))
+    if not indexed:
+        return None
+    if [i for i, _ in indexed] != list(range(len(indexed))):
+        raise ContractError("vector columns must be v0 .. v{d-1} without gaps")
+    return [n for _, n in indexed]
+
+
+def _parse_vector_text(text: Any, row: int) -> list[float]:
+    if text is None:
+        raise ContractError(f"row {row}: empty vector")
+    if isinstance(text, list | tuple | np.ndarray):
+        return [float(x) for x in text]
+    s = str(text).strip()
+    try:
+        if s.startswith("["):
+            return [float(x) for x in json.loads(s)]
+        return [float(x) for x in s.replace(",", " ").split()]
+    except (ValueError, TypeError) as exc:
+        raise ContractError(f"row {row}: vector is not a list of numbers") from exc
+
+
+def _batch_to_chunk(batch: Any, first_row: int) -> ImportChunk:
+    import pyarrow as pa
+
+    names = batch.schema.names
+    if "name" not in names and "external_id" not in names:
+        raise ContractError("the file needs a 'name' or an 'external_id' column")
+    v_cols = _vector_column_names(names)
+    n = batch.num_rows
+    try:
+        if v_cols is not None:
+            arrays = []
+            for col in v_cols:
+                column = batch.column(col)
+                if column.null_count:
+                    raise ContractError(f"column {col!r} has empty values")
+                arrays.append(np.asarray(column.cast(pa.float32()).to_numpy(zero_copy_only=False)))
+            vectors = np.stack(arrays, axis=1) if arrays else np.zeros((n, 0), np.float32)
+        else:
+            list_col = next((c for c in VECTOR_LIST_COLUMNS if c in names), None)
+            if list_col is None:
+                raise ContractError("no vector columns: expected v0..v{d-1} or a 'vector' column")
+            values = batch.column(list_col).to_pylist()
+            rows = [_parse_vector_text(v, first_row + i) for i, v in enumerate(values)]
+            lengths = {len(r) for r in rows}
+            if len(lengths) > 1:
+                raise ContractError(f"vectors of different lengths {sorted(lengths)}")
+            vectors = np.asarray(rows, dtype=np.float32).reshape(n, -1)
+    except ContractError:
+        raise
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise ContractError(f"rows {first_row}..: unreadable vector values ({exc})") from exc
+
+    def column(key: str) -> list[Any] | None:
+        return batch.column(key).to_pylist() if key in names else None
+
+    return _make_chunk(
+        external_ids=column("external_id"),
+        names=column("name"),
+        vectors=vectors,
+        origins=column("path"),
+        first_row=first_row,
+    )
+
+
+def _read_parquet(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(source)
+    except (pa.ArrowException, OSError) as exc:
+        raise ContractError(f"not a readable Parquet file ({exc})") from exc
+    row = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            yield _batch_to_chunk(batch, row)
+            row += batch.num_rows
+    except pa.ArrowException as exc:
+        raise ContractError(f"Parquet file unreadable near row {row} ({exc})") from exc
+
+
+def _read_csv(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    text_types = {k: pa.string() for k in ("external_id", "name", "path", "vector")}
+    try:
+        reader = pacsv.open_csv(
+            source,
+            read_options=pacsv.ReadOptions(block_size=1 << 22),
+            convert_options=pacsv.ConvertOptions(column_types=text_types),
+        )
+    except (pa.ArrowException, OSError) as exc:
+        raise ContractError(f"not a readable CSV file ({exc})") from exc
+    row = 0
+    try:
+        for batch in reader:
+            for start in range(0, batch.num_rows, chunk_rows):
+                part = batch.slice(start, chunk_rows)
+                yield _batch_to_chunk(part, row)
+                row += part.num_rows
+    except pa.ArrowException as exc:
+        raise ContractError(f"CSV file unreadable near row {row} ({exc})") from exc
+
+
+def read_import_file(
+    source: Path | BinaryIO, *, format: ImportFormat, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Iterator[ImportChunk]:
+    """Chunks of a gallery import file (no database involved)."""
+    readers = {"npz": _read_npz, "parquet": _read_parquet, "csv": _read_csv}
+    if format not in readers:
+        raise InvalidInput(f"unknown import format {format!r}; choose {', '.join(FORMATS)}")
+    return readers[format](source, chunk_rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Import
+# ---------------------------------------------------------------------------------------------
+def _identity_ids_for(
+    session: Session, chunk: ImportChunk, known: dict[str, int]
+) -> tuple[list[int], int, int]:
+    """Identity id per row (creating missing identities); returns (ids, created, matched)."""
+    wanted = [k for k in dict.fromkeys(chunk.external_ids) if k not in known]
+    matched = 0
+    for start in range(0, len(wanted), SQL_IN_CHUNK):
+        part = wanted[start : start + SQL_IN_CHUNK]
+        for ext, identity_id in session.execute(
+            select(Identity.external_id, Identity.id).where(Identity.external_id.in_(part))
+        ).all():
+            known[str(ext)] = int(identity_id)
+            matched += 1
+    first_name = dict(zip(chunk.external_ids, chunk.names, strict=True))
+    new = [
+        Identity(external_id=k, name=first_name[k] or k, attributes={})
+        for k in wanted
+        if k not in known
+    ]
+    created = len(new)
+    if new:
+        session.add_all(new)
+        session.flush()
+        for identity in new:
+            known[identity.external_id] = int(identity.id)  # type: ignore[index]
+    return [known[k] for k in chunk.external_ids], created, matched
+
+
+def _existing_hashes(session: Session, identity_ids: list[int]) -> set[tuple[int, str]]:
+    found: set[tuple[int, str]] = set()
+    unique = sorted(set(identity_ids))
+    for start in range(0, len(unique), SQL_IN_CHUNK):
+        part = unique[start : start + SQL_IN_CHUNK]
+        for iid, h in session.execute(
+            select(Face.identity_id, Face.content_hash).where(Face.identity_id.in_(part))
+        ).all():
+            found.add((int(iid), str(h)))
+    return found
+
+
+def import_gallery(
+    *,
+    session_factory: sessionmaker[Session],
+    index: GalleryIndex | None,
+    source: str | Path | BinaryIO,
+    format: ImportFormat | None = None,
+    filename: str | None = None,
+    model_id: str | None = None,
+    settings: ServiceSettings | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> ImportReport:
+    """Import legacy vectors (source ``legacy``) in one transaction; then add them to ``index``.
+
+    ``source`` is a path or a binary file object (``filename`` then names the format).
+    ``model_id`` records the old model's id for the transformer checks (must not contradict a
+    recorded one). Raises ContractError for a malformed file, with nothing stored.
+    """
+    if not isinstance(source, str | Path):
+        path = None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidInput(f"import file not found: {path}")
+    fmt: ImportFormat = format or detect_format(filename or (path.name if path else None))
+    reader_source: Path | BinaryIO = path if path is not None else source  # type: ignore[assignment]
+
+    rows = created = matched = skipped = 0
+    new_face_ids: list[int] = []
+    dim: int | None = None
+    with session_factory() as session:
+        try:
+            dim = gallery_dim(session=session, settings=settings)
+            known: dict[str, int] = {}
+            seen: set[tuple[int, str]] = set()
+            for chunk in read_import_file(reader_source, format=fmt, chunk_rows=chunk_rows):
+                if chunk.vectors.shape[0] == 0:
+                    continue
+                try:
+                    vectors = normalize_gallery_vectors(chunk.vectors, dim=dim)
+                except ContractError as exc:
+                    raise ContractError(
+                        f"rows {rows}..{rows + len(chunk.vectors) - 1}: {exc}"
+                    ) from exc
+                if dim is None:
+                    dim = int(vectors.shape[1])
+                claim_gallery_dim(session=session, dim=dim, settings=settings)
+                identity_ids, c, m = _identity_ids_for(session, chunk, known)
+                created, matched = created + c, matched + m
+                seen |= _existing_hashes(session, identity_ids)
+                faces = []
+                for i, identity_id in enumerate(identity_ids):
+                    stored = vector_bytes(vectors[i])
+                    key = (identity_id, content_hash(stored))
+                    if key in seen:
+                        skipped += 1
+                        continue
+                    seen.add(key)
+                    faces.append(
+                        Face(
+                            identity_id=identity_id,
+                            vector=stored,
+                            dim=dim,
+                            content_hash=key[1],
+                            source="legacy",
+                            transformer_version=None,
+                            origin=chunk.origins[i],
+                        )
+                    )
+                if faces:
+                    session.add_all(faces)
+                    session.flush()
+                    new_face_ids.extend(int(f.id) for f in faces)
+                rows += len(identity_ids)
+                session.expunge_all()  # keep memory flat on big files
+            if rows == 0:
+                raise ContractError("the import file holds no rows")
+            if model_id:
+                state = registry_row(session)
+                if state.gallery_model_id and state.gallery_model_id != model_id:
+                    raise ContractError(
+                        f"gallery model id is {state.gallery_model_id!r}; import says {model_id!r}"
+                    )
+                state.gallery_model_id = model_id
+            if new_face_ids:
+                bump_gallery_revision(session)
+            session.commit()
+        except FacebridgeError:
+            session.rollback()
+            raise
+        except IntegrityError as exc:
+            session.rollback()
+            raise ContractError(f"import conflicts with stored data ({exc.orig})") from exc
+        except Exception:
+            session.rollback()
+            raise
+        # SQL committed: now the cache. A crash here is repaired by open_gallery on restart.
+        if index is not None and new_face_ids:
+            for ids, vectors in iter_face_vectors(session, ids=new_face_ids):
+                index.add(ids=ids, vectors=vectors)
+    return ImportReport(
+        format=fmt,
+        rows=rows,
+        identities_created=created,
+        identities_matched=matched,
+        faces_added=len(new_face_ids),
+        faces_skipped=skipped,
+        dim=dim,
+    )

@@ -1,0 +1,322 @@
+"""Identities and their faces (gallery vectors in the OLD model's space).
+
+Writes go SQL first, FAISS second: a face is committed, then added to the index; a deletion is
+committed, then removed from the index. A crash in between is repaired by
+``service.gallery.store.open_gallery`` on the next start (SQL is the truth).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db.models import FACE_SOURCES, Face, Identity
+from service.errors import Conflict, InvalidInput, NotFound
+from service.gallery.index import GalleryIndex
+from service.gallery.store import (
+    bump_gallery_revision,
+    claim_gallery_dim,
+    content_hash,
+    gallery_dim,
+    normalize_gallery_vectors,
+    vector_bytes,
+)
+
+if TYPE_CHECKING:
+    from service.settings import ServiceSettings
+
+FaceSource = Literal["legacy", "mapped"]
+MAX_PAGE = 1000
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+
+UNSET = _Unset.UNSET
+"""Marker for "leave this field as it is" in :func:`update_identity`."""
+
+
+@dataclass(frozen=True)
+class IdentityInfo:
+    id: int
+    external_id: str | None
+    name: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    face_count: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Identity, *, face_count: int | None = None) -> IdentityInfo:
+        return cls(
+            id=int(row.id),
+            external_id=row.external_id,
+            name=row.name,
+            metadata=dict(row.attributes or {}),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            face_count=face_count,
+        )
+
+
+@dataclass(frozen=True)
+class FaceInfo:
+    id: int
+    identity_id: int
+    dim: int
+    source: str
+    transformer_version: str | None
+    origin: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Face) -> FaceInfo:
+        return cls(
+            id=int(row.id),
+            identity_id=int(row.identity_id),
+            dim=int(row.dim),
+            source=row.source,
+            transformer_version=row.transformer_version,
+            origin=row.origin,
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[IdentityInfo]
+    total: int
+    limit: int
+    offset: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _clean(text: str | None, what: str) -> str | None:
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    if len(text) > 255:
+        raise InvalidInput(f"{what} longer than 255 characters")
+    return text
+
+
+def _identity_row(session: Session, identity_id: int) -> Identity:
+    row = session.get(Identity, identity_id)
+    if row is None:
+        raise NotFound(f"identity {identity_id} not found")
+    return row
+
+
+def _face_counts(session: Session, identity_ids: Sequence[int]) -> dict[int, int]:
+    if not identity_ids:
+        return {}
+    rows = session.execute(
+        select(Face.identity_id, func.count())
+        .where(Face.identity_id.in_(list(identity_ids)))
+        .group_by(Face.identity_id)
+    ).all()
+    return {int(i): int(c) for i, c in rows}
+
+
+def _commit(session: Session, *, what: str) -> None:
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(f"{what} conflicts with an existing record") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Identities
+# ---------------------------------------------------------------------------------------------
+def create_identity(
+    *,
+    session: Session,
+    name: str | None = None,
+    external_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> IdentityInfo:
+    """A new identity. Conflict when ``external_id`` is taken."""
+    external_id = _clean(external_id, "external_id")
+    if external_id is not None and session.scalar(
+        select(Identity.id).where(Identity.external_id == external_id)
+    ):
+        raise Conflict(f"external_id {external_id!r} already exists")
+    row = Identity(
+        name=_clean(name, "name"), external_id=external_id, attributes=dict(metadata or {})
+    )
+    session.add(row)
+    _commit(session, what=f"identity {external_id!r}")
+    return IdentityInfo.from_row(row, face_count=0)
+
+
+def get_identity(*, session: Session, identity_id: int) -> IdentityInfo:
+    row = _identity_row(session, identity_id)
+    return IdentityInfo.from_row(row, face_count=_face_counts(session, [row.id]).get(row.id, 0))
+
+
+def get_identity_by_external_id(*, session: Session, external_id: str) -> IdentityInfo:
+    row = session.scalars(select(Identity).where(Identity.external_id == external_id)).first()
+    if row is None:
+        raise NotFound(f"identity with external_id {external_id!r} not found")
+    return IdentityInfo.from_row(row, face_count=_face_counts(session, [row.id]).get(row.id, 0))
+
+
+def list_identities(
+    *,
+    session: Session,
+    limit: int = 50,
+    offset: int = 0,
+    external_id: str | None = None,
+    name: str | None = None,
+) -> Page:
+    """A page of identities by id; ``external_id`` exact, ``name`` case-insensitive substring."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
+    if offset < 0:
+        raise InvalidInput("offset must be >= 0")
+    conditions = []
+    if external_id is not None:
+        conditions.append(Identity.external_id == external_id)
+    if name:
+        escaped = name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(func.lower(Identity.name).like(f"%{escaped}%", escape="\\"))
+    total = session.scalar(select(func.count()).select_from(Identity).where(*conditions)) or 0
+    rows = session.scalars(
+        select(Identity).where(*conditions).order_by(Identity.id).limit(limit).offset(offset)
+    ).all()
+    counts = _face_counts(session, [r.id for r in rows])
+    items = [IdentityInfo.from_row(r, face_count=counts.get(r.id, 0)) for r in rows]
+    return Page(items=items, total=int(total), limit=limit, offset=offset)
+
+
+def update_identity(
+    *,
+    session: Session,
+    identity_id: int,
+    name: str | _Unset | None = UNSET,
+    external_id: str | _Unset | None = UNSET,
+    metadata: dict[str, Any] | _Unset | None = UNSET,
+) -> IdentityInfo:
+    """Change the fields given (``UNSET`` leaves one as is; None clears it)."""
+    row = _identity_row(session, identity_id)
+    if name is not UNSET:
+        row.name = _clean(name, "name")
+    if external_id is not UNSET:
+        new_ext = _clean(external_id, "external_id")
+        if new_ext is not None and new_ext != row.external_id:
+            taken = session.scalar(select(Identity.id).where(Identity.external_id == new_ext))
+            if taken is not None:
+                raise Conflict(f"external_id {new_ext!r} already exists")
+        row.external_id = new_ext
+    if metadata is not UNSET:
+        row.attributes = dict(metadata or {})
+    _commit(session, what=f"identity {identity_id}")
+    return get_identity(session=session, identity_id=identity_id)
+
+
+def delete_identity(*, session: Session, index: GalleryIndex | None, identity_id: int) -> int:
+    """Delete an identity and its faces (SQL commit, then FAISS). Returns faces removed."""
+    row = _identity_row(session, identity_id)
+    face_ids = list(session.scalars(select(Face.id).where(Face.identity_id == identity_id)))
+    session.delete(row)
+    if face_ids:
+        bump_gallery_revision(session)
+    _commit(session, what=f"identity {identity_id}")
+    if index is not None and face_ids:
+        index.remove(ids=face_ids)
+    return len(face_ids)
+
+
+def identities_for_faces(*, session: Session, face_ids: Sequence[int]) -> dict[int, IdentityInfo]:
+    """Identity of each face id, in one query (unknown ids are absent from the result)."""
+    wanted = sorted({int(i) for i in face_ids})
+    if not wanted:
+        return {}
+    rows = session.execute(select(Face.id, Identity).join(Identity).where(Face.id.in_(wanted)))
+    return {int(face_id): IdentityInfo.from_row(identity) for face_id, identity in rows.all()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Faces
+# ---------------------------------------------------------------------------------------------
+def add_face(
+    *,
+    session: Session,
+    index: GalleryIndex | None,
+    identity_id: int,
+    vector: np.ndarray,
+    source: FaceSource = "mapped",
+    transformer_version: str | None = None,
+    origin: str | None = None,
+    settings: ServiceSettings | None = None,
+) -> FaceInfo:
+    """Store one old-space vector for an identity (normalised here), then add it to FAISS.
+
+    ``source="mapped"`` (enrolled through the transformer) needs ``transformer_version``.
+    Adding the same vector twice to one identity is a Conflict.
+    """
+    if source not in FACE_SOURCES:
+        raise InvalidInput(f"source must be one of {FACE_SOURCES}")
+    if source == "mapped" and not transformer_version:
+        raise InvalidInput("a mapped face needs the transformer version that produced it")
+    _identity_row(session, identity_id)
+    dim = gallery_dim(session=session, settings=settings)
+    normalized = normalize_gallery_vectors(np.asarray(vector), dim=dim)
+    if normalized.shape[0] != 1:
+        raise InvalidInput(f"add_face takes one vector, got {normalized.shape[0]}")
+    stored = vector_bytes(normalized[0])
+    digest = content_hash(stored)
+    duplicate = session.scalar(
+        select(Face.id).where(Face.identity_id == identity_id, Face.content_hash == digest)
+    )
+    if duplicate is not None:
+        raise Conflict(f"identity {identity_id} already has this vector (face {duplicate})")
+    claim_gallery_dim(session=session, dim=int(normalized.shape[1]), settings=settings)
+    row = Face(
+        identity_id=identity_id,
+        vector=stored,
+        dim=int(normalized.shape[1]),
+        content_hash=digest,
+        source=source,
+        transformer_version=transformer_version,
+        origin=origin,
+    )
+    session.add(row)
+    bump_gallery_revision(session)
+    _commit(session, what=f"face of identity {identity_id}")
+    if index is not None:
+        index.add(ids=[int(row.id)], vectors=normalized)
+    return FaceInfo.from_row(row)
+
+
+def list_faces(*, session: Session, identity_id: int) -> list[FaceInfo]:
+    _identity_row(session, identity_id)
+    rows = session.scalars(select(Face).where(Face.identity_id == identity_id).order_by(Face.id))
+    return [FaceInfo.from_row(r) for r in rows]
+
+
+def delete_face(
+    *, session: Session, index: GalleryIndex | None, identity_id: int, face_id: int
+) -> None:
+    """Delete one face of an identity (SQL commit, then FAISS). NotFound for unknown ids."""
+    _identity_row(session, identity_id)
+    row = session.get(Face, face_id)
+    if row is None or int(row.identity_id) != int(identity_id):
+        raise NotFound(f"face {face_id} of identity {identity_id} not found")
+    session.delete(row)
+    bump_gallery_revision(session)
+    _commit(session, what=f"face {face_id}")
+    if index is not None:
+        index.remove(ids=[face_id])

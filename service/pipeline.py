@@ -1,0 +1,328 @@
+"""Identify / verify / enrol orchestration: bytes in, old-space vectors and candidates out.
+
+decode (size + pixel limits) -> aligned faces (shared pipeline: pass-through for 112 x 112 crops,
+else detect + align) -> backbone (one call per request; L2-normalised there) -> the active
+transformer, read ONCE per request as an immutable snapshot (normalised there) -> FAISS
+inner-product search -> identities from SQL.
+
+Everything here is blocking (Pillow, ORT, FAISS, SQL) and runs in the app's bounded thread pool,
+never on the event loop. The storage side is reached through three small callables so this module
+does not care how the gallery and registry are built (see ``service.app``).
+
+Micro-batching of concurrent requests into one backbone call was measured and left out: on these
+CPUs the kit MobileFaceNet runs ~80 images/s per thread at batch 1 and LESS per image at batch 16,
+so merging requests would only add queueing latency. A request with several images is still one
+backbone call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from service.errors import FacebridgeError, InvalidInput, ServiceUnavailable
+from service.inference.faces import aligned_faces
+from service.inference.images import decode_image
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ActiveMapping:
+    """The transformer a request uses, read once: version id + its mapping + its threshold."""
+
+    version: str
+    map: Callable[[np.ndarray], np.ndarray]
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class GalleryHit:
+    """What the identify response needs to know about one gallery vector (a face row in SQL)."""
+
+    face_id: int
+    identity_id: int
+    external_id: str | None
+    name: str | None
+
+
+@dataclass(frozen=True)
+class ImageUpload:
+    data: bytes
+    filename: str | None = None
+
+
+@dataclass
+class StageTimes:
+    decode: float = 0.0
+    align: float = 0.0
+    embed: float = 0.0
+    map: float = 0.0
+    search: float = 0.0
+    lookup: float = 0.0
+
+    def as_ms(self) -> dict[str, float]:
+        stages = {
+            "decode_ms": self.decode,
+            "align_ms": self.align,
+            "embed_ms": self.embed,
+            "map_ms": self.map,
+            "search_ms": self.search,
+            "lookup_ms": self.lookup,
+        }
+        out = {k: round(v * 1000.0, 3) for k, v in stages.items()}
+        out["total_ms"] = round(sum(stages.values()) * 1000.0, 3)
+        return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    identity_id: int
+    external_id: str | None
+    name: str | None
+    score: float
+    face_id: int
+
+
+@dataclass
+class IdentifyOutcome:
+    index: int
+    filename: str | None
+    candidates: list[Candidate]
+    match: Candidate | None
+    backbone: str
+    transformer: str
+    timings: StageTimes = field(default_factory=StageTimes)
+
+
+@dataclass
+class MappedFaces:
+    """Old-space vectors for a request's images, with the versions that made them."""
+
+    vectors: np.ndarray  # [n, d_old], L2-normalised by the transformer runner
+    backbone: str
+    transformer: str
+    threshold: float | None
+    timings: list[StageTimes]
+
+
+class Backbone:  # pragma: no cover - structural type for documentation
+    model_id: str
+    output_dim: int
+
+    def embed(self, aligned: np.ndarray) -> np.ndarray: ...
+
+
+# search(vectors [n, d], k) -> per query (face ids, scores), best first, empty slots dropped.
+SearchFn = Callable[[np.ndarray, int], list[tuple[np.ndarray, np.ndarray]]]
+LookupFn = Callable[[Sequence[int]], dict[int, GalleryHit]]
+SnapshotFn = Callable[[], ActiveMapping | None]
+
+
+class Pipeline:
+    """Blocking request orchestration. Thread-safe: call it from the worker threads."""
+
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        detector: object | None,
+        snapshot: SnapshotFn,
+        search: SearchFn,
+        lookup: LookupFn,
+        max_image_bytes: int,
+        max_image_pixels: int,
+        default_threshold: float,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.detector = detector
+        self.snapshot = snapshot
+        self.search = search
+        self.lookup = lookup
+        self.max_image_bytes = int(max_image_bytes)
+        self.max_image_pixels = int(max_image_pixels)
+        self.default_threshold = float(default_threshold)
+        self._observe = observe or (lambda stage, seconds: None)
+        # dlib's detector objects are not documented as thread-safe: one detection at a time.
+        self._detector_lock = threading.Lock()
+
+    # -- shared stages -------------------------------------------------------------------------
+    def active_mapping(self) -> ActiveMapping:
+        mapping = self.snapshot()
+        if mapping is None:
+            raise ServiceUnavailable(
+                "no active transformer: upload one and activate it "
+                "(POST /v1/admin/transformers, then .../{version}/activate)"
+            )
+        return mapping
+
+    def _crops(self, images: Sequence[ImageUpload]) -> tuple[np.ndarray, list[StageTimes]]:
+        if not images:
+            raise InvalidInput("no image: send at least one multipart part named 'image'")
+        crops: list[np.ndarray] = []
+        times: list[StageTimes] = []
+        for i, upload in enumerate(images):
+            t = StageTimes()
+            try:
+                start = time.perf_counter()
+                image = decode_image(
+                    upload.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
+                )
+                t.decode = time.perf_counter() - start
+                start = time.perf_counter()
+                if self.detector is None:
+                    faces = aligned_faces(image, detector=None)
+                else:
+                    with self._detector_lock:
+                        faces = aligned_faces(image, detector=self.detector)  # type: ignore[arg-type]
+                t.align = time.perf_counter() - start
+            except FacebridgeError as exc:
+                if len(images) > 1:
+                    # Name the image so a batch caller knows which part failed.
+                    exc.detail = f"image {i}: {exc.detail}"
+                    exc.args = (exc.detail,)
+                    exc.extra.setdefault("image_index", i)
+                raise
+            crops.append(faces[0])
+            times.append(t)
+            self._observe("decode", t.decode)
+            self._observe("align", t.align)
+        return np.stack(crops), times
+
+    def map_images(
+        self, *, images: Sequence[ImageUpload], mapping: ActiveMapping | None = None
+    ) -> MappedFaces:
+        """Old-space vectors for each image (one face each), using ONE transformer snapshot."""
+        mapping = mapping or self.active_mapping()
+        crops, times = self._crops(images)
+        n = len(times)
+        start = time.perf_counter()
+        new = self.backbone.embed(crops)
+        embed_s = time.perf_counter() - start
+        start = time.perf_counter()
+        old = mapping.map(new)
+        map_s = time.perf_counter() - start
+        self._observe("embed", embed_s)
+        self._observe("map", map_s)
+        for t in times:
+            t.embed, t.map = embed_s / n, map_s / n
+        return MappedFaces(
+            vectors=old,
+            backbone=self.backbone.model_id,
+            transformer=mapping.version,
+            threshold=mapping.threshold,
+            timings=times,
+        )
+
+    def threshold_for(self, requested: float | None, mapping_threshold: float | None) -> float:
+        if requested is not None:
+            return float(requested)
+        if mapping_threshold is not None:
+            return float(mapping_threshold)
+        return self.default_threshold
+
+    # -- operations ----------------------------------------------------------------------------
+    def identify(
+        self, *, images: Sequence[ImageUpload], top_k: int, threshold: float | None
+    ) -> tuple[list[IdentifyOutcome], float]:
+        """Candidates per image, in upload order; returns them with the threshold applied."""
+        mapping = self.active_mapping()
+        mapped = self.map_images(images=images, mapping=mapping)
+        n = mapped.vectors.shape[0]
+        decision = self.threshold_for(threshold, mapped.threshold)
+
+        # Several faces of one identity may sit in the gallery: over-fetch, then keep each
+        # identity's best face so `top_k` counts identities.
+        start = time.perf_counter()
+        hits_per_query = self.search(mapped.vectors, top_k * 4)
+        search_s = time.perf_counter() - start
+        start = time.perf_counter()
+        wanted = sorted({int(f) for ids, _ in hits_per_query for f in ids if f >= 0})
+        hits = self.lookup(wanted) if wanted else {}
+        lookup_s = time.perf_counter() - start
+        self._observe("search", search_s)
+        self._observe("lookup", lookup_s)
+
+        outcomes: list[IdentifyOutcome] = []
+        for i in range(n):
+            seen: set[int] = set()
+            candidates: list[Candidate] = []
+            face_ids, scores = hits_per_query[i]
+            for face_id, score in zip(face_ids, scores, strict=True):
+                hit = hits.get(int(face_id))
+                if face_id < 0 or hit is None or hit.identity_id in seen:
+                    continue  # -1 = empty slot; None = deleted since the search
+                seen.add(hit.identity_id)
+                candidates.append(
+                    Candidate(
+                        identity_id=hit.identity_id,
+                        external_id=hit.external_id,
+                        name=hit.name,
+                        score=float(score),
+                        face_id=hit.face_id,
+                    )
+                )
+                if len(candidates) == top_k:
+                    break
+            t = mapped.timings[i]
+            t.search, t.lookup = search_s / n, lookup_s / n
+            top = candidates[0] if candidates else None
+            outcomes.append(
+                IdentifyOutcome(
+                    index=i,
+                    filename=images[i].filename,
+                    candidates=candidates,
+                    match=top if top is not None and top.score >= decision else None,
+                    backbone=mapped.backbone,
+                    transformer=mapped.transformer,
+                    timings=t,
+                )
+            )
+        return outcomes, decision
+
+    def verify(
+        self,
+        *,
+        image: ImageUpload,
+        identity_vectors: Callable[[], tuple[np.ndarray, np.ndarray]],
+        threshold: float | None,
+    ) -> tuple[float, int | None, float, MappedFaces]:
+        """Best cosine between the image and the identity's gallery vectors.
+
+        ``identity_vectors()`` returns (face_ids [m], vectors [m, d_old] normalised); it raises
+        NotFound for an unknown identity. Returns (score, best face id, threshold, mapped).
+        """
+        face_ids, vectors = identity_vectors()
+        mapped = self.map_images(images=[image])
+        decision = self.threshold_for(threshold, mapped.threshold)
+        start = time.perf_counter()
+        if len(face_ids) == 0:
+            score, best = -1.0, None
+        else:
+            sims = np.asarray(vectors, dtype=np.float32) @ mapped.vectors[0]
+            j = int(np.argmax(sims))
+            score, best = float(sims[j]), int(face_ids[j])
+        mapped.timings[0].search = time.perf_counter() - start
+        return score, best, decision, mapped
+
+    def enrol(
+        self,
+        *,
+        images: Sequence[ImageUpload],
+        check_identity: Callable[[], object],
+        store: Callable[[np.ndarray, str], list[T]],
+    ) -> tuple[list[T], MappedFaces]:
+        """Map each image into the old space with ONE snapshot and store the vectors.
+
+        ``check_identity()`` runs first (NotFound before any inference); ``store(vectors,
+        transformer_version)`` writes them (SQL, then FAISS) and returns what it stored.
+        """
+        check_identity()
+        mapped = self.map_images(images=images)
+        return store(mapped.vectors, mapped.transformer), mapped

@@ -1,0 +1,494 @@
+"""Transformer versions: upload + validate, list, activate, roll back, delete.
+
+Files are content-addressed (``<transformers_dir>/<sha256>.onnx``, written to a temp file and
+renamed). A version id is ``t-<first 12 hex of sha256>``, so the same bytes are the same version.
+Activation runs in one transaction that flips the active row (a partial unique index allows at
+most one), records the previous version for rollback and bumps ``registry_state.generation``,
+which every worker polls (:mod:`service.registry.holder`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import (
+    REGISTRY_STATE_ID,
+    STATE_ACTIVE,
+    STATE_INACTIVE,
+    RegistryState,
+    TransformerVersion,
+    utcnow,
+)
+from service.errors import Conflict, ContractError, InvalidInput, NotFound, PayloadTooLarge
+from service.gallery.store import gallery_dim, gallery_model_id, registry_row
+
+if TYPE_CHECKING:
+    from service.inference.transformer import TransformerSession
+    from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+VERSION_PREFIX = "t-"
+PROBE_SEED = 1234
+
+
+@dataclass(frozen=True)
+class TransformerInfo:
+    version: str
+    sha256: str
+    file: Path
+    size_bytes: int
+    input_dim: int
+    output_dim: int
+    source_model: str
+    target_model: str
+    recipe: str
+    threshold: float | None
+    metrics: dict[str, Any]
+    state: str
+    activated_at: datetime | None
+    created_at: datetime
+    note: str | None = None
+    created: bool = True
+
+    @property
+    def active(self) -> bool:
+        return self.state == STATE_ACTIVE
+
+    @classmethod
+    def from_row(
+        cls, row: TransformerVersion, *, directory: Path, created: bool = True
+    ) -> TransformerInfo:
+        return cls(
+            version=row.version,
+            sha256=row.sha256,
+            file=directory / row.file_name,
+            size_bytes=int(row.size_bytes),
+            input_dim=int(row.input_dim),
+            output_dim=int(row.output_dim),
+            source_model=row.source_model,
+            target_model=row.target_model,
+            recipe=row.recipe,
+            threshold=row.threshold,
+            metrics=dict(row.metrics or {}),
+            state=row.state,
+            activated_at=row.activated_at,
+            created_at=row.created_at,
+            note=row.note,
+            created=created,
+        )
+
+
+@dataclass(frozen=True)
+class RegistryStateInfo:
+    generation: int
+    active_version: str | None
+    previous_version: str | None
+    gallery_model_id: str | None
+    gallery_dim: int | None
+    gallery_revision: int = 0
+
+
+@dataclass(frozen=True)
+class BackboneFacts:
+    """What an uploaded transformer must fit on the input side."""
+
+    model_id: str | None
+    output_dim: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def version_for(sha256: str) -> str:
+    return f"{VERSION_PREFIX}{sha256[:12]}"
+
+
+def backbone_facts(settings: ServiceSettings) -> BackboneFacts:
+    """Model id and output dim of the configured backbone (manifest only; no ONNX session)."""
+    if settings.backbone_manifest is None:
+        return BackboneFacts(model_id=None, output_dim=None)
+    from service.contracts import load_backbone_manifest
+
+    manifest, _ = load_backbone_manifest(settings.backbone_manifest)
+    return BackboneFacts(model_id=manifest.model_id, output_dim=manifest.output_dim)
+
+
+def load_transformer_session(path: Path, *, settings: ServiceSettings) -> TransformerSession:
+    """An ORT session for a stored transformer, with the service's providers and threads."""
+    from service.inference.transformer import TransformerSession
+
+    return TransformerSession(
+        path, providers=settings.providers, intra_op_threads=settings.ort_intra_op_threads
+    )
+
+
+def _score_validation_pairs(session: TransformerSession, path: Path) -> dict[str, float]:
+    """Metrics of the transformer on a pairs file (eval split when present)."""
+    from service.contracts import SPLIT_EVAL, load_pairs
+    from service.vectors import l2_normalize
+
+    pairs = load_pairs(path)
+    if pairs.split is not None and (pairs.split == SPLIT_EVAL).any():
+        pairs = pairs.select_split(SPLIT_EVAL)
+    if pairs.new_dim != session.input_dim or pairs.old_dim != session.output_dim:
+        raise ContractError(
+            f"validation pairs are {pairs.new_dim} -> {pairs.old_dim}; the transformer maps "
+            f"{session.input_dim} -> {session.output_dim}"
+        )
+    mapped = session.map(np.asarray(pairs.new, dtype=np.float32))
+    old = l2_normalize(np.asarray(pairs.old, dtype=np.float32))
+    metrics: dict[str, float] = {
+        "validation_rows": float(len(pairs)),
+        "validation_mean_cosine": float(np.mean(np.sum(mapped * old, axis=1))),
+    }
+    try:  # the full protocol when the (torch-free) evaluation module is available
+        from training.evaluation.protocol import evaluate_mapping
+
+        report = evaluate_mapping(eval_pairs=pairs, mapped=mapped)
+        for key, value in _flatten_report(report).items():
+            metrics[f"validation_{key}"] = value
+    except ImportError:
+        log.info("training.evaluation.protocol not importable; stored mean cosine only")
+    return metrics
+
+
+def _flatten_report(report: Any) -> dict[str, float]:
+    """Numeric fields of an EvaluationReport's mapped row (best effort, never fails)."""
+    out: dict[str, float] = {}
+    try:
+        rows = getattr(report, "rows", None)
+        mapped = None
+        if isinstance(rows, dict):
+            mapped = rows.get("mapped")
+        elif isinstance(rows, list | tuple):
+            mapped = next((r for r in rows if getattr(r, "name", None) == "mapped"), None)
+        source = mapped if mapped is not None else report
+        values = source if isinstance(source, dict) else getattr(source, "__dict__", {})
+        for key, value in values.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[str(key)] = float(value)
+    except Exception:  # the report's shape belongs to another module: never block an upload
+        return {}
+    return out
+
+
+def validate_transformer(
+    session: TransformerSession,
+    *,
+    settings: ServiceSettings,
+    expected_output_dim: int | None,
+    expected_target_model: str | None,
+) -> dict[str, float]:
+    """Check a loaded transformer fits this service; returns validation metrics."""
+    meta = session.metadata
+    backbone = backbone_facts(settings)
+    if backbone.output_dim is not None and session.input_dim != backbone.output_dim:
+        raise ContractError(
+            f"transformer input dim {session.input_dim} != backbone output dim "
+            f"{backbone.output_dim} ({backbone.model_id})"
+        )
+    if backbone.model_id is not None and meta.source_model != backbone.model_id:
+        raise ContractError(
+            f"transformer source model {meta.source_model!r} != backbone {backbone.model_id!r}"
+        )
+    if expected_output_dim is not None and session.output_dim != expected_output_dim:
+        raise ContractError(
+            f"transformer output dim {session.output_dim} != gallery dim {expected_output_dim}"
+        )
+    if expected_target_model is not None and meta.target_model != expected_target_model:
+        raise ContractError(
+            f"transformer target model {meta.target_model!r} != gallery model "
+            f"{expected_target_model!r}"
+        )
+    if meta.threshold is not None and not -1.0 <= meta.threshold <= 1.0:
+        raise ContractError(f"transformer threshold {meta.threshold} is not a cosine in [-1, 1]")
+    rng = np.random.default_rng(PROBE_SEED)
+    probes = rng.standard_normal((settings.probe_vectors, session.input_dim)).astype(np.float32)
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    try:
+        raw = session.map_raw(probes)
+    except Exception as exc:
+        raise ContractError(f"transformer fails on probe vectors ({type(exc).__name__})") from exc
+    if raw.shape != (probes.shape[0], session.output_dim):
+        raise ContractError(f"transformer returned shape {raw.shape} for {probes.shape} probes")
+    if not np.isfinite(raw).all():
+        raise ContractError("transformer outputs NaN/inf on probe vectors")
+    if (np.linalg.norm(raw, axis=1) == 0).any():
+        raise ContractError("transformer outputs zero vectors on probe vectors")
+    metrics: dict[str, float] = {}
+    if settings.validation_pairs is not None:
+        metrics.update(_score_validation_pairs(session, settings.validation_pairs))
+    return metrics
+
+
+def _write_atomically(directory: Path, name: str, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    tmp = directory / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def _row(session: Session, version: str) -> TransformerVersion:
+    row = session.scalars(
+        select(TransformerVersion).where(TransformerVersion.version == version)
+    ).first()
+    if row is None:
+        raise NotFound(f"transformer version {version!r} not found")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+def upload_transformer(
+    *,
+    session_factory: sessionmaker[Session],
+    settings: ServiceSettings,
+    data: bytes,
+    activate: bool = False,
+    note: str | None = None,
+) -> TransformerInfo:
+    """Validate and store an ONNX transformer; optionally activate it.
+
+    Garbage, wrong dims or wrong model ids raise ContractError with nothing stored and the
+    active version unchanged. The same bytes uploaded again return the existing version
+    (``created=False``).
+    """
+    if not data:
+        raise InvalidInput("empty transformer upload")
+    if len(data) > settings.max_transformer_bytes:
+        raise PayloadTooLarge(
+            f"transformer file is {len(data)} bytes; the limit is {settings.max_transformer_bytes}"
+        )
+    directory = settings.transformers_path
+    sha256 = hashlib.sha256(data).hexdigest()
+    version = version_for(sha256)
+    expected_dim: int | None = None
+    expected_model: str | None = None
+    info: TransformerInfo | None = None
+    with session_factory() as session:
+        existing = session.scalars(
+            select(TransformerVersion).where(TransformerVersion.sha256 == sha256)
+        ).first()
+        if existing is not None:
+            info = TransformerInfo.from_row(existing, directory=directory, created=False)
+            if not info.file.is_file():  # file lost: restore it from the upload
+                _write_atomically(directory, existing.file_name, data)
+        else:
+            expected_dim = gallery_dim(session=session, settings=settings)
+            expected_model = gallery_model_id(session=session, settings=settings)
+    if info is not None:
+        if activate and not info.active:
+            return activate_transformer(
+                session_factory=session_factory, settings=settings, version=info.version
+            )
+        return info
+
+    # Validate a private temp copy; only a valid file gets its content-addressed name.
+    directory.mkdir(parents=True, exist_ok=True)
+    probe_path = _write_atomically(directory, f".upload-{sha256}.onnx.check", data)
+    try:
+        session_obj = load_transformer_session(probe_path, settings=settings)
+        metrics = validate_transformer(
+            session_obj,
+            settings=settings,
+            expected_output_dim=expected_dim,
+            expected_target_model=expected_model,
+        )
+        meta = session_obj.metadata
+        file_name = f"{sha256}.onnx"
+        os.replace(probe_path, directory / file_name)
+    finally:
+        probe_path.unlink(missing_ok=True)
+    all_metrics = {**dict(meta.metrics or {}), **metrics}
+    with session_factory() as session:
+        row = TransformerVersion(
+            version=version,
+            sha256=sha256,
+            file_name=file_name,
+            size_bytes=len(data),
+            input_dim=session_obj.input_dim,
+            output_dim=session_obj.output_dim,
+            source_model=meta.source_model,
+            target_model=meta.target_model,
+            recipe=meta.recipe,
+            threshold=meta.threshold,
+            metrics=all_metrics,
+            note=note,
+            state=STATE_INACTIVE,
+        )
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError:  # the same file uploaded concurrently
+            session.rollback()
+            row = _row(session, version)
+            info = TransformerInfo.from_row(row, directory=directory, created=False)
+        else:
+            info = TransformerInfo.from_row(row, directory=directory, created=True)
+    log.info("stored transformer %s (%s)", version, meta.recipe)
+    if activate:
+        return activate_transformer(
+            session_factory=session_factory, settings=settings, version=version
+        )
+    return info
+
+
+def list_transformers(*, session: Session, settings: ServiceSettings) -> list[TransformerInfo]:
+    rows = session.scalars(select(TransformerVersion).order_by(TransformerVersion.id)).all()
+    return [TransformerInfo.from_row(r, directory=settings.transformers_path) for r in rows]
+
+
+def get_transformer(
+    *, session: Session, settings: ServiceSettings, version: str
+) -> TransformerInfo:
+    return TransformerInfo.from_row(_row(session, version), directory=settings.transformers_path)
+
+
+def registry_state(*, session: Session) -> RegistryStateInfo:
+    state = session.get(RegistryState, REGISTRY_STATE_ID)
+    if state is None:
+        return RegistryStateInfo(0, None, None, None, None, 0)
+    return RegistryStateInfo(
+        generation=int(state.generation),
+        active_version=state.active_version,
+        previous_version=state.previous_version,
+        gallery_model_id=state.gallery_model_id,
+        gallery_dim=state.gallery_dim,
+        gallery_revision=int(state.gallery_revision or 0),
+    )
+
+
+def _switch_active(session: Session, *, target: TransformerVersion | None) -> str | None:
+    """Within the caller's transaction: make ``target`` the only active row (None: no active).
+
+    Locks the registry_state row first (Postgres: SELECT ... FOR UPDATE), so concurrent
+    activations serialise; the partial unique index is the last line of defence.
+    Returns the previously active version.
+    """
+    state = registry_row(session, for_update=True)
+    current = session.scalars(
+        select(TransformerVersion).where(TransformerVersion.state == STATE_ACTIVE)
+    ).first()
+    previous = current.version if current is not None else None
+    if current is not None and (target is None or current.id != target.id):
+        # Deactivate first and flush: the index must never see two active rows.
+        session.execute(
+            update(TransformerVersion)
+            .where(TransformerVersion.id == current.id)
+            .values(state=STATE_INACTIVE)
+        )
+        session.flush()
+    if target is not None:
+        session.execute(
+            update(TransformerVersion)
+            .where(TransformerVersion.id == target.id)
+            .values(state=STATE_ACTIVE, activated_at=utcnow())
+        )
+    if previous != (target.version if target is not None else None):
+        state.previous_version = previous
+    state.active_version = target.version if target is not None else None
+    state.generation = int(state.generation or 0) + 1
+    state.updated_at = utcnow()
+    return previous
+
+
+def activate_transformer(
+    *, session_factory: sessionmaker[Session], settings: ServiceSettings, version: str
+) -> TransformerInfo:
+    """Make ``version`` the active transformer (atomic; bumps the generation).
+
+    The file is re-validated against the current backbone and gallery before the switch.
+    Activating the active version again is a no-op (no generation bump).
+    """
+    with session_factory() as session:
+        row = _row(session, version)
+        if row.state == STATE_ACTIVE:
+            return TransformerInfo.from_row(row, directory=settings.transformers_path)
+        info = TransformerInfo.from_row(row, directory=settings.transformers_path)
+        expected_dim = gallery_dim(session=session, settings=settings)
+        expected_model = gallery_model_id(session=session, settings=settings)
+    _check_stored_file(info)
+    validate_transformer(
+        load_transformer_session(info.file, settings=settings),
+        settings=settings.model_copy(update={"validation_pairs": None}),
+        expected_output_dim=expected_dim,
+        expected_target_model=expected_model,
+    )
+    with session_factory() as session:
+        try:
+            row = _row(session, version)
+            _switch_active(session, target=row)
+            session.commit()
+        except IntegrityError as exc:
+            session.rollback()
+            raise Conflict("another activation happened at the same time; retry") from exc
+        session.refresh(row)
+        log.info("activated transformer %s", version)
+        return TransformerInfo.from_row(row, directory=settings.transformers_path)
+
+
+def _check_stored_file(info: TransformerInfo) -> None:
+    if not info.file.is_file():
+        raise ContractError(f"transformer file of {info.version} is missing: {info.file}")
+    digest = hashlib.sha256(info.file.read_bytes()).hexdigest()
+    if digest != info.sha256:
+        raise ContractError(f"transformer file of {info.version} is corrupt (sha256 mismatch)")
+
+
+def rollback_transformer(
+    *, session_factory: sessionmaker[Session], settings: ServiceSettings
+) -> TransformerInfo:
+    """Re-activate the previously active version. Conflict when there is none."""
+    with session_factory() as session:
+        previous = registry_state(session=session).previous_version
+    if previous is None:
+        raise Conflict("no previous transformer version to roll back to")
+    try:
+        return activate_transformer(
+            session_factory=session_factory, settings=settings, version=previous
+        )
+    except NotFound as exc:
+        raise Conflict(f"previous version {previous!r} no longer exists") from exc
+
+
+def deactivate_transformer(
+    *, session_factory: sessionmaker[Session], settings: ServiceSettings
+) -> str | None:
+    """Leave no version active (identify then answers 503). Returns the version deactivated."""
+    with session_factory() as session:
+        previous = _switch_active(session, target=None)
+        session.commit()
+    return previous
+
+
+def delete_transformer(
+    *, session_factory: sessionmaker[Session], settings: ServiceSettings, version: str
+) -> None:
+    """Delete an inactive version and its file. Conflict for the active version."""
+    with session_factory() as session:
+        row = _row(session, version)
+        if row.state == STATE_ACTIVE:
+            raise Conflict(f"{version} is the active transformer; activate another one first")
+        path = settings.transformers_path / row.file_name
+        state = registry_row(session, for_update=True)
+        if state.previous_version == version:
+            state.previous_version = None
+        session.delete(row)
+        session.commit()
+    path.unlink(missing_ok=True)  # after the commit: a crash leaves an orphan file, not a row

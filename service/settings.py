@@ -1,0 +1,245 @@
+"""Typed service settings (pydantic-settings, env prefix ``FACEBRIDGE_``).
+
+Every field carries a description: ``docs/configuration.md`` is generated from this class
+(``python -m service.settings_docs --write``). Secrets come from the environment only; placeholder
+values such as ``changeme`` are refused so a copied example never reaches production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that look like a secret someone forgot to replace.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "",
+        "changeme",
+        "change-me",
+        "change_me",
+        "changethis",
+        "secret",
+        "password",
+        "admin",
+        "example",
+        "xxx",
+        "todo",
+    }
+)
+MIN_ADMIN_KEY_LENGTH = 16
+
+IndexType = Literal["flat", "ivf", "hnsw"]
+Detector = Literal["auto", "dlib", "none"]
+Device = Literal["cpu", "cuda"]
+
+
+def is_placeholder_secret(value: str) -> bool:
+    """True for empty or well-known placeholder secrets (case-insensitive)."""
+    return value.strip().lower() in PLACEHOLDER_SECRETS
+
+
+class ServiceSettings(BaseSettings):
+    """Everything the service and the ``facebridge`` service commands read from the env."""
+
+    model_config = SettingsConfigDict(env_prefix="FACEBRIDGE_", extra="ignore", frozen=True)
+
+    # --- storage ------------------------------------------------------------------------------
+    database_url: str = Field(
+        default="sqlite:///./var/facebridge.db",
+        description="SQLAlchemy database URL. SQLite file by default; PostgreSQL as "
+        "`postgresql+psycopg://user:password@host:5432/db`. The source of truth.",
+    )
+    data_dir: Path = Field(
+        default=Path("./var"),
+        description="Directory for local state (FAISS index, uploaded transformers).",
+    )
+    index_path: Path | None = Field(
+        default=None,
+        description="FAISS index file (a cache, rebuilt from SQL when missing or inconsistent). "
+        "Default: `<data_dir>/gallery.faiss`.",
+    )
+    index_type: IndexType = Field(
+        default="flat",
+        description="FAISS index type: `flat` (exact inner product), `ivf` (inverted lists) or "
+        "`hnsw` (graph; removals trigger a rebuild).",
+    )
+    ivf_nlist: int = Field(
+        default=256,
+        ge=1,
+        description="IVF: number of inverted lists (capped by gallery size / 39 when trained).",
+    )
+    ivf_nprobe: int = Field(default=16, ge=1, description="IVF: lists visited per query.")
+    hnsw_m: int = Field(default=32, ge=4, description="HNSW: neighbours per node.")
+    hnsw_ef_search: int = Field(default=64, ge=1, description="HNSW: search breadth.")
+    hnsw_ef_construction: int = Field(default=80, ge=1, description="HNSW: build breadth.")
+    transformers_dir: Path | None = Field(
+        default=None,
+        description="Where uploaded transformer ONNX files are stored, content-addressed by "
+        "sha256. Default: `<data_dir>/transformers`.",
+    )
+
+    # --- models -------------------------------------------------------------------------------
+    backbone_manifest: Path | None = Field(
+        default=None,
+        description="Backbone manifest JSON (the new model; ONNX file beside it). Unset: the "
+        "service cannot embed images and uploads skip the backbone-dimension check.",
+    )
+    gallery_model_id: str | None = Field(
+        default=None,
+        description="Model id of the old model that produced the gallery vectors (e.g. "
+        "`dlib-resnet-v1`). Transformers must name it as their target model. Unset: the id "
+        "recorded by `gallery import --model-id` is used, if any.",
+    )
+    gallery_dim: int | None = Field(
+        default=None,
+        gt=0,
+        description="Dimension of gallery vectors. Unset: taken from the first stored vector.",
+    )
+    validation_pairs: Path | None = Field(
+        default=None,
+        description="Optional pairs file (.npz, split=eval rows used when present) on which "
+        "every uploaded transformer is scored; metrics are stored with the version.",
+    )
+    probe_vectors: int = Field(
+        default=64,
+        ge=1,
+        description="Random probe vectors an uploaded transformer must map to finite outputs.",
+    )
+    detector: Detector = Field(
+        default="auto",
+        description="Face detector: `dlib` (needs the detect extra), `none` (clients send "
+        "aligned 112x112 crops) or `auto` (dlib when installed, else none).",
+    )
+    device: Device = Field(
+        default="cpu", description="Inference device for ONNX Runtime: `cpu` or `cuda`."
+    )
+    require_cuda: bool = Field(
+        default=False,
+        description="Refuse to start unless ONNX Runtime's CUDA provider is active.",
+    )
+
+    # --- threads ------------------------------------------------------------------------------
+    ort_intra_op_threads: int = Field(
+        default=1, ge=1, description="ONNX Runtime intra-op threads per session."
+    )
+    faiss_threads: int = Field(
+        default=1, ge=1, description="FAISS OpenMP threads (set once at service start)."
+    )
+    inference_threads: int = Field(
+        default=2,
+        ge=1,
+        description="Worker threads for blocking work (decode, ONNX, FAISS) per process.",
+    )
+
+    # --- limits -------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted by image routes (identify, verify, enrol).",
+    )
+    max_import_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        ge=1024,
+        description="Largest gallery import file accepted over HTTP.",
+    )
+    max_transformer_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest transformer ONNX upload.",
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        ge=112 * 112,
+        description="Largest decoded image (width x height); bigger images are refused.",
+    )
+    max_batch_images: int = Field(
+        default=16, ge=1, description="Most images in one identify/verify request."
+    )
+
+    # --- behaviour ----------------------------------------------------------------------------
+    default_top_k: int = Field(
+        default=5, ge=1, le=100, description="Candidates returned by identify by default."
+    )
+    default_threshold: float = Field(
+        default=0.5,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine decision threshold when the active transformer carries none.",
+    )
+    generation_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each worker polls the database for a transformer activation.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Bootstrap admin API key (at least 16 characters; stored hashed at start). "
+        "Alternative: `facebridge keys create --scope admin`.",
+    )
+
+    # --- server -------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address `facebridge service run` binds.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port it listens on.")
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
+    )
+
+    @field_validator("admin_key")
+    @classmethod
+    def _refuse_placeholder_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        if is_placeholder_secret(raw):
+            raise ValueError("admin_key is a placeholder; generate one (secrets.token_urlsafe)")
+        if len(raw) < MIN_ADMIN_KEY_LENGTH:
+            raise ValueError(f"admin_key must have at least {MIN_ADMIN_KEY_LENGTH} characters")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _refuse_placeholder_db_password(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        try:
+            url = make_url(value)
+        except Exception as exc:
+            raise ValueError(f"not a database URL: {exc}") from exc
+        if url.password is not None and is_placeholder_secret(str(url.password)):
+            raise ValueError("database_url carries a placeholder password; set a real one")
+        return value
+
+    @model_validator(mode="after")
+    def _cuda_needs_cuda_device(self) -> ServiceSettings:
+        if self.require_cuda and self.device != "cuda":
+            raise ValueError("require_cuda=true needs device=cuda")
+        return self
+
+    # --- derived ------------------------------------------------------------------------------
+    @property
+    def index_file(self) -> Path:
+        """The FAISS index file (``index_path`` or ``<data_dir>/gallery.faiss``)."""
+        return self.index_path if self.index_path is not None else self.data_dir / "gallery.faiss"
+
+    @property
+    def transformers_path(self) -> Path:
+        """Directory of stored transformer files."""
+        if self.transformers_dir is not None:
+            return self.transformers_dir
+        return self.data_dir / "transformers"
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """ONNX Runtime providers to request, in order."""
+        if self.device == "cuda":
+            return ("CUDAExecutionProvider", "CPUExecutionProvider")
+        return ("CPUExecutionProvider",)
+
+
+def load_settings(**overrides: object) -> ServiceSettings:
+    """Settings from the environment, with keyword overrides (tests, CLI options)."""
+    return ServiceSettings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,68 @@
+"""Health, metrics, request ids and the one problem+json error shape."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import ServiceSettings
+
+from .conftest import ADMIN, assert_problem
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["ready"] is True
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["backbone"] == "tiny-backbone-16"
+    assert body["checks"]["index"].startswith("ok")
+
+
+def test_metrics_count_requests_per_route_template(client: TestClient) -> None:
+    client.get("/v1/identities/12345", headers=ADMIN)
+    text = client.get("/metrics").text
+    assert 'facebridge_http_requests_total{method="GET",route="/v1/identities/{identity_id}"' in (
+        text
+    )
+    assert "facebridge_gallery_vectors" in text
+    assert "/v1/identities/12345" not in text
+
+
+def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
+    mine = client.get("/healthz", headers={"X-Request-ID": "req-abc.123"})
+    assert mine.headers["x-request-id"] == "req-abc.123"
+    fresh = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
+    assert fresh.headers["x-request-id"] != "bad id with spaces"
+    assert len(fresh.headers["x-request-id"]) == 32
+
+
+def test_unknown_route_and_wrong_method_are_problems(client: TestClient) -> None:
+    assert_problem(client.get("/v1/nothing-here"), 404, "not-found")
+    assert_problem(client.delete("/healthz"), 405, "method-not-allowed")
+
+
+def test_validation_error_is_a_422_problem_with_errors(client: TestClient) -> None:
+    body = assert_problem(
+        client.get("/v1/identities", params={"limit": 0}, headers=ADMIN), 422, "invalid-input"
+    )
+    assert body["errors"][0]["loc"] == ["query", "limit"]
+    assert "limit" in body["detail"]
+
+
+def test_unexpected_exception_is_a_500_problem_without_traceback(
+    settings: ServiceSettings,
+) -> None:
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals /etc/passwd")
+
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        response = test_client.get("/boom")
+    body = assert_problem(response, 500, "internal-error")
+    assert "secret" not in response.text and "Traceback" not in response.text
+    assert body["request_id"] in body["detail"]

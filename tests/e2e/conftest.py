@@ -1,0 +1,300 @@
+"""End-to-end fixtures: REAL uvicorn processes on 127.0.0.1, configured only through the env.
+
+Expensive things (the fitted kit transformers, the protocol gallery) are session-scoped and
+live in tmp dirs; the kit is only read.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ADMIN_KEY = "e2e-admin-key-0123456789abcdef"
+ADMIN = {"X-API-Key": ADMIN_KEY}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """One ``uvicorn --factory service.app:create_app`` process and its env."""
+
+    workdir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"server-{self.port}.log"
+
+    def start(self) -> Server:
+        assert self.process is None, "already running"
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.starts += 1
+        self.wait_ready()
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                response = httpx.get(f"{self.url}/readyz", timeout=2.0)
+                if response.status_code == 200:
+                    return response.json()
+                last = response.text
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {timeout}s ({last}):\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM (graceful: the lifespan saves the index), SIGKILL after a grace period."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs (the crash the restart test needs)."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60.0), **kwargs)
+
+
+def server_env(
+    workdir: Path,
+    *,
+    manifest: Path,
+    gallery_model_id: str,
+    database_url: str | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {
+        "FACEBRIDGE_DATABASE_URL": database_url or f"sqlite:///{workdir / 'facebridge.db'}",
+        "FACEBRIDGE_DATA_DIR": str(workdir / "var"),
+        "FACEBRIDGE_BACKBONE_MANIFEST": str(manifest),
+        "FACEBRIDGE_GALLERY_MODEL_ID": gallery_model_id,
+        "FACEBRIDGE_ADMIN_KEY": ADMIN_KEY,
+        "FACEBRIDGE_DETECTOR": "none",
+        "FACEBRIDGE_INFERENCE_THREADS": "2",
+        "FACEBRIDGE_ORT_INTRA_OP_THREADS": "1",
+        "FACEBRIDGE_FAISS_THREADS": "1",
+        "FACEBRIDGE_GENERATION_POLL_SECONDS": "0.5",
+        "FACEBRIDGE_LOG_LEVEL": "warning",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """Servers a test starts are appended here and always stopped (never left running)."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.kill()
+
+
+def upload_transformer(client: httpx.Client, path: Path, *, activate: bool) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        response = client.post(
+            "/v1/admin/transformers",
+            files={"file": (path.name, fh, "application/octet-stream")},
+            data={"activate": str(activate).lower()},
+            headers=ADMIN,
+        )
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+def import_gallery(client: httpx.Client, path: Path) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        response = client.post(
+            "/v1/gallery/import",
+            files={"file": (path.name, fh, "application/octet-stream")},
+            headers=ADMIN,
+        )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# ---------------------------------------------------------------------------------------------
+# The kit: protocol gallery + probes, two fitted transformers (session-scoped, in tmp dirs)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class KitAssets:
+    manifest: Path
+    aligned_dir: Path
+    gallery_npz: Path  # OLD vectors of the eval gallery (templates + distractors)
+    gallery_size: int
+    probe_paths: list[str]  # relative to aligned_dir
+    probe_identities: list[str]  # the external id (= LFW name) each probe should find
+    transformers: dict[str, Path]
+    offline_top1: dict[str, float]  # protocol evaluation of the same ONNX files, percent
+
+
+def _gallery_and_probe_rows(evaluation: Any) -> tuple[Any, Any]:
+    """Row indices (gallery, probes) per docs/PROTOCOL.md, from H2's protocol module."""
+    import numpy as np
+
+    from training.evaluation import protocol
+
+    split = protocol.build_gallery_and_probes(evaluation)
+    gallery = getattr(split, "gallery_rows", None)
+    probes = getattr(split, "probe_rows", None)
+    if gallery is None and isinstance(split, tuple):
+        gallery, probes = split[0], split[1]
+    return np.asarray(gallery), np.asarray(probes)
+
+
+def mapped_top1(report: Any) -> float:
+    """The 'mapped' row's top-1 (percent) of H2's EvaluationReport."""
+    rows = getattr(report, "rows", report)
+    row = rows["mapped"] if isinstance(rows, dict) else getattr(report, "mapped")
+    value = row["top1"] if isinstance(row, dict) else row.top1
+    return float(value)
+
+
+@pytest.fixture(scope="session")
+def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAssets:
+    import numpy as np
+
+    pytest.importorskip("torch", reason="fitting the e2e transformers needs the train extra")
+    from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
+    from service.inference.transformer import TransformerSession
+    from training.evaluation.protocol import evaluate_mapping
+    from training.transformers.export import default_metadata, export_transformer
+    from training.transformers.fit import fit_transformer
+
+    root = tmp_path_factory.mktemp("kit-e2e")
+    pairs = load_pairs(kit_dir / "lfw" / "pairs.npz")
+    bridge, evaluation = pairs.select_split("bridge"), pairs.select_split("eval")
+    gallery_rows, probe_rows = _gallery_and_probe_rows(evaluation)
+    gallery_npz = root / "eval-gallery.npz"
+    names = evaluation.name
+    assert names is not None and evaluation.path is not None
+    np.savez(
+        gallery_npz,
+        old=evaluation.old[gallery_rows],
+        external_id=names[gallery_rows],
+        name=names[gallery_rows],
+        path=evaluation.path[gallery_rows],
+    )
+    transformers: dict[str, Path] = {}
+    offline_top1: dict[str, float] = {}
+    for recipe in ("ridge", "procrustes"):
+        fitted = fit_transformer(pairs=bridge, recipe=recipe, progress=False)
+        path = root / f"{recipe}.onnx"
+        metadata = default_metadata(
+            fitted, source_model=KIT_NEW_MODEL_ID, target_model=KIT_OLD_MODEL_ID
+        )
+        export_transformer(fitted, path, metadata=metadata)
+        transformers[recipe] = path
+        mapped = TransformerSession(path).map(evaluation.new)
+        report = evaluate_mapping(eval_pairs=evaluation, mapped=mapped)
+        offline_top1[recipe] = mapped_top1(report)
+    return KitAssets(
+        manifest=kit_dir / "models" / "mobilefacenet.json",
+        aligned_dir=kit_dir / "lfw" / "aligned",
+        gallery_npz=gallery_npz,
+        gallery_size=len(gallery_rows),
+        probe_paths=[str(p) for p in evaluation.path[probe_rows]],
+        probe_identities=[str(n) for n in names[probe_rows]],
+        transformers=transformers,
+        offline_top1=offline_top1,
+    )
+
+
+@dataclass
+class KitServer:
+    server: Server
+    versions: dict[str, str]  # recipe -> version id on this server
+
+
+@pytest.fixture(scope="session")
+def kit_server(
+    kit_assets: KitAssets, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KitServer]:
+    """One server on SQLite with the kit backbone, the eval gallery imported over HTTP, and both
+    transformers uploaded (ridge active). Shared by the kit tests."""
+    from service.contracts import KIT_OLD_MODEL_ID
+
+    workdir = tmp_path_factory.mktemp("kit-server")
+    server = Server(
+        workdir=workdir,
+        env=server_env(workdir, manifest=kit_assets.manifest, gallery_model_id=KIT_OLD_MODEL_ID),
+    )
+    try:
+        server.start()
+        with server.client() as client:
+            report = import_gallery(client, kit_assets.gallery_npz)
+            assert report["faces_added"] == kit_assets.gallery_size
+            versions = {
+                recipe: upload_transformer(client, path, activate=recipe == "ridge")["version"]
+                for recipe, path in kit_assets.transformers.items()
+            }
+        yield KitServer(server=server, versions=versions)
+    finally:
+        server.kill()

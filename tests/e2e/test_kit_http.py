@@ -1,0 +1,143 @@
+"""Kit end-to-end over a real uvicorn process: top-1 over HTTP = offline protocol top-1, and a
+hot swap under concurrent load with zero failed requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import ADMIN, KitAssets, KitServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kit, pytest.mark.slow]
+
+BATCH = 16  # images per request (the service's default max_batch_images)
+CLIENT_THREADS = 3
+
+
+def _identify_batch(
+    client: httpx.Client, aligned_dir: Path, paths: list[str]
+) -> list[dict]:
+    files = [
+        ("image", (Path(p).name, (aligned_dir / p).read_bytes(), "image/jpeg")) for p in paths
+    ]
+    response = client.post("/v1/identify", files=files, params={"top_k": 5}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def test_top1_over_http_matches_the_offline_protocol(
+    kit_assets: KitAssets, kit_server: KitServer
+) -> None:
+    version = kit_server.versions["ridge"]
+    with kit_server.server.client() as client:
+        activated = client.post(f"/v1/admin/transformers/{version}/activate", headers=ADMIN)
+        assert activated.status_code == 200, activated.text
+        batches = [
+            list(range(i, min(i + BATCH, len(kit_assets.probe_paths))))
+            for i in range(0, len(kit_assets.probe_paths), BATCH)
+        ]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+            answers = list(
+                pool.map(
+                    lambda rows: _identify_batch(
+                        client, kit_assets.aligned_dir, [kit_assets.probe_paths[r] for r in rows]
+                    ),
+                    batches,
+                )
+            )
+        elapsed = time.perf_counter() - started
+    results = [result for answer in answers for result in answer]
+    assert len(results) == len(kit_assets.probe_paths)
+    assert {r["transformer"] for r in results} == {version}
+    assert {r["backbone"] for r in results} == {"mobilefacenet-128"}
+    hits = sum(
+        bool(r["candidates"]) and r["candidates"][0]["external_id"] == expected
+        for r, expected in zip(results, kit_assets.probe_identities, strict=True)
+    )
+    http_top1 = 100.0 * hits / len(results)
+    offline = kit_assets.offline_top1["ridge"]
+    print(
+        f"\nkit e2e: {len(results)} probes over HTTP in {elapsed:.1f}s "
+        f"({len(results) / elapsed:.0f} images/s); top-1 HTTP {http_top1:.2f}% "
+        f"vs offline {offline:.2f}% (ridge)"
+    )
+    assert abs(http_top1 - offline) <= 1.0
+
+
+def test_hot_swap_under_load_has_no_failures_and_names_a_live_version(
+    kit_assets: KitAssets, kit_server: KitServer
+) -> None:
+    versions = [kit_server.versions["ridge"], kit_server.versions["procrustes"]]
+    stop = threading.Event()
+    # (started, finished, version named in the reply) for every request; failures kept apart.
+    replies: list[tuple[float, float, str]] = []
+    failures: list[str] = []
+    # (call started, call returned, version): the swap happens somewhere inside the call.
+    swaps: list[tuple[float, float, str]] = []
+    probes = kit_assets.probe_paths[:64]
+
+    def hammer(worker: int) -> None:
+        with kit_server.server.client() as client:
+            i = worker
+            while not stop.is_set():
+                path = probes[i % len(probes)]
+                i += CLIENT_THREADS
+                files = [("image", ("p.jpg", (kit_assets.aligned_dir / path).read_bytes()))]
+                start = time.monotonic()
+                try:
+                    response = client.post("/v1/identify", files=files, headers=ADMIN)
+                except httpx.HTTPError as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                end = time.monotonic()
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code}: {response.text[:200]}")
+                    continue
+                replies.append((start, end, response.json()["results"][0]["transformer"]))
+
+    with kit_server.server.client() as admin:
+        start = time.monotonic()
+        admin.post(f"/v1/admin/transformers/{versions[0]}/activate", headers=ADMIN)
+        swaps.append((start, time.monotonic(), versions[0]))
+        threads = [threading.Thread(target=hammer, args=(w,)) for w in range(CLIENT_THREADS)]
+        for thread in threads:
+            thread.start()
+        try:
+            for round_ in range(12):
+                time.sleep(0.25)
+                target = versions[(round_ + 1) % 2]
+                start = time.monotonic()
+                response = admin.post(f"/v1/admin/transformers/{target}/activate", headers=ADMIN)
+                assert response.status_code == 200, response.text
+                swaps.append((start, time.monotonic(), target))
+            time.sleep(0.25)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+    assert not failures, failures[:5]
+    assert len(replies) >= 20
+    seen = {version for _, _, version in replies}
+    assert seen == set(versions), f"load never saw both versions: {seen}"
+    for started, finished, version in replies:
+        assert version in _possibly_active(swaps, started, finished), (started, finished, version)
+
+
+def _possibly_active(
+    swaps: list[tuple[float, float, str]], start: float, end: float
+) -> set[str]:
+    """Versions that may have been active at some instant of [start, end]: version i is active
+    from somewhere inside its activation call until somewhere inside the next one."""
+    live = set()
+    for i, (call_start, _, version) in enumerate(swaps):
+        until = swaps[i + 1][1] if i + 1 < len(swaps) else float("inf")
+        if call_start <= end and until >= start:
+            live.add(version)
+    return live

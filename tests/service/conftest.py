@@ -1,0 +1,116 @@
+"""Fixtures for the storage/domain layer: a migrated database per test (SQLite and Postgres),
+settings pointing into ``tmp_path``, and tiny transformer ONNX files built with ``onnx.helper``
+(no torch needed).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import Base
+from service.db.session import make_engine, make_session_factory, upgrade_database
+from service.settings import ServiceSettings
+
+
+# ---------------------------------------------------------------------------------------------
+# Databases
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once; each test gets a copy."""
+    path = tmp_path_factory.mktemp("db-template") / "template.db"
+    upgrade_database(url=f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """A uniquely named database on the test server, migrated once, dropped at the end."""
+    name = f"facebridge_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade_database(url=url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def _reset_postgres(url: str) -> None:
+    """Empty every table (DELETE is much cheaper than TRUNCATE on tiny tables)."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+        conn.execute(
+            sa.text(
+                "INSERT INTO registry_state (id, generation, gallery_revision, updated_at) "
+                "VALUES (1, 0, 0, now())"
+            )
+        )
+    engine.dispose()
+
+
+@dataclass
+class Env:
+    """What a test needs: settings, engine and sessions on a fresh, migrated database."""
+
+    settings: ServiceSettings
+    engine: sa.Engine
+    session_factory: sessionmaker[Session]
+    backend: str
+
+    def session(self) -> Session:
+        return self.session_factory()
+
+    def with_settings(self, **changes: object) -> ServiceSettings:
+        self.settings = self.settings.model_copy(update=changes)
+        return self.settings
+
+
+def _make_env(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Iterator[Env]:
+    if backend == "sqlite":
+        db = tmp_path / "facebridge.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), db)
+        url = f"sqlite:///{db}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+        _reset_postgres(url)
+    settings = ServiceSettings(database_url=url, data_dir=tmp_path / "var")
+    engine = make_engine(url)
+    try:
+        yield Env(settings, engine, make_session_factory(engine), backend)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """A fresh database on SQLite and on Postgres (the test runs once per backend)."""
+    yield from _make_env(request, tmp_path, request.param)
+
+
+@pytest.fixture
+def sqlite_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """A fresh SQLite database (tests whose behaviour does not depend on the backend)."""
+    yield from _make_env(request, tmp_path, "sqlite")

@@ -1,0 +1,728 @@
+"""``facebridge demo``: from a fresh clone to a working ``/identify`` in one command.
+
+``demo build`` prepares ``./demo-data/`` (idempotent: a second run with the same inputs reuses
+it); ``demo run`` builds, then serves it at http://127.0.0.1:8000 after printing curl commands.
+
+- **Kit present** (``service.kit.find_kit_dir()``): real LFW faces. Gallery = OLD-model (dlib)
+  vectors of the kit's ``eval`` identities, built per docs/PROTOCOL.md (first image by path per
+  identity, 1-image identities as distractors); backbone = the kit's MobileFaceNet (read in
+  place, never copied); transformer fitted on the ``bridge`` split, exported, uploaded and
+  activated. Example probes are real aligned eval images of people in the gallery.
+- **No kit** (or ``--synthetic``): a SYNTHETIC data set generated here (coloured-pattern 112x112
+  "faces", one pattern family per synthetic person), two randomly initialised iResNet backbones
+  standing in for the old and the new model, then the same real pipeline: pairs extraction,
+  transformer fit + export, gallery import, upload + activation, service.
+
+Before printing anything the demo verifies in-process (the real app, the real HTTP route) that
+its example probes come back as the right person. It never downloads anything.
+Torch is imported inside the commands only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from service.contracts import (
+    KIT_NEW_MODEL_ID,
+    KIT_OLD_MODEL_ID,
+    SPLIT_BRIDGE,
+    SPLIT_EVAL,
+    PairsSet,
+    load_backbone_manifest,
+    load_pairs,
+    save_pairs,
+)
+from service.errors import FacebridgeError, InvalidInput
+from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
+
+STATE_FILE = "demo.json"
+# Bump when the layout or the recipe of the demo data changes: an older demo-data is rebuilt.
+STATE_VERSION = 1
+DEFAULT_DATA_DIR = Path("demo-data")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+SYNTHETIC_BANNER = "SYNTHETIC DATA"
+
+# The kit demo fits the default recipe (a residual MLP from a ridge start): tens of seconds on
+# two CPU cores. The synthetic demo uses the same recipe.
+DEMO_RECIPE = "default"
+DEMO_SEED = 0
+N_EXAMPLES = 3
+# How many probe candidates the verification may try to find N_EXAMPLES correct ones; the
+# measured hit rate is printed either way.
+MAX_EXAMPLE_CANDIDATES = 12
+TORCH_THREADS = 2
+
+app = typer.Typer(
+    help="Build and serve a ready-to-query demo (kit faces if present, else synthetic data).",
+    no_args_is_help=True,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data: a clearly-labelled stand-in for faces when the kit is absent
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """How many synthetic people and images. Bridge people train the transformer; eval people
+    with several images give a gallery template + probes; eval people with one image are
+    distractors (docs/PROTOCOL.md)."""
+
+    bridge_identities: int = 60
+    bridge_images: int = 5
+    eval_identities: int = 20
+    eval_images: int = 4
+    distractors: int = 10
+    arch: str = "r18"
+    width: int = 16
+    embedding_dim: int = 128
+    old_seed: int = 1
+    new_seed: int = 2
+    data_seed: int = 0
+    # Export parity batches of the random backbones (house rule: 1, 7, 256; tests use fewer).
+    parity_batches: tuple[int, ...] = (1, 7, 256)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def synthetic_person_pattern(rng: np.random.Generator, *, size: int = 112) -> np.ndarray:
+    """One synthetic person's base pattern (float32 HxWx3): background colour + a grating + a
+    bright blob. Few parameters per person, so two random backbones see a smooth family that a
+    small transformer can learn to map across (measured: ridge maps eval people at ~90% top-1)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    image = np.zeros((size, size, 3), np.float32) + rng.uniform(60, 190, size=3).astype(np.float32)
+    freq, theta, phase = rng.uniform(1.5, 4.0), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+    grating = np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase)
+    image += (50.0 * grating)[..., None]
+    cx, cy = rng.uniform(0.3, 0.7, size=2)
+    blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 0.12**2))
+    image += (70.0 * blob)[..., None]
+    return image
+
+
+def synthetic_view(pattern: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One 'photo' of a synthetic person: shifted by up to 2 px, brightness and pixel noise."""
+    dx, dy = rng.integers(-2, 3, size=2)
+    image = np.roll(pattern, (int(dy), int(dx)), axis=(0, 1))
+    image = image + rng.uniform(-6, 6) + rng.normal(0.0, 4.0, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_synthetic_faces(*, root: Path, spec: SyntheticSpec) -> dict[str, str]:
+    """Write ``root/<person>/<person>_NNNN.png`` (112x112 RGB). Returns person -> split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(spec.data_seed)
+    plan: list[tuple[str, int]] = []
+    plan += [(SPLIT_BRIDGE, spec.bridge_images)] * spec.bridge_identities
+    plan += [(SPLIT_EVAL, spec.eval_images)] * spec.eval_identities
+    plan += [(SPLIT_EVAL, 1)] * spec.distractors
+    splits: dict[str, str] = {}
+    root.mkdir(parents=True, exist_ok=True)
+    for index, (split, n_images) in enumerate(plan):
+        person = f"synthetic-person-{index:03d}"
+        splits[person] = split
+        pattern = synthetic_person_pattern(rng)
+        (root / person).mkdir(exist_ok=True)
+        for j in range(n_images):
+            Image.fromarray(synthetic_view(pattern, rng)).save(
+                root / person / f"{person}_{j + 1:04d}.png"
+            )
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------
+# State: what a finished build left in the data directory
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class DemoExample:
+    image: str  # absolute path of an aligned 112x112 probe image
+    expected: str  # the person it must come back as
+    verified: bool = False
+
+
+@dataclasses.dataclass
+class DemoState:
+    version: int
+    source: str  # "kit" or "synthetic"
+    fingerprint: str
+    data_dir: str
+    env: dict[str, str]  # FACEBRIDGE_* settings the service runs with
+    api_key: str  # a demo key with the identify scope (demo data only; git-ignored)
+    transformer: dict[str, Any]
+    evaluation: dict[str, Any]
+    gallery: dict[str, int]
+    examples: list[DemoExample]
+    verification: dict[str, Any]
+    timings: dict[str, float]
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> DemoState | None:
+        try:
+            raw = json.loads(path.read_text())
+            raw["examples"] = [DemoExample(**e) for e in raw["examples"]]
+            return cls(**raw)
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "synthetic"
+
+
+def _fingerprint(source: str, details: dict[str, Any]) -> str:
+    payload = json.dumps({"version": STATE_VERSION, "source": source, **details}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _kit_details(kit: Path) -> dict[str, Any]:
+    pairs = kit_pairs_path(kit)
+    stat = pairs.stat()
+    return {"kit": str(kit), "pairs_size": stat.st_size, "pairs_mtime": int(stat.st_mtime)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+class _Steps:
+    """Numbered status lines with timings (long steps show their own progress bars)."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.timings: dict[str, float] = {}
+        self._n = 0
+
+    @contextmanager
+    def step(self, key: str, text: str) -> Iterator[None]:
+        self._n += 1
+        self.say(f"[{self._n}] {text} ...")
+        started = time.perf_counter()
+        yield
+        self.timings[key] = round(time.perf_counter() - started, 2)
+        self.say(f"    done in {self.timings[key]:.1f} s")
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            typer.echo(text)
+
+
+def _limit_threads() -> None:
+    """Keep torch/OpenMP within the two cores these machines have (house rule 9)."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+
+
+def _assign_split(pairs: PairsSet, splits: dict[str, str]) -> PairsSet:
+    if pairs.name is None:
+        raise InvalidInput("pairs file has no 'name' column; cannot assign the demo split")
+    split = np.array([splits[str(n)] for n in pairs.name])
+    return dataclasses.replace(pairs, split=split)
+
+
+def _init_backbone(*, output: Path, spec: SyntheticSpec, seed: int, role: str) -> Path:
+    """A randomly initialised iResNet exported to ONNX with its manifest (H3b's export)."""
+    from training.backbones.config import TrainConfig
+    from training.backbones.export import export_random_backbone
+
+    config = TrainConfig(arch=spec.arch, width=spec.width, embedding_dim=spec.embedding_dim)  # type: ignore[arg-type]
+    report = export_random_backbone(
+        output,
+        seed=seed,
+        config=config,
+        model_id=f"synthetic-{role}-iresnet-{spec.arch}-w{spec.width}-seed{seed}",
+        parity_batches=spec.parity_batches,
+    )
+    return Path(report.manifest_path)
+
+
+def _fit_and_export(
+    *,
+    pairs_path: Path,
+    output: Path,
+    recipe: str,
+    source_model: str,
+    target_model: str,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``facebridge transformer fit`` (fit on the bridge rows, threshold, export, validate),
+    then the protocol's evaluation of the exported ONNX on the eval rows (docs/PROTOCOL.md)."""
+    from service.inference.transformer import TransformerSession
+    from training.transformers.cli import evaluate_artefact, fit_command
+
+    fit_command(
+        pairs=pairs_path,
+        output=output,
+        recipe=recipe,
+        seed=DEMO_SEED,
+        source_model=source_model,
+        target_model=target_model,
+        progress=progress,
+    )
+    report = evaluate_artefact(pairs_path=pairs_path, transformer_path=output, all_rows=False)
+    session = TransformerSession(output)
+    meta = session.metadata
+    info = {
+        "path": str(output),
+        "recipe": meta.recipe,
+        "sha256": session.sha256,
+        "source_model": meta.source_model,
+        "target_model": meta.target_model,
+        "threshold": meta.threshold,
+        "fit_seconds": meta.metrics.get("fit_seconds"),
+    }
+    return info, _report_metrics(report)
+
+
+def _report_metrics(report: Any) -> dict[str, Any]:
+    """top-1 of every protocol row, ``{"old/old top1": 93.9, ...}``, for printing."""
+    out: dict[str, Any] = {}
+    for row in getattr(report, "rows", ()):
+        value = getattr(row, "top1", None)
+        if isinstance(value, int | float) and value == value:  # NaN: a row that does not apply
+            out[f"{row.name} top1"] = round(float(value), 2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------------------------
+def _reset_data_dir(data_dir: Path) -> None:
+    """Remove a previous demo build. Refuses a non-empty directory that is not demo data."""
+    if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / STATE_FILE).exists():
+        owned = {
+            "models",
+            "synthetic",
+            "pairs.npz",
+            "gallery",
+            "facebridge.db",
+            "index",
+            "artifacts",
+        }
+        foreign = [
+            p.name for p in data_dir.iterdir() if p.name not in owned and not p.name.startswith(".")
+        ]
+        if foreign:
+            raise InvalidInput(
+                f"{data_dir} holds files the demo did not make ({', '.join(sorted(foreign)[:3])}); "
+                "pass an empty or demo directory with --data-dir"
+            )
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+
+
+def build_demo(
+    *,
+    data_dir: Path = DEFAULT_DATA_DIR,
+    synthetic: bool = False,
+    spec: SyntheticSpec | None = None,
+    recipe: str = DEMO_RECIPE,
+    progress: bool = True,
+    force: bool = False,
+    quiet: bool = False,
+) -> DemoState:
+    """Build (or reuse) the demo data in ``data_dir``; returns its verified state."""
+    data_dir = data_dir.resolve()
+    kit = None if synthetic else find_kit_dir()
+    spec = spec or SyntheticSpec()
+    source = "synthetic" if kit is None else "kit"
+    details = _kit_details(kit) if kit is not None else {"spec": spec.as_dict()}
+    details["recipe"] = recipe
+    fingerprint = _fingerprint(source, details)
+    steps = _Steps(quiet=quiet)
+
+    existing = DemoState.load(data_dir / STATE_FILE)
+    if (
+        not force
+        and existing is not None
+        and existing.fingerprint == fingerprint
+        and existing.data_dir == str(data_dir)
+        and all(e.verified for e in existing.examples)
+    ):
+        steps.say(f"demo data in {data_dir} is up to date ({source}); reusing it")
+        return existing
+
+    if kit is None:
+        steps.say("")
+        steps.say("=" * 72)
+        steps.say(
+            f"  {SYNTHETIC_BANNER}: "
+            + ("--synthetic given." if synthetic else "the sample kit is absent.")
+        )
+        steps.say("  Generated coloured-pattern 'faces' and RANDOMLY INITIALISED iResNet backbones")
+        steps.say("  stand in for real faces and trained models. The pipeline is the real one;")
+        steps.say("  the accuracy figures say nothing about real faces.")
+        steps.say("=" * 72)
+    else:
+        steps.say(f"using the sample kit at {kit} (real LFW faces, read in place)")
+
+    _reset_data_dir(data_dir)
+    _limit_threads()
+    models_dir = data_dir / "models"
+    models_dir.mkdir()
+
+    if kit is None:
+        images_dir = data_dir / "synthetic" / "aligned"
+        with steps.step("images", f"generating synthetic faces into {images_dir}"):
+            splits = write_synthetic_faces(root=images_dir, spec=spec)
+        with steps.step(
+            "backbones", f"initialising two random iResNet-{spec.arch[1:]} backbones (old, new)"
+        ):
+            old_manifest = _init_backbone(
+                output=models_dir / "old-model.onnx", spec=spec, seed=spec.old_seed, role="old"
+            )
+            new_manifest = _init_backbone(
+                output=models_dir / "new-model.onnx", spec=spec, seed=spec.new_seed, role="new"
+            )
+        with steps.step("pairs", "extracting old/new embedding pairs"):
+            from training.data.extract import extract_pairs
+
+            pairs_path = data_dir / "pairs.npz"
+            extract_pairs(
+                images_dir=images_dir,
+                old=str(old_manifest),
+                new=str(new_manifest),
+                output=pairs_path,
+                aligned=True,
+                threads=TORCH_THREADS,
+                progress=progress,
+            )
+            pairs = _assign_split(load_pairs(pairs_path), splits)
+            save_pairs(pairs_path, pairs)
+        old_model_id = load_backbone_manifest(old_manifest)[0].model_id
+        backbone_manifest = new_manifest
+        new_model_id = load_backbone_manifest(new_manifest)[0].model_id
+        image_root = images_dir
+    else:
+        pairs_path = kit_pairs_path(kit)
+        pairs = load_pairs(pairs_path)
+        backbone_manifest = kit_backbone_manifest(kit)
+        old_model_id, new_model_id = KIT_OLD_MODEL_ID, KIT_NEW_MODEL_ID
+        image_root = kit / "lfw" / "aligned"
+
+    n_bridge = len(pairs.select_split(SPLIT_BRIDGE))
+    eval_pairs = pairs.select_split(SPLIT_EVAL)
+    transformer_path = models_dir / "transformer.onnx"
+    with steps.step(
+        "fit", f"fitting the transformer (recipe {recipe!r}) on {n_bridge} bridge rows"
+    ):
+        transformer, metrics = _fit_and_export(
+            pairs_path=pairs_path,
+            output=transformer_path,
+            recipe=recipe,
+            source_model=new_model_id,
+            target_model=old_model_id,
+            progress=progress,
+        )
+    steps.say("    eval split (PROTOCOL.md): " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+
+    env = service_env(
+        data_dir=data_dir, backbone_manifest=backbone_manifest, gallery_model_id=old_model_id
+    )
+    with steps.step(
+        "service", "creating the database, importing the gallery, uploading the transformer"
+    ):
+        api_key, gallery_counts, probes = _prepare_service(
+            env=env, data_dir=data_dir, eval_pairs=eval_pairs, transformer_path=transformer_path
+        )
+
+    with steps.step("verify", "verifying example probes through the real /identify route"):
+        candidates = [
+            DemoExample(image=str((image_root / path).resolve()), expected=name)
+            for name, path in probes[:MAX_EXAMPLE_CANDIDATES]
+        ]
+        examples, verification = _verify_examples(env=env, api_key=api_key, candidates=candidates)
+    steps.say(
+        f"    {verification['correct']}/{verification['tried']} probes tried came back as the "
+        "right person"
+    )
+
+    state = DemoState(
+        version=STATE_VERSION,
+        source=source,
+        fingerprint=fingerprint,
+        data_dir=str(data_dir),
+        env=env,
+        api_key=api_key,
+        transformer=transformer,
+        evaluation=metrics,
+        gallery=gallery_counts,
+        examples=examples,
+        verification=verification,
+        timings=steps.timings,
+    )
+    state.save(data_dir / STATE_FILE)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Service side (H4a's settings, db, gallery, registry and keys; H4b's app)
+# ---------------------------------------------------------------------------------------------
+def service_env(
+    *, data_dir: Path, backbone_manifest: Path, gallery_model_id: str
+) -> dict[str, str]:
+    """The FACEBRIDGE_* environment of the demo service: embedded SQLite + local FAISS index."""
+    return {
+        "FACEBRIDGE_DATABASE_URL": f"sqlite:///{data_dir / 'facebridge.db'}",
+        "FACEBRIDGE_DATA_DIR": str(data_dir),
+        "FACEBRIDGE_INDEX_PATH": str(data_dir / "index" / "gallery.faiss"),
+        "FACEBRIDGE_TRANSFORMERS_DIR": str(data_dir / "transformers"),
+        "FACEBRIDGE_BACKBONE_MANIFEST": str(backbone_manifest),
+        "FACEBRIDGE_GALLERY_MODEL_ID": gallery_model_id,
+        # Demo probes are aligned 112x112 crops: no detector needed (photos need the dlib extra).
+        "FACEBRIDGE_DETECTOR": "auto",
+    }
+
+
+def settings_from_env(env: dict[str, str]) -> Any:
+    """ServiceSettings from a FACEBRIDGE_* mapping (the same values the served app reads)."""
+    from service.settings import ServiceSettings
+
+    prefix = "FACEBRIDGE_"
+    return ServiceSettings(
+        **{k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+    )
+
+
+def gallery_and_probes(pairs: PairsSet) -> tuple[PairsSet, list[tuple[str, str]]]:
+    """Gallery rows (templates + distractors) and (name, path) probes, per docs/PROTOCOL.md
+    (H2's protocol function decides which row is which)."""
+    from training.evaluation.protocol import build_gallery_and_probes
+
+    split = build_gallery_and_probes(pairs)
+    gallery = pairs.take(np.asarray(split.gallery_rows))
+    probe_rows = np.asarray(split.probe_rows)
+    if pairs.name is None or pairs.path is None:
+        raise InvalidInput("the demo needs 'name' and 'path' columns in the pairs file")
+    # One probe per person first (sorted by path), so the examples show different people.
+    seen: set[str] = set()
+    first, rest = [], []
+    for row in sorted(probe_rows.tolist(), key=lambda r: str(pairs.path[r])):
+        name, path = str(pairs.name[row]), str(pairs.path[row])
+        (rest if name in seen else first).append((name, path))
+        seen.add(name)
+    return gallery, first + rest
+
+
+def _prepare_service(
+    *, env: dict[str, str], data_dir: Path, eval_pairs: PairsSet, transformer_path: Path
+) -> tuple[str, dict[str, int], list[tuple[str, str]]]:
+    """Migrate the database, import the gallery, upload + activate the transformer, create a
+    key; all through H4a's service functions (what `facebridge db upgrade`, `gallery import`,
+    `transformers upload --activate` and `keys create` run)."""
+    from service.db.session import make_engine, make_session_factory, upgrade_database
+    from service.gallery.importer import import_gallery
+    from service.gallery.store import open_gallery, save_gallery
+    from service.keys import create_key
+    from service.registry.store import upload_transformer
+
+    settings = settings_from_env(env)
+    gallery, probes = gallery_and_probes(eval_pairs)
+    gallery_file = data_dir / "gallery" / "gallery.npz"
+    gallery_file.parent.mkdir(parents=True, exist_ok=True)
+    assert gallery.name is not None and gallery.path is not None  # checked in gallery_and_probes
+    np.savez(
+        gallery_file,
+        old=np.asarray(gallery.old, dtype=np.float32),
+        name=gallery.name.astype(str),
+        path=gallery.path.astype(str),
+    )
+
+    upgrade_database(url=settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        session_factory = make_session_factory(engine)
+        index, _ = open_gallery(session_factory=session_factory, settings=settings)
+        report = import_gallery(
+            session_factory=session_factory,
+            index=index,
+            source=gallery_file,
+            model_id=settings.gallery_model_id,
+        )
+        save_gallery(index=index, settings=settings)
+        upload_transformer(
+            session_factory=session_factory,
+            settings=settings,
+            data=transformer_path.read_bytes(),
+            activate=True,
+            note="facebridge demo",
+        )
+        with session_factory() as session:
+            _, api_key = create_key(session=session, scopes=("identify",), name="demo")
+    finally:
+        engine.dispose()
+    names = gallery.name.astype(str)
+    counts = {
+        "rows": int(report.rows),
+        "identities": len(set(names.tolist())),
+        "probes": len(probes),
+    }
+    return api_key, counts, probes
+
+
+def _verify_examples(
+    *, env: dict[str, str], api_key: str, candidates: list[DemoExample]
+) -> tuple[list[DemoExample], dict[str, Any]]:
+    """POST each candidate probe to /v1/identify on the real app (in-process, lifespan on);
+    keep the first N_EXAMPLES that come back as the right person (top-1 candidate)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    tried = correct = 0
+    verified: list[DemoExample] = []
+    failures: list[str] = []
+    with TestClient(create_app(settings_from_env(env))) as client:
+        for example in candidates:
+            if len(verified) >= N_EXAMPLES:
+                break
+            with open(example.image, "rb") as fh:
+                response = client.post(
+                    "/v1/identify",
+                    headers={"X-API-Key": api_key},
+                    files={"image": (Path(example.image).name, fh, "application/octet-stream")},
+                )
+            tried += 1
+            if response.status_code != 200:
+                failures.append(
+                    f"{example.image}: HTTP {response.status_code} {response.text[:200]}"
+                )
+                continue
+            ranked = response.json()["results"][0]["candidates"]
+            top = ranked[0]["name"] if ranked else None
+            if top == example.expected:
+                correct += 1
+                verified.append(dataclasses.replace(example, verified=True))
+            else:
+                failures.append(
+                    f"{Path(example.image).name}: expected {example.expected}, got {top}"
+                )
+    if len(verified) < N_EXAMPLES:
+        raise InvalidInput(
+            f"demo verification failed: only {len(verified)} of {tried} example probes came back "
+            "as the right person; " + "; ".join(failures[:3])
+        )
+    return verified, {"tried": tried, "correct": correct, "failures": failures}
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+DataDirOption = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="where the demo data lives")
+SyntheticOption = typer.Option(
+    False, "--synthetic", help="use synthetic data even if the kit exists"
+)
+ForceOption = typer.Option(False, "--force", help="rebuild even when the demo data is up to date")
+RecipeOption = typer.Option(
+    DEMO_RECIPE, "--recipe", help="transformer recipe (`ridge` fits in seconds; see docs)"
+)
+
+
+def curl_commands(state: DemoState, *, host: str, port: int) -> list[str]:
+    base = f"http://{host}:{port}"
+    return [
+        f"curl -s -H 'X-API-Key: {state.api_key}' -F 'image=@{e.image}' {base}/v1/identify"
+        for e in state.examples
+        if e.verified
+    ]
+
+
+def print_summary(
+    state: DemoState, *, host: str, port: int, echo: Callable[[str], None] = typer.echo
+) -> None:
+    banner = (
+        f"  *** {SYNTHETIC_BANNER} (generated patterns, random backbones) ***"
+        if state.synthetic
+        else ""
+    )
+    echo("")
+    echo("=" * 72)
+    echo(f"facebridge demo ({state.source})" + (banner and "\n" + banner))
+    echo(f"  data:        {state.data_dir}")
+    echo(f"  gallery:     {state.gallery}")
+    info = state.transformer
+    echo(
+        f"  transformer: recipe {info.get('recipe')!r}, "
+        f"{info.get('source_model')} -> {info.get('target_model')}"
+    )
+    echo("  eval split:  " + ", ".join(f"{k}={v}" for k, v in state.evaluation.items()))
+    echo(f"  API key (identify scope, demo only): {state.api_key}")
+    echo(f"  docs:        http://{host}:{port}/docs")
+    echo("")
+    echo("Try it (each image is a probe of a person in the gallery, not the enrolled image):")
+    for example, command in zip(
+        (e for e in state.examples if e.verified),
+        curl_commands(state, host=host, port=port),
+        strict=True,
+    ):
+        echo(f"  # expected: {example.expected}")
+        echo(f"  {command}")
+    echo("=" * 72)
+
+
+@app.command("build")
+def build_command(
+    data_dir: Path = DataDirOption,
+    synthetic: bool = SyntheticOption,
+    force: bool = ForceOption,
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+) -> None:
+    """Prepare the demo data (idempotent) and verify it; does not start the service."""
+    state = build_demo(
+        data_dir=data_dir, synthetic=synthetic, force=force, progress=not no_progress
+    )
+    print_summary(state, host=DEFAULT_HOST, port=DEFAULT_PORT)
+
+
+@app.command("run")
+def run_command(
+    host: str = typer.Option(DEFAULT_HOST, "--host"),
+    port: int = typer.Option(DEFAULT_PORT, "--port"),
+    data_dir: Path = DataDirOption,
+    synthetic: bool = SyntheticOption,
+    force: bool = ForceOption,
+    recipe: str = RecipeOption,
+    no_serve: bool = typer.Option(False, "--no-serve", help="build and verify only"),
+) -> None:
+    """Build the demo data if needed, print curl commands, then serve until Ctrl-C."""
+    state = build_demo(data_dir=data_dir, synthetic=synthetic, force=force, recipe=recipe)
+    print_summary(state, host=host, port=port)
+    if no_serve:
+        return
+    serve(state, host=host, port=port)
+
+
+def serve(state: DemoState, *, host: str, port: int) -> None:
+    """Serve the demo with uvicorn and the app factory, exactly as the Docker image does, with
+    the demo's FACEBRIDGE_* settings in the environment."""
+    import uvicorn
+
+    os.environ.update(state.env)
+    typer.echo(f"starting the service at http://{host}:{port} (Ctrl-C stops it) ...")
+    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=1)
+
+
+def _fail(exc: FacebridgeError) -> None:  # pragma: no cover - CLI path
+    typer.echo(f"error: {exc}", err=True)
+    sys.exit(2)

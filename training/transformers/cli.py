@@ -1,0 +1,147 @@
+"""``facebridge transformer fit|evaluate``. Torch is imported inside the commands only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, SPLIT_BRIDGE, SPLIT_EVAL
+from service.errors import InvalidInput
+
+app = typer.Typer(
+    help="Fit, export and evaluate transformers (new-model -> old-model mapping networks).",
+    no_args_is_help=True,
+)
+
+PairsOpt = Annotated[Path, typer.Option("--pairs", help="pairs file (.npz or dir of .npy)")]
+AllRowsOpt = Annotated[
+    bool, typer.Option("--all-rows", help="ignore the split column and use every row")
+]
+
+
+def _load_split(path: Path, split: str, all_rows: bool) -> Any:
+    from service.contracts import load_pairs
+
+    pairs = load_pairs(path)
+    if all_rows or pairs.split is None:
+        return pairs
+    return pairs.select_split(split)
+
+
+def _resolve_recipe(recipe: str | None, config: Path | None) -> Any:
+    from training.transformers.recipes import get_recipe, load_recipe_file
+
+    if recipe and config:
+        raise InvalidInput("give --recipe or --config, not both")
+    if config is not None:
+        return load_recipe_file(config)
+    return get_recipe(recipe or "default")
+
+
+def _evaluation_metrics(pairs_path: Path, transformer: Path) -> dict[str, float]:
+    """Eval-split metrics of an exported transformer via the protocol (mapped row only)."""
+    report = evaluate_artefact(pairs_path=pairs_path, transformer_path=transformer, all_rows=False)
+    mapped = report.row("mapped")
+    return {
+        "eval_top1": round(float(mapped.top1), 2),
+        "eval_top5": round(float(mapped.top5), 2),
+        "eval_tar_at_far_1e3": round(float(mapped.tar_at_far_1e3), 2),
+    }
+
+
+def evaluate_artefact(*, pairs_path: Path, transformer_path: Path, all_rows: bool) -> Any:
+    """Run an exported ONNX through ``TransformerSession`` on the eval rows -> EvaluationReport."""
+    from service.inference.transformer import TransformerSession
+    from training.evaluation.protocol import evaluate_mapping
+    from training.transformers.data import normalized_pairs
+
+    pairs = _load_split(pairs_path, SPLIT_EVAL, all_rows)
+    session = TransformerSession(transformer_path, intra_op_threads=2)
+    if session.input_dim != pairs.new_dim or session.output_dim != pairs.old_dim:
+        raise InvalidInput(
+            f"transformer maps {session.input_dim} -> {session.output_dim} but the pairs are "
+            f"new {pairs.new_dim} / old {pairs.old_dim}"
+        )
+    mapped = session.map(normalized_pairs(pairs).new)
+    return evaluate_mapping(eval_pairs=pairs, mapped=mapped)
+
+
+@app.command("fit")
+def fit_command(
+    pairs: PairsOpt,
+    output: Annotated[Path, typer.Option("--output", help="ONNX file to write")],
+    recipe: Annotated[str | None, typer.Option("--recipe", help="registered recipe name")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="recipe config (.toml/.yaml, base+override)")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda")] = "cpu",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    all_rows: AllRowsOpt = False,
+    source_model: Annotated[
+        str, typer.Option("--source-model", help="new backbone's model id (metadata)")
+    ] = KIT_NEW_MODEL_ID,
+    target_model: Annotated[
+        str, typer.Option("--target-model", help="old model's id (metadata)")
+    ] = KIT_OLD_MODEL_ID,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Fit on the bridge rows (all rows with --all-rows), export ONNX, validate, checksum."""
+    from service.vectors import l2_normalize
+    from training.transformers.calibration import threshold_at_far
+    from training.transformers.data import normalized_pairs
+    from training.transformers.export import default_metadata, export_transformer
+    from training.transformers.fit import fit_normalized
+
+    resolved = _resolve_recipe(recipe, config)
+    train_pairs = _load_split(pairs, SPLIT_BRIDGE, all_rows)
+    train = normalized_pairs(train_pairs)
+    typer.echo(f"fitting {resolved.name!r} on {len(train)} rows ({resolved.model}, {device})")
+    fitted = fit_normalized(train=train, recipe=resolved, device=device, seed=seed, progress=progress)
+    threshold = threshold_at_far(
+        mapped=l2_normalize(fitted.transform(train.new)), old=train.old, label=train.label
+    )
+    meta = default_metadata(
+        fitted, source_model=source_model, target_model=target_model, threshold=threshold
+    )
+    report = export_transformer(fitted, output, metadata=meta)
+    metrics: dict[str, float] = {}
+    has_eval = train_pairs.split is not None or all_rows
+    if not all_rows and has_eval:
+        from service.contracts import load_pairs
+
+        full = load_pairs(pairs)
+        if full.split is not None and (full.split == SPLIT_EVAL).any():
+            metrics = _evaluation_metrics(pairs, output)
+            metrics["fit_seconds"] = round(fitted.fit_seconds, 2)
+            meta = default_metadata(
+                fitted,
+                source_model=source_model,
+                target_model=target_model,
+                threshold=threshold,
+                metrics=metrics,
+            )
+            report = export_transformer(fitted, output, metadata=meta)
+    typer.echo(f"fitted in {fitted.fit_seconds:.1f} s; threshold (FAR=1e-3, bridge) {threshold:.4f}")
+    if metrics:
+        typer.echo("eval split: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    parity = ", ".join(f"b{k}={v:.6f}" for k, v in report.parity.items())
+    typer.echo(f"parity (min cosine torch vs ORT): {parity}")
+    typer.echo(f"wrote {report.path} ({report.size_bytes} bytes) sha256 {report.sha256}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    pairs: PairsOpt,
+    transformer: Annotated[Path, typer.Option("--transformer", help="exported ONNX")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    all_rows: AllRowsOpt = False,
+) -> None:
+    """Evaluate an exported transformer on the eval rows (all rows with --all-rows)."""
+    report = evaluate_artefact(pairs_path=pairs, transformer_path=transformer, all_rows=all_rows)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        typer.echo(report.to_markdown())

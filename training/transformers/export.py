@@ -1,0 +1,156 @@
+"""Export a fitted transformer as the ONNX artefact of the contract, validated, not trusted.
+
+One file (no external data), input ``new_embedding`` [batch, d_new], output ``old_embedding``
+[batch, d_old], symbolic batch, ``metadata_props`` from :class:`TransformerMetadata`. After
+writing: onnx.checker, a fresh :class:`TransformerSession` (names, dims, metadata), and cosine
+parity torch vs ONNX Runtime >= 0.9999 at batch 1, 7 and 256 on every export. The file's sha256
+goes into the report and into ``FILE.onnx.sha256`` beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.contracts import TRANSFORMER_INPUT, TRANSFORMER_OUTPUT, TransformerMetadata
+from service.errors import ContractError
+from service.inference.transformer import TransformerSession, file_sha256
+from service.vectors import l2_normalize
+from training.transformers.fit import FittedTransformer
+
+PARITY_BATCHES = (1, 7, 256)
+PARITY_MIN_COSINE = 0.9999
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    sha256: str
+    sha256_path: Path
+    parity: dict[int, float]  # batch size -> minimum row cosine torch vs ORT
+    metadata: TransformerMetadata
+    size_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "parity_min_cosine": {str(k): v for k, v in self.parity.items()},
+            "metadata": self.metadata.to_props(),
+        }
+
+
+def default_metadata(
+    fitted: FittedTransformer,
+    *,
+    source_model: str,
+    target_model: str,
+    threshold: float | None = None,
+    metrics: dict[str, float] | None = None,
+) -> TransformerMetadata:
+    return TransformerMetadata(
+        input_dim=fitted.input_dim,
+        output_dim=fitted.output_dim,
+        source_model=source_model,
+        target_model=target_model,
+        recipe=fitted.recipe.name,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        threshold=threshold,
+        metrics=dict(metrics or {}),
+    )
+
+
+def _export_graph(module: torch.nn.Module, d_new: int, out_path: Path) -> None:
+    """torch -> ONNX, batch dimension symbolic.
+
+    The TorchScript-based exporter (``dynamo=False``, ``dynamic_axes``): deprecated in torch 2.13
+    but ~10x faster here than the dynamo exporter (0.1-1 s vs ~10 s per export on a loaded CPU),
+    and these models are plain MLP/conv graphs it handles exactly; the parity check below would
+    catch a divergence.
+    """
+    module = module.to("cpu").eval()
+    example = (torch.zeros(2, d_new),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            str(out_path),
+            dynamo=False,
+            input_names=[TRANSFORMER_INPUT],
+            output_names=[TRANSFORMER_OUTPUT],
+            dynamic_axes={TRANSFORMER_INPUT: {0: "batch"}, TRANSFORMER_OUTPUT: {0: "batch"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+
+
+def _parity(fitted: FittedTransformer, session: TransformerSession, seed: int) -> dict[int, float]:
+    rng = np.random.default_rng(seed)
+    result: dict[int, float] = {}
+    for batch in PARITY_BATCHES:
+        x = l2_normalize(rng.standard_normal((batch, fitted.input_dim)).astype(np.float32))
+        ref = fitted.transform(x)
+        got = session.map_raw(x)
+        cos = np.sum(l2_normalize(ref) * l2_normalize(got), axis=1)
+        result[batch] = float(cos.min())
+    return result
+
+
+def export_transformer(
+    fitted: FittedTransformer, path: str | Path, *, metadata: TransformerMetadata
+) -> ExportReport:
+    """Write, validate and checksum the artefact at ``path``. Fails loudly (ContractError) and
+    leaves nothing at ``path`` when any check fails."""
+    import onnx
+
+    path = Path(path)
+    if (metadata.input_dim, metadata.output_dim) != (fitted.input_dim, fitted.output_dim):
+        raise ContractError(
+            f"metadata dims {metadata.input_dim} -> {metadata.output_dim} do not match the "
+            f"fitted transformer's {fitted.input_dim} -> {fitted.output_dim}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _export_graph(fitted.module, fitted.input_dim, tmp)
+        model = onnx.load(str(tmp))
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, metadata.to_props())
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+        session = TransformerSession(tmp, intra_op_threads=1)  # names, dims, symbolic batch
+        parity = _parity(fitted, session, seed=fitted.seed)
+        worst = min(parity.values())
+        if worst < PARITY_MIN_COSINE:
+            raise ContractError(
+                f"export parity failed: torch vs ONNX Runtime cosine {worst:.6f} < "
+                f"{PARITY_MIN_COSINE} (per batch: {parity})"
+            )
+        digest = file_sha256(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sha_path = path.with_name(path.name + ".sha256")
+    sha_path.write_text(f"{digest}  {path.name}\n")
+    return ExportReport(
+        path=path,
+        sha256=digest,
+        sha256_path=sha_path,
+        parity=parity,
+        metadata=metadata,
+        size_bytes=path.stat().st_size,
+    )
