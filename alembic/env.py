@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from logging.config import fileConfig
 
+from sqlalchemy import text
+
 from alembic import context
 from service.db.models import Base
 from service.db.session import make_engine
@@ -13,6 +15,7 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
+LOCK_KEY = 0x66626D67  # 'fbmg': advisory lock serialising concurrent migrations
 
 
 def _database_url() -> str:
@@ -47,6 +50,11 @@ def run_migrations_online() -> None:
                 compare_type=True,
             )
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    # Several workers may start at once: one migrates, the others wait here.
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY}
+                    )
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -150,6 +150,8 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics) -> ServiceStat
     pool = InferencePool(
         threads=settings.inference_threads,
         max_pending=settings.inference_threads * PENDING_PER_THREAD,
+        # OpenMP's thread count is per calling thread: set it in every worker, not just here.
+        thread_initializer=lambda: set_faiss_threads(settings.faiss_threads),
     )
     state = ServiceState(
         settings=settings,
@@ -239,31 +241,10 @@ def _build_pipeline(state: ServiceState, *, detector: Any) -> Pipeline:
 
 
 def _identity_vectors(state: ServiceState, identity_id: int) -> tuple[np.ndarray, np.ndarray]:
-    from service import identities
+    from service.identities import face_vectors
 
     with state.session_factory() as session:
-        face_vectors = getattr(identities, "face_vectors", None)
-        if face_vectors is not None:
-            return face_vectors(session=session, identity_id=identity_id)
-        return _face_vectors_fallback(session, identity_id)
-
-
-def _face_vectors_fallback(session: Any, identity_id: int) -> tuple[np.ndarray, np.ndarray]:
-    # TODO(H4a): replace by service.identities.face_vectors (requested in H4b-requests.md).
-    from sqlalchemy import select
-
-    from service.db.models import Face
-    from service.gallery.store import vector_from_bytes
-    from service.identities import get_identity
-
-    get_identity(session=session, identity_id=identity_id)  # NotFound for an unknown id
-    rows = session.execute(
-        select(Face.id, Face.vector, Face.dim).where(Face.identity_id == identity_id)
-    ).all()
-    if not rows:
-        return np.empty(0, np.int64), np.empty((0, 0), np.float32)
-    ids = np.array([r.id for r in rows], dtype=np.int64)
-    return ids, np.stack([vector_from_bytes(r.vector, r.dim) for r in rows])
+        return face_vectors(session=session, identity_id=identity_id)
 
 
 def _readiness(state: ServiceState) -> dict[str, str]:

@@ -28,6 +28,7 @@ from service.gallery.store import (
     gallery_dim,
     normalize_gallery_vectors,
     vector_bytes,
+    vector_from_bytes,
 )
 
 if TYPE_CHECKING:
@@ -320,3 +321,21 @@ def delete_face(
     _commit(session, what=f"face {face_id}")
     if index is not None:
         index.remove(ids=[face_id])
+
+
+def face_vectors(*, session: Session, identity_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Face ids (int64 [m]) and stored old-space vectors (float32 [m, d], L2-normalised).
+
+    NotFound for an unknown identity; an identity without faces gives empty arrays.
+    """
+    _identity_row(session, identity_id)
+    rows = session.execute(
+        select(Face.id, Face.vector, Face.dim)
+        .where(Face.identity_id == identity_id)
+        .order_by(Face.id)
+    ).all()
+    if not rows:
+        dim = gallery_dim(session=session) or 0
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+    return ids, np.vstack([vector_from_bytes(r[1], r[2]) for r in rows])

@@ -236,6 +236,10 @@ def list_api_keys(session: DbSession) -> ApiKeyList:
     response_class=Response,
     responses=problem_responses(403, 404),
 )
-def revoke_api_key(key_id: Annotated[int, Path(ge=1)], session: DbSession) -> Response:
+def revoke_api_key(
+    key_id: Annotated[int, Path(ge=1)], state: StateDep, session: DbSession
+) -> Response:
+    """Effective at once in this worker; other workers forget cached keys within seconds."""
     keys.revoke_key(session=session, key_id=key_id)
+    state.verified_keys.clear()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 
-from service.errors import ServiceUnavailable, UnsupportedMediaType
+from service.errors import Forbidden, ServiceUnavailable, UnsupportedMediaType
 from service.metrics import ServiceMetrics
 
 T = TypeVar("T")
@@ -39,10 +42,19 @@ class InferencePool:
     Context variables (the request id) travel into the worker thread.
     """
 
-    def __init__(self, *, threads: int, max_pending: int) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int,
+        max_pending: int,
+        thread_initializer: Callable[[], None] | None = None,
+    ) -> None:
         self.threads = max(1, int(threads))
+        # Per-thread set-up (e.g. FAISS OpenMP threads: omp_set_num_threads is per thread).
         self._executor = ThreadPoolExecutor(
-            max_workers=self.threads, thread_name_prefix="facebridge-infer"
+            max_workers=self.threads,
+            thread_name_prefix="facebridge-infer",
+            initializer=thread_initializer,
         )
         self._pending = asyncio.Semaphore(max(1, int(max_pending)))
 
@@ -60,6 +72,37 @@ class InferencePool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+class VerifiedKeys:
+    """Keys verified in the last ``ttl_seconds`` (by hash), so a hot route does not hit SQL
+    (and write ``last_used_at``) on every request.
+
+    A revocation through this worker clears the cache at once; other workers and replicas
+    honour it within ``ttl_seconds``.
+    """
+
+    def __init__(self, *, ttl_seconds: float) -> None:
+        self.ttl_seconds = float(ttl_seconds)
+        self._entries: dict[str, tuple[Any, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, info: Any) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:  # many distinct keys: start over, never grow
+                self._entries.clear()
+            self._entries[key_hash] = (info, time.monotonic() + self.ttl_seconds)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 @dataclass
 class ServiceState:
     """Everything the lifespan builds; routes reach it through :data:`StateDep`."""
@@ -73,6 +116,7 @@ class ServiceState:
     holder: Any
     index: Any
     engine: Any = None
+    verified_keys: VerifiedKeys = field(default_factory=lambda: VerifiedKeys(ttl_seconds=5.0))
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,19 +149,32 @@ def get_db(state: StateDep) -> Iterator[Any]:
 DbSession = Annotated[Any, Depends(get_db)]
 
 
-def require_scope(scope: str) -> Callable[..., str]:
+def require_scope(scope: str) -> Callable[..., Any]:
     """A dependency admitting keys with ``scope`` (401 without a known key, 403 without scope).
 
-    A plain function: FastAPI runs it in its thread pool, so the key lookup (SQL) stays off
-    the event loop. Scope rules (admin implies all) live in :mod:`service.keys`.
+    Scope rules (admin implies all) live in :mod:`service.keys`; a cache miss verifies the key
+    against SQL in a worker thread, off the event loop.
     """
 
-    def check(request: Request, key: Annotated[str | None, Security(api_key_header)] = None) -> str:
-        from service.keys import verify_key
+    async def check(
+        request: Request, key: Annotated[str | None, Security(api_key_header)] = None
+    ) -> str:
+        from service.keys import hash_key, verify_key
 
         state = get_state(request)
-        with state.session_factory() as session:
-            verify_key(session=session, key=key, scope=scope)
+        cache: VerifiedKeys = state.verified_keys
+        key_hash = hash_key(key) if key else ""
+        info = cache.get(key_hash) if key else None
+        if info is None:
+
+            def verify() -> Any:
+                with state.session_factory() as session:
+                    return verify_key(session=session, key=key, scope=scope)
+
+            info = await run_in_threadpool(verify)
+            cache.put(key_hash, info)
+        elif not info.allows(scope):
+            raise Forbidden(f"this API key lacks the {scope!r} scope")
         return scope
 
     check.__name__ = f"require_{scope}"

@@ -92,9 +92,21 @@ def upgrade_database(*, url: str, revision: str = "head") -> None:
     """``alembic upgrade head`` on ``url`` (creates a fresh SQLite file's schema)."""
     from alembic import command
 
-    if make_url(url).get_backend_name() == "sqlite":
-        _prepare_sqlite_file(url)
-    command.upgrade(alembic_config(url=url), revision)
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        command.upgrade(alembic_config(url=url), revision)  # Postgres: advisory lock in env.py
+        return
+    _prepare_sqlite_file(url)
+    import fcntl
+
+    # Several workers may start at once on one SQLite file: one migrates, the others wait.
+    with open(Path(database).expanduser().with_suffix(".migrate.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            command.upgrade(alembic_config(url=url), revision)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def current_revision(*, engine: Engine) -> str | None:

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import Face, Identity
+from service.db.models import Face, Identity, utcnow
 from service.errors import ContractError, FacebridgeError, InvalidInput
 from service.gallery.index import GalleryIndex
 from service.gallery.store import (
@@ -285,17 +285,25 @@ def _identity_ids_for(
             known[str(ext)] = int(identity_id)
             matched += 1
     first_name = dict(zip(chunk.external_ids, chunk.names, strict=True))
-    new = [
-        Identity(external_id=k, name=first_name[k] or k, attributes={})
-        for k in wanted
-        if k not in known
-    ]
-    created = len(new)
-    if new:
-        session.add_all(new)
-        session.flush()
-        for identity in new:
-            known[identity.external_id] = int(identity.id)  # type: ignore[index]
+    missing = [k for k in wanted if k not in known]
+    if missing:
+        now = utcnow()
+        rows = [
+            {
+                "external_id": k,
+                "name": first_name[k] or k,
+                "attributes": {},
+                "created_at": now,
+                "updated_at": now,
+            }
+            for k in missing
+        ]
+        # Core-level bulk insert (much faster than one ORM object per row); ids in input order.
+        new_ids = session.scalars(
+            insert(Identity).returning(Identity.id, sort_by_parameter_order=True), rows
+        ).all()
+        known.update(zip(missing, (int(i) for i in new_ids), strict=True))
+    created = len(missing)
     return [known[k] for k in chunk.external_ids], created, matched
 
 
@@ -361,6 +369,7 @@ def import_gallery(
                 created, matched = created + c, matched + m
                 seen |= _existing_hashes(session, identity_ids)
                 faces = []
+                now = utcnow()
                 for i, identity_id in enumerate(identity_ids):
                     stored = vector_bytes(vectors[i])
                     key = (identity_id, content_hash(stored))
@@ -369,22 +378,21 @@ def import_gallery(
                         continue
                     seen.add(key)
                     faces.append(
-                        Face(
-                            identity_id=identity_id,
-                            vector=stored,
-                            dim=dim,
-                            content_hash=key[1],
-                            source="legacy",
-                            transformer_version=None,
-                            origin=chunk.origins[i],
-                        )
+                        {
+                            "identity_id": identity_id,
+                            "vector": stored,
+                            "dim": dim,
+                            "content_hash": key[1],
+                            "source": "legacy",
+                            "transformer_version": None,
+                            "origin": chunk.origins[i],
+                            "created_at": now,
+                        }
                     )
                 if faces:
-                    session.add_all(faces)
-                    session.flush()
-                    new_face_ids.extend(int(f.id) for f in faces)
+                    ids = session.scalars(insert(Face).returning(Face.id), faces).all()
+                    new_face_ids.extend(int(i) for i in ids)
                 rows += len(identity_ids)
-                session.expunge_all()  # keep memory flat on big files
             if rows == 0:
                 raise ContractError("the import file holds no rows")
             if model_id:

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import REGISTRY_STATE_ID, Face, Identity, RegistryState
 from service.errors import ContractError, InvalidInput
-from service.gallery.index import GalleryIndex, IndexParams
+from service.gallery.index import GalleryIndex, IndexParams, sidecar_path
 from service.vectors import as_float32_matrix, l2_normalize
 
 if TYPE_CHECKING:
@@ -225,15 +225,25 @@ class ConsistencyReport:
         )
 
 
+def _compare(session: Session, index: GalleryIndex) -> tuple[set[int], set[int], int, int]:
+    """(missing in index, extra in index, SQL count, index count).
+
+    The index is read BEFORE SQL: a write that lands in between (SQL commit, then FAISS) then
+    shows up as "missing" (re-adding it is harmless) rather than as "extra" (dropping it would
+    hide an acknowledged face until the next sync).
+    """
+    index_ids = index.ids()
+    index_count = index.ntotal
+    sql_ids = sql_face_ids(session)
+    return sql_ids - index_ids, index_ids - sql_ids, len(sql_ids), index_count
+
+
 def check_consistency(*, session: Session, index: GalleryIndex) -> ConsistencyReport:
     """Compare ``ntotal`` and the id sets of the index and of SQL."""
-    sql_ids = sql_face_ids(session)
-    index_ids = index.ids()
-    missing = sql_ids - index_ids
-    extra = index_ids - sql_ids
+    missing, extra, sql_count, index_count = _compare(session, index)
     return ConsistencyReport(
-        sql_count=len(sql_ids),
-        index_count=index.ntotal,
+        sql_count=sql_count,
+        index_count=index_count,
         missing_in_index=len(missing),
         extra_in_index=len(extra),
         sample_missing=sorted(missing)[:SAMPLE_IDS],
@@ -241,29 +251,25 @@ def check_consistency(*, session: Session, index: GalleryIndex) -> ConsistencyRe
     )
 
 
-def reconcile(*, session: Session, index: GalleryIndex) -> ConsistencyReport:
+def reconcile(*, session: Session, index: GalleryIndex, quiet: bool = False) -> ConsistencyReport:
     """Add faces SQL has and the index lacks, drop ids SQL no longer has. Returns the repair."""
-    before = check_consistency(session=session, index=index)
-    if before.consistent:
-        return before
-    sql_ids = sql_face_ids(session)
-    index_ids = index.ids()
-    extra = sorted(index_ids - sql_ids)
-    if extra:
-        index.remove(ids=extra)
-    missing = sorted(sql_ids - index_ids)
-    for ids, vectors in iter_face_vectors(session, ids=missing):
-        index.add(ids=ids, vectors=vectors)
-    log.warning("gallery index repaired from SQL: %s", before.detail)
-    return ConsistencyReport(
-        sql_count=before.sql_count,
-        index_count=before.index_count,
-        missing_in_index=before.missing_in_index,
-        extra_in_index=before.extra_in_index,
-        sample_missing=before.sample_missing,
-        sample_extra=before.sample_extra,
-        repaired=True,
+    missing, extra, sql_count, index_count = _compare(session, index)
+    report = ConsistencyReport(
+        sql_count=sql_count,
+        index_count=index_count,
+        missing_in_index=len(missing),
+        extra_in_index=len(extra),
+        sample_missing=sorted(missing)[:SAMPLE_IDS],
+        sample_extra=sorted(extra)[:SAMPLE_IDS],
     )
+    if report.consistent:
+        return report
+    if extra:
+        index.remove(ids=sorted(extra))
+    for ids, vectors in iter_face_vectors(session, ids=sorted(missing)):
+        index.add(ids=ids, vectors=vectors)
+    (log.info if quiet else log.warning)("gallery index synchronised from SQL: %s", report.detail)
+    return replace(report, repaired=True)
 
 
 def save_gallery(*, index: GalleryIndex, settings: ServiceSettings) -> None:
@@ -284,7 +290,7 @@ def open_gallery(
     with session_factory() as session:
         index: GalleryIndex | None = None
         reason = "no index file"
-        if path.exists() or path.with_name(path.name + ".json").exists():
+        if path.exists() or sidecar_path(path).exists():
             try:
                 index = GalleryIndex.load(path, params=params, index_type=settings.index_type)
                 dim = gallery_dim(session=session, settings=settings)
@@ -330,7 +336,7 @@ class GallerySync:
             revision = gallery_revision(session)
             if revision == self._seen_revision:
                 return None
-            report = reconcile(session=session, index=self.index)
+            report = reconcile(session=session, index=self.index, quiet=True)
             self._seen_revision = revision
             return report
 

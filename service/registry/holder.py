@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ActiveTransformer:
     """One immutable snapshot: the version, its session and its decision threshold."""

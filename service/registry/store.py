@@ -151,14 +151,18 @@ def _score_validation_pairs(session: TransformerSession, path: Path) -> dict[str
         "validation_rows": float(len(pairs)),
         "validation_mean_cosine": float(np.mean(np.sum(mapped * old, axis=1))),
     }
-    try:  # the full protocol when the (torch-free) evaluation module is available
+    try:  # the full protocol when the (torch-free) evaluation module is installed
         from training.evaluation.protocol import evaluate_mapping
-
-        report = evaluate_mapping(eval_pairs=pairs, mapped=mapped)
-        for key, value in _flatten_report(report).items():
-            metrics[f"validation_{key}"] = value
     except ImportError:
         log.info("training.evaluation.protocol not importable; stored mean cosine only")
+        return metrics
+    try:
+        report = evaluate_mapping(eval_pairs=pairs, mapped=mapped)
+    except Exception as exc:  # e.g. a pairs file without enough identities for the protocol
+        log.warning("validation protocol skipped: %s", exc)
+        return metrics
+    for key, value in _flatten_report(report).items():
+        metrics[f"validation_{key}"] = value
     return metrics
 
 

@@ -195,28 +195,6 @@ class KitAssets:
     offline_top1: dict[str, float]  # protocol evaluation of the same ONNX files, percent
 
 
-def _gallery_and_probe_rows(evaluation: Any) -> tuple[Any, Any]:
-    """Row indices (gallery, probes) per docs/PROTOCOL.md, from H2's protocol module."""
-    import numpy as np
-
-    from training.evaluation import protocol
-
-    split = protocol.build_gallery_and_probes(evaluation)
-    gallery = getattr(split, "gallery_rows", None)
-    probes = getattr(split, "probe_rows", None)
-    if gallery is None and isinstance(split, tuple):
-        gallery, probes = split[0], split[1]
-    return np.asarray(gallery), np.asarray(probes)
-
-
-def mapped_top1(report: Any) -> float:
-    """The 'mapped' row's top-1 (percent) of H2's EvaluationReport."""
-    rows = getattr(report, "rows", report)
-    row = rows["mapped"] if isinstance(rows, dict) else getattr(report, "mapped")
-    value = row["top1"] if isinstance(row, dict) else row.top1
-    return float(value)
-
-
 @pytest.fixture(scope="session")
 def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAssets:
     import numpy as np
@@ -224,14 +202,15 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
     pytest.importorskip("torch", reason="fitting the e2e transformers needs the train extra")
     from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
     from service.inference.transformer import TransformerSession
-    from training.evaluation.protocol import evaluate_mapping
+    from training.evaluation.protocol import build_gallery_and_probes, evaluate_mapping
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_transformer
 
     root = tmp_path_factory.mktemp("kit-e2e")
     pairs = load_pairs(kit_dir / "lfw" / "pairs.npz")
     bridge, evaluation = pairs.select_split("bridge"), pairs.select_split("eval")
-    gallery_rows, probe_rows = _gallery_and_probe_rows(evaluation)
+    split = build_gallery_and_probes(evaluation)  # docs/PROTOCOL.md (H2)
+    gallery_rows, probe_rows = split.gallery_rows, split.probe_rows
     gallery_npz = root / "eval-gallery.npz"
     names = evaluation.name
     assert names is not None and evaluation.path is not None
@@ -254,7 +233,7 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
         transformers[recipe] = path
         mapped = TransformerSession(path).map(evaluation.new)
         report = evaluate_mapping(eval_pairs=evaluation, mapped=mapped)
-        offline_top1[recipe] = mapped_top1(report)
+        offline_top1[recipe] = float(report.row("mapped").top1)
     return KitAssets(
         manifest=kit_dir / "models" / "mobilefacenet.json",
         aligned_dir=kit_dir / "lfw" / "aligned",

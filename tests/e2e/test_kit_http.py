@@ -19,12 +19,8 @@ BATCH = 16  # images per request (the service's default max_batch_images)
 CLIENT_THREADS = 3
 
 
-def _identify_batch(
-    client: httpx.Client, aligned_dir: Path, paths: list[str]
-) -> list[dict]:
-    files = [
-        ("image", (Path(p).name, (aligned_dir / p).read_bytes(), "image/jpeg")) for p in paths
-    ]
+def _identify_batch(client: httpx.Client, aligned_dir: Path, paths: list[str]) -> list[dict]:
+    files = [("image", (Path(p).name, (aligned_dir / p).read_bytes(), "image/jpeg")) for p in paths]
     response = client.post("/v1/identify", files=files, params={"top_k": 5}, headers=ADMIN)
     assert response.status_code == 200, response.text
     return response.json()["results"]
@@ -130,9 +126,7 @@ def test_hot_swap_under_load_has_no_failures_and_names_a_live_version(
         assert version in _possibly_active(swaps, started, finished), (started, finished, version)
 
 
-def _possibly_active(
-    swaps: list[tuple[float, float, str]], start: float, end: float
-) -> set[str]:
+def _possibly_active(swaps: list[tuple[float, float, str]], start: float, end: float) -> set[str]:
     """Versions that may have been active at some instant of [start, end]: version i is active
     from somewhere inside its activation call until somewhere inside the next one."""
     live = set()

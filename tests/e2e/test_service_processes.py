@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
 from api.onnx_fixtures import (
     TINY_DIM,
     TINY_OLD_MODEL_ID,
@@ -58,14 +57,49 @@ def _identify_top(client: httpx.Client, seed: int) -> dict:
     return response.json()["results"][0]
 
 
+def _post_chunked_until_answered(server: Server, path: str, *, total: int) -> tuple[int, int]:
+    """POST a chunked body of up to ``total`` bytes over a raw socket, stopping as soon as the
+    server answers. Returns (status, bytes sent before the answer)."""
+    import select
+    import socket
+
+    chunk = b"\xff" * 65536
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {ADMIN['X-API-Key']}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        )
+        part = (
+            b'--x\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"%x\r\n%s\r\n" % (len(part), part))
+        while sent < total:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:
+                break  # the server closed the connection after answering
+            sent += len(chunk)
+        answer = sock.recv(4096).decode("latin-1")
+    return int(answer.split(" ", 2)[1]), sent
+
+
 def test_sigkill_during_enrolments_loses_nothing_acknowledged(
     tiny_models: dict[str, Path], tmp_path: Path, servers: list[Server]
 ) -> None:
-    server = _tiny_server(tmp_path, tiny_models)
+    server = _tiny_server(tmp_path, tiny_models, FACEBRIDGE_MAX_UPLOAD_BYTES=str(1 << 20))
     servers.append(server)
     server.start()
     with server.client() as client:
         upload_transformer(client, tiny_models["t1"], activate=True)
+    # Upload limit on a real socket: a 256 MB chunked body is cut off near the 1 MB limit.
+    status, sent = _post_chunked_until_answered(server, "/v1/identify", total=256 << 20)
+    assert status == 413 and sent < 32 << 20
 
     acknowledged: list[tuple[int, int, int]] = []  # (seed, identity id, face id)
     lock = threading.Lock()

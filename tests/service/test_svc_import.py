@@ -108,6 +108,20 @@ def test_stream_source_with_filename(env, tmp_path):
     assert (report.identities_matched, report.identities_created) == (1, 1)
 
 
+def put(path, data):
+    """Write ``data`` (bytes or text) to ``path``; returns the path."""
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data)
+    return path
+
+
+def savez(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
 def _malformed_csv(tmp_path):
     good = write_csv(tmp_path / "bad.csv", unit_vectors(9, DIM), list("abcdefghi"), ["n"] * 9)
     lines = good.read_text().splitlines()
@@ -120,23 +134,23 @@ def _malformed_csv(tmp_path):
     ("make", "error"),
     [
         (
-            lambda p: (p / "x.npz").write_bytes(b"PK\x03\x04 not really a zip") or p / "x.npz",
+            lambda p: put(p / "x.npz", b"PK\x03\x04 not really a zip"),
             ContractError,
         ),
         (lambda p: write_npz(p / "x.npz", unit_vectors(3, DIM), ["a", "b"]), ContractError),
         (
-            lambda p: np.savez(p / "x.npz", vectors=unit_vectors(2, DIM)) or p / "x.npz",
+            lambda p: savez(p / "x.npz", vectors=unit_vectors(2, DIM)),
             ContractError,
         ),
         (lambda p: write_npz(p / "x.npz", unit_vectors(3, DIM + 1), list("abc")), ContractError),
         (lambda p: write_npz(p / "x.npz", np.zeros((2, DIM)), list("ab")), ContractError),
         (_malformed_csv, ContractError),
         (
-            lambda p: (p / "x.csv").write_text("external_id,v0,v2\na,1,2\n") or p / "x.csv",
+            lambda p: put(p / "x.csv", "external_id,v0,v2\na,1,2\n"),
             ContractError,
         ),
-        (lambda p: (p / "x.csv").write_text("v0,v1\n1,2\n") or p / "x.csv", ContractError),
-        (lambda p: (p / "x.txt").write_text("hello") or p / "x.txt", InvalidInput),
+        (lambda p: put(p / "x.csv", "v0,v1\n1,2\n"), ContractError),
+        (lambda p: put(p / "x.txt", "hello"), InvalidInput),
     ],
     ids=[
         "not-zip",

@@ -192,3 +192,82 @@ def test_holder_keeps_serving_when_the_new_file_is_broken(configured):
     b.file.write_bytes(b"corrupted on disk after activation")
     assert holder.refresh() is False
     assert holder.current().version == a.version and holder.last_error
+
+
+def test_upload_scores_a_validation_pairs_file(configured, tmp_path):
+    from service.contracts import PairsSet, save_pairs
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((NEW_DIM, OLD_DIM)).astype(np.float32)
+    new = unit_vectors(40, NEW_DIM, seed=1)
+    pairs = PairsSet(
+        old=(new @ weight) * 2.0,  # exactly what the transformer computes, up to scale
+        new=new,
+        label=np.repeat(np.arange(20), 2),
+        path=np.array([f"p{i // 2}/{i}.jpg" for i in range(40)]),
+        split=np.array(["eval"] * 40),
+    )
+    pairs_file = save_pairs(tmp_path / "val.npz", pairs)
+    configured.with_settings(validation_pairs=pairs_file)
+    perfect = upload(configured, make_transformer_onnx(weight=weight))
+    unrelated = upload(configured, make_transformer_onnx(seed=7))
+    assert perfect.metrics["validation_rows"] == 40
+    assert perfect.metrics["validation_mean_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert unrelated.metrics["validation_mean_cosine"] < 0.9
+    assert perfect.metrics["top1"] == 90.0  # metrics carried by the file are kept
+
+
+def test_poller_converges_several_holders(configured):
+    """Two "workers" poll the generation; an activation reaches both without a direct call."""
+    import time
+
+    settings = configured.with_settings(generation_poll_seconds=0.05)
+    holders = [
+        ActiveTransformerHolder(session_factory=configured.session_factory, settings=settings)
+        for _ in range(2)
+    ]
+    for holder in holders:
+        holder.start_polling()
+    try:
+        a = upload(configured, make_transformer_onnx(seed=1), activate=True)
+        deadline = time.monotonic() + 30  # a bound for a loaded machine, not a speed claim
+        while time.monotonic() < deadline and any(
+            h.current().version != a.version for h in holders
+        ):
+            time.sleep(0.05)
+        assert [h.current().version for h in holders] == [a.version, a.version]
+    finally:
+        for holder in holders:
+            holder.stop_polling()
+
+
+def test_concurrent_activations_leave_exactly_one_active(configured):
+    import threading
+
+    versions = [upload(configured, make_transformer_onnx(seed=s)).version for s in range(4)]
+    errors: list[BaseException] = []
+
+    def activate(version: str) -> None:
+        try:
+            activate_transformer(
+                session_factory=configured.session_factory,
+                settings=configured.settings,
+                version=version,
+            )
+        except Conflict:
+            pass  # a lost race is reported as a Conflict, never as a second active row
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=activate, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with configured.session() as session:
+        active = session.scalars(
+            sa.select(TransformerVersion.version).where(TransformerVersion.state == "active")
+        ).all()
+        state = registry_state(session=session)
+    assert len(active) == 1 and state.active_version == active[0]

@@ -48,6 +48,7 @@ class TrainConfig(BaseModel):
     epochs: int = Field(20, gt=0)
     max_steps: int | None = Field(None, gt=0, description="stop after this many steps (tests)")
     batch_size: int = Field(128, gt=1, description="per process")
+    amp: bool = Field(False, description="bfloat16 autocast for the backbone (GPU)")
     # Data
     flip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
     num_workers: int = Field(2, ge=0)

@@ -108,17 +108,24 @@ class FaceDataset(Dataset):
 
 
 class BackboneWithHead(nn.Module):
-    """One module for DDP: returns (loss, accuracy)."""
+    """One module for DDP: returns (loss, accuracy).
 
-    def __init__(self, backbone: IResNet, head: ArcFaceHead) -> None:
+    With ``amp`` the backbone runs under bfloat16 autocast; the ArcFace head always runs in
+    float32 (its margin arithmetic near cos = +-1 needs the precision).
+    """
+
+    def __init__(self, backbone: IResNet, head: ArcFaceHead, *, amp: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.amp = amp
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        terms = self.head(self.backbone(images), labels)
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            embeddings = self.backbone(images)
+        terms = self.head(embeddings.float(), labels)
         return terms.loss, terms.accuracy
 
 
@@ -275,7 +282,7 @@ def _run(
         margin=config.margin,
         easy_margin=config.easy_margin,
     )
-    module = BackboneWithHead(backbone, head).to(dev)
+    module = BackboneWithHead(backbone, head, amp=config.amp).to(dev)
     optimizer = _make_optimizer(module, config)
 
     checkpoint_path = out / CHECKPOINT_NAME
@@ -336,6 +343,8 @@ def _run(
     )
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if start.step == 0:
+            (out / METRICS_NAME).unlink(missing_ok=True)  # a fresh run starts a fresh log
     step = start.step
     for epoch in range(start.epochs_done, config.epochs):
         if step >= total_steps:

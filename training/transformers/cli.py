@@ -25,7 +25,11 @@ AllRowsOpt = Annotated[
 def _load_split(path: Path, split: str, all_rows: bool) -> Any:
     from service.contracts import load_pairs
 
-    pairs = load_pairs(path)
+    return _select(load_pairs(path), split, all_rows)
+
+
+def _select(pairs: Any, split: str, all_rows: bool) -> Any:
+    """The rows of ``split`` unless --all-rows or the file has no split column."""
     if all_rows or pairs.split is None:
         return pairs
     return pairs.select_split(split)
@@ -89,42 +93,46 @@ def fit_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Fit on the bridge rows (all rows with --all-rows), export ONNX, validate, checksum."""
-    from service.vectors import l2_normalize
-    from training.transformers.calibration import threshold_at_far
+    from service.contracts import load_pairs
+    from training.evaluation.protocol import ROW_MAPPED, closed_set_report
     from training.transformers.data import normalized_pairs
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_normalized
 
     resolved = _resolve_recipe(recipe, config)
-    train_pairs = _load_split(pairs, SPLIT_BRIDGE, all_rows)
-    train = normalized_pairs(train_pairs)
+    all_pairs = load_pairs(pairs)
+    fit_pairs = _select(all_pairs, SPLIT_BRIDGE, all_rows)
+    train = normalized_pairs(fit_pairs)
     typer.echo(f"fitting {resolved.name!r} on {len(train)} rows ({resolved.model}, {device})")
-    fitted = fit_normalized(train=train, recipe=resolved, device=device, seed=seed, progress=progress)
-    threshold = threshold_at_far(
-        mapped=l2_normalize(fitted.transform(train.new)), old=train.old, label=train.label
+    fitted = fit_normalized(
+        train=train, recipe=resolved, device=device, seed=seed, progress=progress
     )
+    # Recommended threshold: the protocol's cosine at FAR=1e-3, mapped probes vs old templates,
+    # on the rows it was fitted on (closed-set); eval rows never decide it.
+    closed = closed_set_report(fit_pairs=fit_pairs, mapped=fitted.transform(train.new))
+    threshold = closed.row(ROW_MAPPED).threshold_at_far_1e3
     meta = default_metadata(
         fitted, source_model=source_model, target_model=target_model, threshold=threshold
     )
     report = export_transformer(fitted, output, metadata=meta)
     metrics: dict[str, float] = {}
-    has_eval = train_pairs.split is not None or all_rows
-    if not all_rows and has_eval:
-        from service.contracts import load_pairs
-
-        full = load_pairs(pairs)
-        if full.split is not None and (full.split == SPLIT_EVAL).any():
-            metrics = _evaluation_metrics(pairs, output)
-            metrics["fit_seconds"] = round(fitted.fit_seconds, 2)
-            meta = default_metadata(
-                fitted,
-                source_model=source_model,
-                target_model=target_model,
-                threshold=threshold,
-                metrics=metrics,
-            )
-            report = export_transformer(fitted, output, metadata=meta)
-    typer.echo(f"fitted in {fitted.fit_seconds:.1f} s; threshold (FAR=1e-3, bridge) {threshold:.4f}")
+    has_eval = all_pairs.split is not None and bool((all_pairs.split == SPLIT_EVAL).any())
+    if has_eval and not all_rows:
+        # Evaluate the exported file itself, then write it again with the figures inside.
+        metrics = _evaluation_metrics(pairs, output)
+        metrics["fit_seconds"] = round(fitted.fit_seconds, 2)
+        meta = default_metadata(
+            fitted,
+            source_model=source_model,
+            target_model=target_model,
+            threshold=threshold,
+            metrics=metrics,
+        )
+        report = export_transformer(fitted, output, metadata=meta)
+    typer.echo(
+        f"fitted in {fitted.fit_seconds:.1f} s; threshold (FAR=1e-3, fit rows) "
+        + ("n/a" if threshold is None else f"{threshold:.4f}")
+    )
     if metrics:
         typer.echo("eval split: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     parity = ", ".join(f"b{k}={v:.6f}" for k, v in report.parity.items())

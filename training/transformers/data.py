@@ -51,7 +51,7 @@ def split_by_identity(
     """Hold out ``fraction`` of the identities (not rows): (kept, held_out). No person on both."""
     labels = np.unique(pairs.label)
     rng = np.random.default_rng(seed)
-    n_held = int(round(fraction * labels.size))
+    n_held = round(fraction * labels.size)
     if n_held <= 0 or n_held >= labels.size:
         raise InvalidInput(f"cannot hold out {fraction:.0%} of {labels.size} identities")
     held = rng.choice(labels, size=n_held, replace=False)

@@ -64,7 +64,9 @@ class FittedTransformer:
 def _check_device(device: str) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInput("device 'cuda' requested but CUDA is not available here; use --device cpu")
+        raise InvalidInput(
+            "device 'cuda' requested but CUDA is not available here; use --device cpu"
+        )
     if dev.type not in ("cpu", "cuda"):
         raise InvalidInput(f"unsupported device {device!r}; use cpu or cuda")
     return dev
@@ -105,7 +107,9 @@ class _WeightAverage:
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        for s, p in zip(self.shadow.state_dict().values(), module.state_dict().values(), strict=True):
+        for s, p in zip(
+            self.shadow.state_dict().values(), module.state_dict().values(), strict=True
+        ):
             if s.dtype.is_floating_point:
                 s.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
             else:
@@ -138,7 +142,9 @@ def _train_stage(
     steps_per_epoch = max(n // batch, 1)  # drop the ragged tail: BatchNorm needs > 1 row
     total_steps = steps_per_epoch * epochs
     warmup = min(steps_per_epoch, total_steps // 10)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
 
     def lr_factor(step: int) -> float:
         if step < warmup:
@@ -146,7 +152,9 @@ def _train_stage(
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    bar = tqdm(range(epochs), desc=f"fit {recipe.name} [{stage}]", disable=not progress, leave=False)
+    bar = tqdm(
+        range(epochs), desc=f"fit {recipe.name} [{stage}]", disable=not progress, leave=False
+    )
     for epoch in bar:
         model.train()
         if row_weight is None:
@@ -170,7 +178,9 @@ def _train_stage(
                 averager.update(model)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
-        record = {"stage": stage, "epoch": epoch} | {k: v / steps_per_epoch for k, v in sums.items()}
+        record = {"stage": stage, "epoch": epoch} | {
+            k: v / steps_per_epoch for k, v in sums.items()
+        }
         if on_epoch is not None:
             record |= on_epoch(epoch, averager.shadow if averager is not None else model)
         history.append(record)
@@ -224,7 +234,9 @@ def fit_normalized(
         if recipe.init != "none":
             target = linear_part(model)
             if target is None:
-                raise InvalidInput(f"recipe {recipe.name!r}: model {recipe.model} has no linear part")
+                raise InvalidInput(
+                    f"recipe {recipe.name!r}: model {recipe.model} has no linear part"
+                )
             target.set_weights(*_closed_form(recipe, train))
         model.to(dev)
         synthetic = make_synthetic(

@@ -85,7 +85,7 @@ def make_synthetic(
         raise InvalidInput(f"unknown interpolation {method!r}; one of {INTERPOLATION_METHODS}")
     if not 0.0 <= rate <= MAX_RATE:
         raise InvalidInput(f"interpolation rate must be in [0, {MAX_RATE}], got {rate}")
-    target = int(round(rate * len(pairs)))
+    target = round(rate * len(pairs))
     empty = TrainingPairs(
         new=np.zeros((0, pairs.new_dim), np.float32),
         old=np.zeros((0, pairs.old_dim), np.float32),

@@ -1,6 +1,6 @@
 """Losses for fitting a transformer. Each returns its named terms; ``total`` is what to minimise.
 
-- :func:`cosine_mse_loss`: the study's ``alpha * (1 - cos) + beta * MSE`` (alpha >> beta worked best).
+- :func:`cosine_mse_loss`: the study's ``alpha * (1 - cos) + beta * MSE`` (alpha >> beta won).
 - :func:`identity_softmax_loss`: identity-aware; the mapped vector must be closer (by cosine) to
   its own identity's old-space class mean than to every other identity's, with a temperature
   and an additive cosine margin (CosFace-style) — exactly what a gallery search asks of it.

@@ -54,7 +54,9 @@ class Recipe:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    balance: float = 0.0  # rows drawn with probability ~ count(identity) ** -balance (1 = equal ids)
+    balance: float = (
+        0.0  # rows drawn with probability ~ count(identity) ** -balance (1 = equal ids)
+    )
     input_noise: float = 0.0  # std of Gaussian noise added to new-space inputs while training
     ema: float = 0.0  # exponential moving average of weights (0 = off), e.g. 0.99
     # synthetic pairs
@@ -68,7 +70,10 @@ class Recipe:
         checks = [
             (self.model in MODEL_NAMES, f"model must be one of {MODEL_NAMES}"),
             (self.init in INIT_CHOICES, f"init must be one of {INIT_CHOICES}"),
-            (self.interpolation in INTERPOLATION_METHODS, f"interpolation: {INTERPOLATION_METHODS}"),
+            (
+                self.interpolation in INTERPOLATION_METHODS,
+                f"interpolation: {INTERPOLATION_METHODS}",
+            ),
             (self.interpolation_schedule in SCHEDULES, f"interpolation_schedule: {SCHEDULES}"),
             (0.0 <= self.interpolation_rate <= MAX_RATE, f"interpolation_rate in [0, {MAX_RATE}]"),
             (self.epochs >= 0 and self.pretrain_epochs >= 0, "epochs must be >= 0"),
@@ -154,12 +159,18 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise InvalidInput(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}") from None
+        raise InvalidInput(
+            f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}"
+        ) from None
 
 
 def recipe_from_dict(config: dict[str, Any]) -> Recipe:
     """``{"base": NAME, **overrides}`` (or a full dict) -> Recipe. Unknown keys are an error."""
-    data = dict(config.get("recipe", config)) if isinstance(config.get("recipe"), dict) else dict(config)
+    data = (
+        dict(config.get("recipe", config))
+        if isinstance(config.get("recipe"), dict)
+        else dict(config)
+    )
     base_name = data.pop("base", None)
     base = get_recipe(str(base_name)).to_dict() if base_name else {}
     known = {f.name for f in fields(Recipe)}

@@ -10,7 +10,7 @@ from training.backbones.iresnet import get_model
 
 
 def test_r18_forward_shape_and_gradient() -> None:
-    model = get_model("r18", width=8).train()
+    model = get_model("r18", width=4).train()
     x = torch.randn(2, 3, 112, 112, requires_grad=True)
     y = model(x)
     assert y.shape == (2, 512)
@@ -19,8 +19,9 @@ def test_r18_forward_shape_and_gradient() -> None:
     assert model.features.weight.grad is None  # the feature BN's scale is fixed
 
 
-def test_r50_forward_shape_full_width() -> None:
-    model = get_model("r50").eval()
+def test_r50_forward_shape() -> None:
+    # Full width is covered by the parameter count below; a forward at width 16 is 16x cheaper.
+    model = get_model("r50", width=16).eval()
     with torch.no_grad():
         y = model(torch.randn(1, 3, 112, 112))
     assert y.shape == (1, 512) and torch.isfinite(y).all()

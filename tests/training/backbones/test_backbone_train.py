@@ -78,12 +78,13 @@ def test_lr_schedule() -> None:
 
 
 def test_user_errors(tmp_path: Path, face_folder: Path) -> None:
-    with pytest.raises(InvalidInput, match="CUDA is not available"):
-        if torch.cuda.is_available():
-            raise InvalidInput("CUDA is not available (skipped: a GPU is present)")
-        train_backbone(data=face_folder, output=tmp_path, config=tiny_config(), device="cuda")
     with pytest.raises(InvalidInput, match="not found"):
         train_backbone(data=tmp_path / "nope", output=tmp_path, config=tiny_config())
+    with pytest.raises(InvalidInput, match="device must be"):
+        train_backbone(data=face_folder, output=tmp_path, config=tiny_config(), device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInput, match="CUDA is not available"):
+            train_backbone(data=face_folder, output=tmp_path, config=tiny_config(), device="cuda")
 
 
 @pytest.mark.gpu
@@ -95,3 +96,19 @@ def test_a_few_steps_on_cuda(tmp_path: Path, face_folder: Path) -> None:
     assert result.steps == 3 and result.losses[-1] < result.losses[0]
     model, _ = load_backbone(result.backbone)
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_bfloat16_autocast_trains(tmp_path: Path, face_folder: Path) -> None:
+    cfg = tiny_config(epochs=4, amp=True)
+    result = train_backbone(data=face_folder, output=tmp_path, config=cfg, progress=False)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_a_pickle_is_refused_not_loaded(tmp_path: Path) -> None:
+    pickled = tmp_path / "weights.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, pickled)
+    with pytest.raises(ContractError, match="not a readable safetensors file"):
+        read_checkpoint(pickled)
+    with pytest.raises(ContractError, match="not found"):
+        read_checkpoint(tmp_path / "missing.safetensors")

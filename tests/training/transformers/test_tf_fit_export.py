@@ -52,7 +52,9 @@ def test_identity_exports_when_dims_are_equal(make_pairs, tmp_path: Path) -> Non
     pairs = make_pairs(d_new=8, d_old=8)
     fitted = fit_transformer(pairs=pairs, recipe="identity", progress=False)
     report = export_transformer(
-        fitted, tmp_path / "id.onnx", metadata=default_metadata(fitted, source_model="a", target_model="b")
+        fitted,
+        tmp_path / "id.onnx",
+        metadata=default_metadata(fitted, source_model="a", target_model="b"),
     )
     x = normalized_pairs(pairs).new[:4]
     np.testing.assert_allclose(TransformerSession(report.path).map(x), x, atol=1e-6)
@@ -81,7 +83,11 @@ def test_learned_fit_is_reproducible_and_learns(pairs: PairsSet) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"interpolation": "sorted", "interpolation_rate": 0.25, "interpolation_schedule": "pretrain"},
+        {
+            "interpolation": "sorted",
+            "interpolation_rate": 0.25,
+            "interpolation_schedule": "pretrain",
+        },
         {"interpolation": "proximity", "interpolation_rate": 0.5},
         {"interpolation": "linear", "interpolation_rate": 0.12},
         {"id_weight": 0.5, "balance": 1.0, "ema": 0.9, "input_noise": 0.01, "dropout": 0.1},

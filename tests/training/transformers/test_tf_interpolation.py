@@ -51,7 +51,9 @@ def test_linear_interpolation_averages_image_i_of_both_identities() -> None:
 
 @pytest.mark.parametrize("method", ["sorted", "proximity"])
 @pytest.mark.parametrize("rate", [0.12, 0.25, 0.5])
-def test_sampled_methods_give_each_label_20_to_30_rows_at_the_rate(method: str, rate: float) -> None:
+def test_sampled_methods_give_each_label_20_to_30_rows_at_the_rate(
+    method: str, rate: float
+) -> None:
     pairs = _pairs([12, 10, 9, 8, 8, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2] * 4, seed=1)
     synth = make_synthetic(pairs, method=method, rate=rate, seed=3)
     _, counts = np.unique(synth.label, return_counts=True)

@@ -73,9 +73,9 @@ def test_cosine_mse_names_its_terms() -> None:
 def test_identity_softmax_matches_naive(temperature: float, margin: float) -> None:
     pred, _, means, label = _inputs(1)
     got = _value_and_grad(
-        lambda p: identity_softmax_loss(
-            p, label, means, temperature=temperature, margin=margin
-        )["total"],
+        lambda p: identity_softmax_loss(p, label, means, temperature=temperature, margin=margin)[
+            "total"
+        ],
         pred,
     )
     ref = _value_and_grad(
@@ -99,8 +99,10 @@ def test_mapping_loss_sums_weighted_terms_and_matches_naive() -> None:
     )
     got = _value_and_grad(lambda p: loss(p, target, label)["total"], pred)
     ref = _value_and_grad(
-        lambda p: naive_cosine_mse(p, target, 1.0, 0.1)
-        + 0.5 * naive_identity_softmax(p, label, means, 0.1, 0.0),
+        lambda p: (
+            naive_cosine_mse(p, target, 1.0, 0.1)
+            + 0.5 * naive_identity_softmax(p, label, means, 0.1, 0.0)
+        ),
         pred,
     )
     torch.testing.assert_close(got[0], ref[0])

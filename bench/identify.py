@@ -1,0 +1,265 @@
+"""Benchmark: /v1/identify throughput and latency over HTTP vs raw ONNX Runtime, same run.
+
+Starts a real uvicorn process (kit MobileFaceNet backbone, the kit's eval gallery as legacy
+vectors, a ridge transformer fitted on the bridge split), then for each client concurrency
+(1, 4, 16 by default) sends single-image /identify requests with aligned kit crops for a fixed
+time and reports images/s, p50 and p99 latency. The reference is the backbone alone
+(``OnnxBackbone.embed`` at batch 1 on pre-decoded crops) run by as many threads as the server's
+inference pool, measured in this same run on this same machine; the table prints the ratio.
+
+    .venv/bin/python bench/identify.py                  # ~1-2 minutes
+    .venv/bin/python bench/identify.py --seconds 5 --concurrency 1 4 16 --threads 2
+
+Needs the kit (FACEBRIDGE_KIT_DIR or ../shared/kit) and the train extra (to fit the ridge map).
+Client and server share the machine's cores: the client's own CPU use is part of the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _prepare(workdir: Path, kit: Path) -> tuple[Path, Path]:
+    """(legacy gallery .npz, ridge transformer .onnx) in ``workdir``."""
+    from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
+    from training.transformers.export import default_metadata, export_transformer
+    from training.transformers.fit import fit_transformer
+
+    pairs = load_pairs(kit / "lfw" / "pairs.npz")
+    evaluation = pairs.select_split("eval")
+    gallery = workdir / "gallery.npz"
+    np.savez(gallery, old=evaluation.old, external_id=evaluation.path, name=evaluation.name)
+    fitted = fit_transformer(pairs=pairs.select_split("bridge"), recipe="ridge", progress=False)
+    transformer = workdir / "ridge.onnx"
+    export_transformer(
+        fitted,
+        transformer,
+        metadata=default_metadata(
+            fitted, source_model=KIT_NEW_MODEL_ID, target_model=KIT_OLD_MODEL_ID
+        ),
+    )
+    return gallery, transformer
+
+
+def _raw_backbone_rate(
+    manifest: Path, crops: list[np.ndarray], *, threads: int, seconds: float
+) -> float:
+    """Images/s of the backbone alone: ``threads`` threads, batch 1, one shared session."""
+    from service.inference.backbone import OnnxBackbone
+
+    backbone = OnnxBackbone(manifest, intra_op_threads=1)
+    backbone.embed(crops[0][None])
+    counts = [0] * threads
+    stop = threading.Event()
+
+    def work(slot: int) -> None:
+        i = slot
+        while not stop.is_set():
+            backbone.embed(crops[i % len(crops)][None])
+            counts[slot] += 1
+            i += threads
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def _http_rate(
+    url: str, images: list[bytes], *, concurrency: int, seconds: float
+) -> tuple[float, float, float, int]:
+    """(images/s, p50 ms, p99 ms, failures) for single-image /identify at ``concurrency``."""
+    import httpx
+
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    failures = [0] * concurrency
+    stop = threading.Event()
+
+    def work(slot: int) -> None:
+        headers = {"X-API-Key": ADMIN_KEY}
+        with httpx.Client(base_url=url, timeout=60.0) as client:
+            i = slot
+            while not stop.is_set():
+                files = [("image", ("probe.jpg", images[i % len(images)], "image/jpeg"))]
+                i += concurrency
+                start = time.perf_counter()
+                response = client.post("/v1/identify", files=files, headers=headers)
+                if response.status_code == 200:
+                    latencies[slot].append(time.perf_counter() - start)
+                else:
+                    failures[slot] += 1
+
+    workers = [threading.Thread(target=work, args=(c,)) for c in range(concurrency)]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    flat = np.array([x for per in latencies for x in per]) * 1000.0
+    if flat.size == 0:
+        return 0.0, float("nan"), float("nan"), sum(failures)
+    return (
+        flat.size / elapsed,
+        float(np.percentile(flat, 50)),
+        float(np.percentile(flat, 99)),
+        sum(failures),
+    )
+
+
+def _start_server(workdir: Path, kit: Path, *, threads: int) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "FACEBRIDGE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
+        "FACEBRIDGE_DATA_DIR": str(workdir / "var"),
+        "FACEBRIDGE_BACKBONE_MANIFEST": str(kit / "models" / "mobilefacenet.json"),
+        "FACEBRIDGE_GALLERY_MODEL_ID": "dlib-resnet-v1",
+        "FACEBRIDGE_ADMIN_KEY": ADMIN_KEY,
+        "FACEBRIDGE_DETECTOR": "none",
+        "FACEBRIDGE_INFERENCE_THREADS": str(threads),
+        "FACEBRIDGE_ORT_INTRA_OP_THREADS": "1",
+        "FACEBRIDGE_FAISS_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    log = (workdir / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.app:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit((workdir / "server.log").read_text()[-3000:])
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("server did not become ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--threads", type=int, default=2, help="server inference threads")
+    parser.add_argument("--images", type=int, default=256, help="distinct probe crops")
+    args = parser.parse_args()
+
+    import httpx
+
+    from service.inference.images import read_image_file
+    from service.kit import find_kit_dir
+
+    kit = find_kit_dir()
+    if kit is None:
+        print("sample kit absent (set FACEBRIDGE_KIT_DIR): nothing to benchmark", file=sys.stderr)
+        return 2
+    aligned = sorted((kit / "lfw" / "aligned").rglob("*.jpg"))[: args.images]
+    images = [p.read_bytes() for p in aligned]
+    crops = [read_image_file(p) for p in aligned]
+
+    with tempfile.TemporaryDirectory(prefix="facebridge-bench-") as tmp:
+        workdir = Path(tmp)
+        gallery, transformer = _prepare(workdir, kit)
+        process, url = _start_server(workdir, kit, threads=args.threads)
+        try:
+            headers = {"X-API-Key": ADMIN_KEY}
+            with httpx.Client(base_url=url, timeout=120) as client:
+                with gallery.open("rb") as fh:
+                    client.post(
+                        "/v1/gallery/import", files={"file": ("g.npz", fh)}, headers=headers
+                    ).raise_for_status()
+                with transformer.open("rb") as fh:
+                    client.post(
+                        "/v1/admin/transformers",
+                        files={"file": ("t.onnx", fh)},
+                        data={"activate": "true"},
+                        headers=headers,
+                    ).raise_for_status()
+                stats = client.get("/v1/gallery/stats", headers=headers).json()
+            _http_rate(url, images, concurrency=2, seconds=1.0)  # warm-up
+            rows = []
+            for concurrency in args.concurrency:
+                raw = _raw_backbone_rate(
+                    kit / "models" / "mobilefacenet.json",
+                    crops,
+                    threads=args.threads,
+                    seconds=args.seconds / 2,
+                )
+                rate, p50, p99, failed = _http_rate(
+                    url, images, concurrency=concurrency, seconds=args.seconds
+                )
+                rows.append((concurrency, rate, p50, p99, failed, raw, rate / raw))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    print(
+        f"\n/v1/identify, kit MobileFaceNet, {stats['index_vectors']} gallery vectors, "
+        f"1 image per request, server inference threads = {args.threads}, "
+        f"ORT intra-op threads = 1, {os.cpu_count()} CPUs, {args.seconds:.0f} s per row"
+    )
+    print("| concurrency | HTTP images/s | p50 ms | p99 ms | failed | raw ORT images/s | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for concurrency, rate, p50, p99, failed, raw, ratio in rows:
+        print(
+            f"| {concurrency} | {rate:.1f} | {p50:.1f} | {p99:.1f} | {failed} | {raw:.1f} "
+            f"| {ratio:.2f} |"
+        )
+    print("raw ORT = OnnxBackbone.embed, batch 1, same thread count, measured in this run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""``facebridge transformer fit|evaluate`` end to end on a small synthetic pairs file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import main
+from service.contracts import PairsSet, save_pairs
+from service.errors import FacebridgeError
+from service.inference.transformer import TransformerSession
+from training.transformers.cli import app
+
+
+def test_fit_uses_bridge_rows_embeds_eval_metrics_and_evaluate_reads_the_file(
+    pairs: PairsSet, tmp_path: Path
+) -> None:
+    pairs_file = save_pairs(tmp_path / "pairs.npz", pairs)
+    out = tmp_path / "t.onnx"
+    config = tmp_path / "quick.toml"
+    config.write_text('base = "study-fc"\nname = "quick-fc"\nepochs = 3\n')
+    runner = CliRunner()
+    fit_args = ["fit", "--pairs", str(pairs_file), "--output", str(out), "--config", str(config)]
+    result = runner.invoke(app, [*fit_args, "--no-progress", "--source-model", "m-new"])
+    assert result.exit_code == 0, result.output
+    n_bridge = int((pairs.split == "bridge").sum())
+    assert f"on {n_bridge} rows" in result.output
+    session = TransformerSession(out)
+    meta = session.metadata
+    assert (meta.recipe, meta.source_model, meta.target_model) == (
+        "quick-fc",
+        "m-new",
+        "dlib-resnet-v1",
+    )
+    assert meta.threshold is not None and -1.0 <= meta.threshold <= 1.0
+    assert {"eval_top1", "eval_top5", "eval_tar_at_far_1e3"} <= set(meta.metrics)
+    assert out.with_name("t.onnx.sha256").read_text().split()[0] == session.sha256
+
+    result = runner.invoke(
+        app, ["evaluate", "--pairs", str(pairs_file), "--transformer", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["rows"]["mapped"]["top1"] == pytest.approx(meta.metrics["eval_top1"], abs=0.01)
+
+
+def test_user_errors_are_one_line(pairs: PairsSet, tmp_path: Path, capsys) -> None:
+    pairs_file = save_pairs(tmp_path / "pairs.npz", pairs)
+    code = main(
+        ["transformer", "fit", "--pairs", str(pairs_file), "--output", str(tmp_path / "x.onnx"),
+         "--recipe", "nope"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "unknown recipe 'nope'" in err
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"junk")
+    with pytest.raises(FacebridgeError, match="not a valid ONNX"):
+        CliRunner().invoke(
+            app,
+            ["evaluate", "--pairs", str(pairs_file), "--transformer", str(garbage)],
+            catch_exceptions=False,
+        )

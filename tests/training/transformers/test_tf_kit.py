@@ -1,0 +1,38 @@
+"""On the real kit: the default recipe, fitted on bridge rows, exported and run through the
+service's runner, beats closed-form ridge on the eval rows (both via the protocol)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, load_pairs
+from training.evaluation.protocol import ROW_MAPPED, evaluate_mapping
+from training.transformers.cli import evaluate_artefact
+from training.transformers.data import normalized_pairs
+from training.transformers.export import default_metadata, export_transformer
+from training.transformers.fit import fit_transformer
+from training.transformers.recipes import DEFAULT_RECIPE
+
+
+@pytest.mark.kit
+def test_default_recipe_beats_ridge_on_eval_split(kit_pairs_file: Path, tmp_path: Path) -> None:
+    pairs = load_pairs(kit_pairs_file)
+    bridge, eval_pairs = pairs.select_split(SPLIT_BRIDGE), pairs.select_split(SPLIT_EVAL)
+
+    fitted = fit_transformer(pairs=bridge, recipe=DEFAULT_RECIPE, progress=False)
+    meta = default_metadata(fitted, source_model="mobilefacenet-128", target_model="dlib-resnet-v1")
+    out = export_transformer(fitted, tmp_path / "default.onnx", metadata=meta).path
+    default_report = evaluate_artefact(
+        pairs_path=kit_pairs_file, transformer_path=out, all_rows=False
+    )
+
+    ridge = fit_transformer(pairs=bridge, recipe="ridge", progress=False)
+    ridge_report = evaluate_mapping(
+        eval_pairs=eval_pairs, mapped=ridge.transform(normalized_pairs(eval_pairs).new)
+    )
+    default_top1 = default_report.row(ROW_MAPPED).top1
+    ridge_top1 = ridge_report.row(ROW_MAPPED).top1
+    assert default_report.probes == ridge_report.probes > 1000
+    assert default_top1 > ridge_top1, (default_top1, ridge_top1)

@@ -1,0 +1,225 @@
+"""Write an experiment's report directory: ``report.md``, ``results.json`` and PNG plots.
+
+matplotlib (Agg backend) is imported inside the plotting functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.evaluation.experiments import ExperimentResults, RunResult, summarise
+from training.evaluation.protocol import (
+    PROTOCOL_CLOSED_SET,
+    PROTOCOL_OPEN_SET,
+    ROW_MAPPED,
+    ROW_NEW_NEW,
+    ROW_OLD_OLD,
+    ROW_RAW_CROSS,
+    format_percent,
+    format_ratio,
+)
+
+TOP1_PLOT = "top1_vs_interpolation.png"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run"
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
+def results_table(results: ExperimentResults) -> str:
+    """The runs table (Markdown): open-set metrics, the study's figure, the closed-set figure."""
+    old_top1 = results.reference.row(ROW_OLD_OLD).top1
+    lines = [
+        "| run | recipe | epochs | study top-1 (closed-set, their data) | top-1 | top-5 | "
+        "TAR@FAR=1e-3 | top-1 - old/old | gap closed | compatible | closed-set top-1 "
+        "(study-style) | fit s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summarise(results):
+        if row["error"] and row["top1"] is None:
+            lines.append(
+                f"| {row['label']} | {row['recipe']} | | {format_percent(row['study_top1'])} | "
+                f"failed: {row['error']} | | | | | | | |"
+            )
+            continue
+        top1 = format_percent(row["top1"])
+        if row["top1_std"] is not None:
+            top1 += f" ± {row['top1_std']:.2f}"
+        delta = None if row["top1"] is None or old_top1 is None else row["top1"] - old_top1
+        compatible = {None: "n/a", True: "yes", False: "no"}[row["compatible"]]
+        epochs = "-" if row["model"] in ("identity", "ridge", "procrustes") else row["epochs"]
+        lines.append(
+            f"| {row['label']} | {row['recipe']} | {epochs} | "
+            f"{format_percent(row['study_top1'])} | {top1} | {format_percent(row['top5'])} | "
+            f"{format_percent(row['tar_at_far_1e3'])} | {_signed(delta)} | "
+            f"{format_ratio(row['gap_closed'])} | {compatible} | "
+            f"{format_percent(row['closed_set_top1'])} | {row['fit_seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def reference_table(results: ExperimentResults) -> str:
+    lines = ["| row | top-1 | top-5 | TAR@FAR=1e-3 |", "|---|---|---|---|"]
+    for name in (ROW_OLD_OLD, ROW_NEW_NEW, ROW_RAW_CROSS):
+        row = results.reference.row(name)
+        extra = f" ({row.note})" if row.note else ""
+        lines.append(
+            f"| {name}{extra} | {format_percent(row.top1)} | {format_percent(row.top5)} | "
+            f"{format_percent(row.tar_at_far_1e3)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(
+    results: ExperimentResults, *, command: str | None, plots: list[str]
+) -> str:
+    counts = results.counts
+    config = results.config
+    out = [f"# Experiment report: {config.name}", ""]
+    if results.synthetic:
+        out += [f"> **{results.source}.**", ""]
+    if config.description:
+        out += [config.description.strip(), ""]
+    out += [
+        f"- Data: {results.source}",
+        f"- Split: fitted on {counts['bridge_rows']} bridge rows "
+        f"({counts['bridge_identities']} identities); evaluated on {counts['eval_rows']} eval "
+        f"rows ({counts['eval_identities']} identities, none seen in fitting).",
+        f"- Gallery: {counts['templates']} templates + {counts['distractors']} distractors; "
+        f"{counts['probes']} probes.",
+        f"- Seeds: {', '.join(map(str, config.seeds))}; started {results.started_at}; "
+        f"took {results.seconds:.0f} s; "
+        + ", ".join(f"{k} {v}" for k, v in results.environment.items())
+        + ".",
+    ]
+    if command:
+        out.append(f"- Command: `{command}`")
+    if config.base:
+        out.append(
+            "- Base overrides for learned runs: "
+            + ", ".join(f"{k}={v}" for k, v in config.base.items())
+        )
+    out += [f"- Note: {note}" for note in config.notes]
+    out += [
+        "",
+        "## Reference rows (eval split)",
+        "",
+        reference_table(results),
+        "## Runs",
+        "",
+        f"top-1 / top-5 / TAR: {PROTOCOL_OPEN_SET} (mapped row). "
+        f"The last-but-one column is the {PROTOCOL_CLOSED_SET.split(':')[0]} figure on the "
+        "bridge identities, comparable in kind (not in data) to the study's own numbers.",
+        "",
+        results_table(results),
+    ]
+    if plots:
+        out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    return "\n".join(out)
+
+
+def plot_top1_vs_interpolation(results: ExperimentResults, path: Path) -> None:
+    """Mapped top-1 (open-set) against the interpolation rate, one line per method+schedule;
+    runs without interpolation of the same model family start each line at rate 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summarise(results) if r["top1"] is not None]
+    baselines = [r for r in rows if r["interpolation"] == "none" and r["model"] == "fc"]
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r["interpolation"] != "none" and r["interpolation_rate"] > 0:
+            key = f"{r['interpolation']} ({r['schedule']})"
+            lines.setdefault(key, []).append((100 * r["interpolation_rate"], r["top1"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    base_top1 = baselines[0]["top1"] if baselines else None
+    for key, points in sorted(lines.items()):
+        if base_top1 is not None:
+            points = [(0.0, base_top1), *points]
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=key)
+    if base_top1 is not None and not lines:
+        ax.plot([0.0], [base_top1], marker="o", label="fc, no interpolation")
+    for name, style in ((ROW_OLD_OLD, "--"), (ROW_NEW_NEW, ":")):
+        value = results.reference.row(name).top1
+        if value is not None:
+            ax.axhline(value, linestyle=style, color="grey", label=f"{name} ({value:.2f})")
+    ax.set_xlabel("synthetic (interpolated) pairs, % of real training rows")
+    ax.set_ylabel("mapped top-1, %, open-set")
+    title = "top-1 vs interpolation rate"
+    if results.synthetic:
+        title += " (SYNTHETIC data)"
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_scores(run: RunResult, path: Path, *, synthetic: bool) -> None:
+    """Genuine/impostor cosine histograms: old/old next to this run's mapped row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert run.report is not None
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2), dpi=100, sharey=True)
+    bins = np.linspace(-1.0, 1.0, 81)
+    for ax, name in zip(axes, (ROW_OLD_OLD, ROW_MAPPED)):
+        genuine, impostor = run.report.scores[name]
+        ax.hist(impostor, bins=bins, density=True, alpha=0.6, label="impostor")
+        ax.hist(genuine, bins=bins, density=True, alpha=0.6, label="genuine")
+        threshold = run.report.row(name).threshold_at_far_1e3
+        if threshold is not None and np.isfinite(threshold):
+            ax.axvline(threshold, color="black", linewidth=1, label="thr @ FAR=1e-3")
+        label = name if name != ROW_MAPPED else f"mapped: {run.label}"
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("cosine similarity")
+    axes[0].set_ylabel("density" + (" (SYNTHETIC data)" if synthetic else ""))
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(
+    results: ExperimentResults, output: Path, *, command: str | None = None
+) -> dict[str, Path]:
+    """Write ``report.md``, ``results.json`` and the PNGs into ``output``; return their paths."""
+    output.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    plots: list[str] = []
+    top1_path = output / TOP1_PLOT
+    plot_top1_vs_interpolation(results, top1_path)
+    plots.append(top1_path.name)
+    seen: set[str] = set()
+    for run in results.runs:  # first seed of each label
+        if run.report is None or run.label in seen:
+            continue
+        seen.add(run.label)
+        path = output / f"scores-{slug(run.label)}.png"
+        plot_scores(run, path, synthetic=results.synthetic)
+        plots.append(path.name)
+    data: dict[str, Any] = results.to_dict()
+    data["command"] = command
+    data["summary"] = summarise(results)
+    json_path = output / "results.json"
+    json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    md_path = output / "report.md"
+    md_path.write_text(render_markdown(results, command=command, plots=plots))
+    written["report.md"], written["results.json"] = md_path, json_path
+    written.update({p: output / p for p in plots})
+    return written
