@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
@@ -11,6 +10,10 @@ from service.api.deps import DbSession, EnrolScope, IdentifyScope, MultipartBody
 from service.api.schemas import GalleryImportResponse, GalleryStats, problem_responses
 from service.api.uploads import check_media_type
 from service.errors import InvalidInput
+from service.gallery import store
+from service.gallery.importer import ImportReport
+from service.gallery.importer import import_gallery as run_import
+from service.gallery.store import save_gallery
 
 router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
 
@@ -25,12 +28,6 @@ IMPORT_MEDIA_TYPES = frozenset(
         "application/csv",
     }
 )
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    return dict(vars(value))
 
 
 @router.post(
@@ -61,9 +58,6 @@ async def import_gallery(
     """Idempotent per external id (re-importing the same file adds nothing). The upload streams
     to a temporary file (never held in memory whole); one transaction: a malformed file stores
     nothing."""
-    from service.gallery.importer import import_gallery as run_import
-    from service.gallery.store import save_gallery
-
     check_media_type(file, allowed=IMPORT_MEDIA_TYPES, what="gallery file")
     if format is not None and format not in ("npz", "parquet", "csv"):
         raise InvalidInput(f"format must be npz, parquet or csv, got {format!r}")
@@ -71,7 +65,7 @@ async def import_gallery(
     if size == 0:
         raise InvalidInput("empty file: the upload has no bytes")
 
-    def run() -> Any:
+    def run() -> ImportReport:
         file.file.seek(0)
         report = run_import(
             session_factory=state.session_factory,
@@ -80,19 +74,13 @@ async def import_gallery(
             format=format,  # type: ignore[arg-type]
             filename=file.filename,
             model_id=model_id,
+            settings=state.settings,
         )
         save_gallery(index=state.index, settings=state.settings)
         return report
 
     report = await state.pool.run(run)
-    data = _as_dict(report)
-    return GalleryImportResponse(
-        rows=int(data.pop("rows", 0)),
-        identities_created=int(data.pop("identities_created", 0)),
-        identities_updated=int(data.pop("identities_matched", data.pop("identities_updated", 0))),
-        faces_added=int(data.pop("faces_added", 0)),
-        details={k: v for k, v in data.items() if isinstance(v, int | float | str | bool)},
-    )
+    return GalleryImportResponse.model_validate(report)
 
 
 @router.get(
@@ -103,19 +91,17 @@ async def import_gallery(
     responses=problem_responses(403),
 )
 def gallery_stats(state: StateDep, session: DbSession, _auth: IdentifyScope) -> GalleryStats:
-    from service.gallery.store import check_consistency, gallery_stats
-
-    stats = _as_dict(gallery_stats(session=session, index=state.index))
-    report = check_consistency(session=session, index=state.index)
+    """Counts from SQL, the index's size, and whether FAISS holds exactly SQL's face ids."""
+    stats = store.gallery_stats(session=session, index=state.index, settings=state.settings)
+    report = store.check_consistency(session=session, index=state.index)
     return GalleryStats(
-        identities=int(stats.pop("identities", 0)),
-        faces=int(stats.pop("faces", 0)),
-        index_vectors=int(stats.pop("index_ntotal", state.index.ntotal)),
-        dim=stats.pop("dim", None),
-        consistent=bool(report.consistent),
-        faces_by_source=dict(stats.pop("by_source", {}) or {}),
-        details={
-            **{k: v for k, v in stats.items() if isinstance(v, int | float | str | bool)},
-            "consistency": report.detail,
-        },
+        identities=stats.identities,
+        faces=stats.faces,
+        faces_by_source=stats.by_source,
+        dim=stats.dim,
+        model_id=stats.model_id,
+        index_type=stats.index_type,
+        index_vectors=stats.index_ntotal,
+        consistent=report.consistent,
+        consistency=report.detail,
     )

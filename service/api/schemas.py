@@ -255,13 +255,23 @@ class EnrolResponse(BaseModel):
 
 class GalleryImportResponse(BaseModel):
     model_config = _example(
-        {"rows": 1431, "identities_created": 1431, "identities_updated": 0, "faces_added": 1431}
+        {
+            "format": "npz",
+            "rows": 1431,
+            "identities_created": 1431,
+            "identities_matched": 0,
+            "faces_added": 1431,
+            "faces_skipped": 0,
+            "dim": 128,
+        }
     )
+    format: str
     rows: int
     identities_created: int
-    identities_updated: int
+    identities_matched: int = Field(description="rows whose external id already existed")
     faces_added: int
-    details: dict[str, Any] = {}
+    faces_skipped: int = Field(description="vectors the identity already had (idempotence)")
+    dim: int | None
 
 
 class GalleryStats(BaseModel):
@@ -269,20 +279,24 @@ class GalleryStats(BaseModel):
         {
             "identities": 1431,
             "faces": 1431,
-            "index_vectors": 1431,
+            "faces_by_source": {"legacy": 1431, "mapped": 0},
             "dim": 128,
+            "model_id": "dlib-resnet-v1",
+            "index_type": "flat",
+            "index_vectors": 1431,
             "consistent": True,
-            "faces_by_source": {"legacy": 1431},
-            "details": {},
+            "consistency": "consistent: 1431 vectors in SQL and FAISS",
         }
     )
     identities: int
     faces: int
-    index_vectors: int
+    faces_by_source: dict[str, int]
     dim: int | None
+    model_id: str | None
+    index_type: str
+    index_vectors: int
     consistent: bool
-    faces_by_source: dict[str, int] = {}
-    details: dict[str, Any] = {}
+    consistency: str
 
 
 class TransformerInfo(BaseModel):

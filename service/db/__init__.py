@@ -1,1 +1,1 @@
-
+"""SQLAlchemy 2 models (source of truth), engine/session factory and Alembic upgrade."""

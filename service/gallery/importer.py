@@ -48,6 +48,8 @@ VECTOR_LIST_COLUMNS = ("vector", "old", "embedding")
 DEFAULT_CHUNK_ROWS = 10_000
 SQL_IN_CHUNK = 900  # stays under SQLite's bound-parameter limit
 _V_COLUMN = re.compile(r"^v(\d+)$")
+MAX_TEXT = 255  # identities.name / external_id column width
+MAX_ORIGIN = 1024  # faces.origin column width
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,12 @@ def _make_chunk(
         key = e if e is not None else m
         if key is None:
             raise ContractError(f"row {first_row + i}: neither external_id nor name is set")
+        if len(key) > MAX_TEXT or (m is not None and len(m) > MAX_TEXT):
+            raise ContractError(f"row {first_row + i}: name/external_id over {MAX_TEXT} characters")
         keys.append(key)
+    # The origin is informational: keep its tail when a path is longer than the column.
     org = [_text(v) for v in origins] if origins is not None else [None] * n
+    org = [o if o is None or len(o) <= MAX_ORIGIN else o[-MAX_ORIGIN:] for o in org]
     return ImportChunk(external_ids=keys, names=nam, vectors=vectors, origins=org)
 
 
@@ -291,7 +297,7 @@ def _identity_ids_for(
         rows = [
             {
                 "external_id": k,
-                "name": first_name[k] or k,
+                "name": first_name[k],
                 "attributes": {},
                 "created_at": now,
                 "updated_at": now,

@@ -50,11 +50,16 @@ def ids_checksum(ids: Iterable[int]) -> str:
 
 
 class _ReadWriteLock:
-    """Many concurrent readers (searches) or one writer (add/remove/save)."""
+    """Many concurrent readers (searches) or one writer (add/remove/save).
+
+    Writers take precedence: once one waits, new readers queue behind it, so a steady stream of
+    searches cannot starve an enrolment.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
+        self._writers_waiting = 0
         self._writer: int | None = None
         self._writer_depth = 0
 
@@ -62,12 +67,10 @@ class _ReadWriteLock:
     def read(self) -> Iterator[None]:
         me = threading.get_ident()
         with self._cond:
-            if self._writer == me:  # a writer may search inside its own critical section
-                self._readers += 1
-            else:
-                while self._writer is not None:
+            if self._writer != me:  # a writer may search inside its own critical section
+                while self._writer is not None or self._writers_waiting:
                     self._cond.wait()
-                self._readers += 1
+            self._readers += 1
         try:
             yield
         finally:
@@ -82,8 +85,12 @@ class _ReadWriteLock:
             if self._writer == me:
                 self._writer_depth += 1
             else:
-                while self._writer is not None or self._readers > 0:
-                    self._cond.wait()
+                self._writers_waiting += 1
+                try:
+                    while self._writer is not None or self._readers > 0:
+                        self._cond.wait()
+                finally:
+                    self._writers_waiting -= 1
                 self._writer, self._writer_depth = me, 1
         try:
             yield
@@ -356,8 +363,12 @@ class GalleryIndex:
             raise ContractError(f"{target}: index does not match its sidecar (partial write?)")
         if index.d != meta.get("dim"):
             raise ContractError(f"{target}: index dim {index.d} != sidecar dim {meta.get('dim')}")
+        # Search-time knobs follow the current settings, not the ones at save time.
         if kind == "ivf":
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            index.nprobe = min(gallery.params.ivf_nprobe, index.nlist)
+        elif kind == "hnsw":
+            faiss.downcast_index(index.index).hnsw.efSearch = gallery.params.hnsw_ef_search
         gallery._index = index
         gallery._ids = set(ids.tolist())
         return gallery

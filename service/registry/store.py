@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -107,6 +108,19 @@ class BackboneFacts:
     model_id: str | None
     output_dim: int | None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _json_safe(value: Any) -> Any:
+    """Metrics as strict JSON (Postgres refuses NaN/inf): non-finite numbers become None."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return str(value)
 
 
 def version_for(sha256: str) -> str:
@@ -319,7 +333,7 @@ def upload_transformer(
         os.replace(probe_path, directory / file_name)
     finally:
         probe_path.unlink(missing_ok=True)
-    all_metrics = {**dict(meta.metrics or {}), **metrics}
+    all_metrics = _json_safe({**dict(meta.metrics or {}), **metrics})
     with session_factory() as session:
         row = TransformerVersion(
             version=version,
@@ -407,8 +421,14 @@ def _switch_active(session: Session, *, target: TransformerVersion | None) -> st
     if previous != (target.version if target is not None else None):
         state.previous_version = previous
     state.active_version = target.version if target is not None else None
-    state.generation = int(state.generation or 0) + 1
     state.updated_at = utcnow()
+    session.flush()
+    # Increment in SQL (not from a value read earlier): concurrent activations never reuse one.
+    session.execute(
+        update(RegistryState)
+        .where(RegistryState.id == REGISTRY_STATE_ID)
+        .values(generation=RegistryState.generation + 1)
+    )
     return previous
 
 

@@ -200,6 +200,8 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
     import numpy as np
 
     pytest.importorskip("torch", reason="fitting the e2e transformers needs the train extra")
+    from api.onnx_fixtures import random_rotation, write_matrix_transformer
+
     from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
     from service.inference.transformer import TransformerSession
     from training.evaluation.protocol import build_gallery_and_probes, evaluate_mapping
@@ -221,19 +223,25 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
         name=names[gallery_rows],
         path=evaluation.path[gallery_rows],
     )
-    transformers: dict[str, Path] = {}
-    offline_top1: dict[str, float] = {}
-    for recipe in ("ridge", "procrustes"):
-        fitted = fit_transformer(pairs=bridge, recipe=recipe, progress=False)
-        path = root / f"{recipe}.onnx"
-        metadata = default_metadata(
-            fitted, source_model=KIT_NEW_MODEL_ID, target_model=KIT_OLD_MODEL_ID
-        )
-        export_transformer(fitted, path, metadata=metadata)
-        transformers[recipe] = path
-        mapped = TransformerSession(path).map(evaluation.new)
-        report = evaluate_mapping(eval_pairs=evaluation, mapped=mapped)
-        offline_top1[recipe] = float(report.row("mapped").top1)
+    fitted = fit_transformer(pairs=bridge, recipe="ridge", progress=False)
+    ridge = root / "ridge.onnx"
+    metadata = default_metadata(
+        fitted, source_model=KIT_NEW_MODEL_ID, target_model=KIT_OLD_MODEL_ID
+    )
+    export_transformer(fitted, ridge, metadata=metadata)
+    report = evaluate_mapping(
+        eval_pairs=evaluation, mapped=TransformerSession(ridge).map(evaluation.new)
+    )
+    # A second valid version for the hot-swap test only (its accuracy is irrelevant there).
+    rotation = write_matrix_transformer(
+        root / "rotation.onnx",
+        matrix=random_rotation(fitted.input_dim, seed=7),
+        source_model=KIT_NEW_MODEL_ID,
+        target_model=KIT_OLD_MODEL_ID,
+        recipe="random-rotation",
+    )
+    transformers = {"ridge": ridge, "rotation": rotation}
+    offline_top1 = {"ridge": float(report.row("mapped").top1)}
     return KitAssets(
         manifest=kit_dir / "models" / "mobilefacenet.json",
         aligned_dir=kit_dir / "lfw" / "aligned",

@@ -69,7 +69,7 @@ def test_top1_over_http_matches_the_offline_protocol(
 def test_hot_swap_under_load_has_no_failures_and_names_a_live_version(
     kit_assets: KitAssets, kit_server: KitServer
 ) -> None:
-    versions = [kit_server.versions["ridge"], kit_server.versions["procrustes"]]
+    versions = [kit_server.versions["ridge"], kit_server.versions["rotation"]]
     stop = threading.Event()
     # (started, finished, version named in the reply) for every request; failures kept apart.
     replies: list[tuple[float, float, str]] = []

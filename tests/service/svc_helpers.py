@@ -25,6 +25,7 @@ def make_transformer_onnx(
     weight: np.ndarray | None = None,
     seed: int = 0,
     recipe: str = "test-matmul",
+    metrics: dict[str, float] | None = None,
 ) -> bytes:
     """A transformer artefact: one MatMul [batch, in] x [in, out], with facebridge metadata."""
     import onnx
@@ -50,7 +51,7 @@ def make_transformer_onnx(
         recipe=recipe,
         created_at="2026-01-01T00:00:00Z",
         threshold=threshold,
-        metrics={"top1": 90.0},
+        metrics={"top1": 90.0} if metrics is None else metrics,
     )
     helper.set_model_props(model, meta.to_props())
     onnx.checker.check_model(model)

@@ -151,6 +151,7 @@ def _malformed_csv(tmp_path):
         ),
         (lambda p: put(p / "x.csv", "v0,v1\n1,2\n"), ContractError),
         (lambda p: put(p / "x.txt", "hello"), InvalidInput),
+        (lambda p: write_npz(p / "x.npz", unit_vectors(1, DIM), ["n" * 300]), ContractError),
     ],
     ids=[
         "not-zip",
@@ -162,6 +163,7 @@ def _malformed_csv(tmp_path):
         "gap-columns",
         "no-key",
         "unknown-format",
+        "long-name",
     ],
 )
 def test_malformed_files_store_nothing(env, tmp_path, make, error):

@@ -271,3 +271,10 @@ def test_concurrent_activations_leave_exactly_one_active(configured):
         ).all()
         state = registry_state(session=session)
     assert len(active) == 1 and state.active_version == active[0]
+
+
+def test_non_finite_metrics_are_stored_as_null(configured):
+    info = upload(configured, make_transformer_onnx(metrics={"top1": 91.5, "gap": float("nan")}))
+    with configured.session() as session:
+        stored = list_transformers(session=session, settings=configured.settings)[0]
+    assert info.metrics["gap"] is None and stored.metrics["top1"] == 91.5

@@ -21,7 +21,7 @@ from torch import nn
 
 from service.errors import ContractError, InvalidInput
 from training.backbones.config import TrainConfig
-from training.backbones.iresnet import IResNet, get_model
+from training.backbones.iresnet import ARCHS, IResNet, backbone_from_config
 
 FORMAT = "facebridge.backbone-checkpoint.v1"
 BACKBONE_PREFIX = "backbone."
@@ -152,23 +152,22 @@ def load_backbone(
     """
     ckpt = read_checkpoint(path)
     cfg = ckpt.config or config
+    if arch is not None and arch not in ARCHS:
+        raise InvalidInput(f"unknown backbone arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if cfg is None:
         if arch is None:
             raise InvalidInput(f"{path}: the file stores no training config; pass --arch")
         cfg = TrainConfig(arch=arch)  # type: ignore[arg-type]
     if arch is not None and arch != cfg.arch:
         raise InvalidInput(f"{path}: checkpoint is {cfg.arch}, not {arch}")
-    model = get_model(
-        cfg.arch,
-        embedding_dim=cfg.embedding_dim,
-        width=cfg.width,
-        input_size=cfg.input_size,
-        dropout=cfg.dropout,
-    )
+    model = backbone_from_config(cfg)
     weights = ckpt.section(BACKBONE_PREFIX) or ckpt.tensors
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ContractError(f"{path}: weights do not fit {cfg.arch} ({first} ...)") from exc
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        detail = lines[0] if lines else str(exc)
+        raise ContractError(
+            f"{path}: weights do not fit {cfg.arch} (width {cfg.width}): {detail[:300]}"
+        ) from exc
     return model.eval(), cfg

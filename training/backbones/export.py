@@ -10,7 +10,6 @@ Compared by cosine: an untrained iResNet's outputs are large, so absolute errors
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -25,8 +24,9 @@ import torch
 
 from service.contracts import BackboneManifest
 from service.errors import ContractError, InvalidInput
+from service.inference.transformer import file_sha256
 from training.backbones.config import TrainConfig
-from training.backbones.iresnet import IResNet
+from training.backbones.iresnet import IResNet, backbone_from_config
 from training.backbones.train import INPUT_NAME, OUTPUT_NAME, training_manifest
 
 PARITY_BATCHES: tuple[int, ...] = (1, 7, 256)
@@ -49,14 +49,6 @@ class BackboneExportReport:
 def manifest_path_for(onnx_path: str | Path) -> Path:
     """``model.onnx`` -> ``model.json`` (the manifest lies beside the model)."""
     return Path(onnx_path).with_suffix(".json")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -129,39 +121,28 @@ def export_backbone(
     example = torch.zeros(2, 3, size, size)
     tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     with _quiet_exporter(), torch.no_grad():
+        common = {
+            "input_names": [INPUT_NAME],
+            "output_names": [OUTPUT_NAME],
+            "opset_version": OPSET,
+        }
         if exporter == "dynamo":
-            torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=OPSET,
-                dynamo=True,
-                # Keyed by IResNet.forward's argument name.
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
-                external_data=False,
-                verbose=False,
-            )
+            # dynamic_shapes is keyed by IResNet.forward's argument name.
+            dynamic = {"dynamic_shapes": {"x": {0: torch.export.Dim("batch", min=1)}}}
+            dynamic |= {"external_data": False, "verbose": False}
         else:
             # The TorchScript exporter: deprecated, but ~4x faster on an r18 (demo set-up).
-            torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=OPSET,
-                dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
+            dynamic = {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
+        torch.onnx.export(
+            model, (example,), str(tmp), dynamo=exporter == "dynamo", **common, **dynamic
+        )
     if Path(str(tmp) + ".data").exists():
         raise ContractError(f"{tmp}: the exporter wrote external data; expected a single file")
     os.replace(tmp, onnx_path)
     _check_graph(onnx_path)
     parity = _parity(model, onnx_path, size=size, batches=parity_batches, seed=seed)
 
-    digest = sha256_file(onnx_path)
+    digest = file_sha256(onnx_path)
     manifest = training_manifest(cfg, model_id=model_id, file=onnx_path.name)
     manifest_path = manifest_path_for(onnx_path)
     body = manifest.model_dump(mode="json")
@@ -229,16 +210,9 @@ def export_random_backbone(
     For demos and tests without trained weights: its embeddings are a fixed random function
     of the image, far from a face recogniser, but every contract holds.
     """
-    from training.backbones.iresnet import get_model
-
     cfg = config or TrainConfig(arch=arch)  # type: ignore[arg-type]
     torch.manual_seed(seed)
-    model = get_model(
-        cfg.arch,
-        embedding_dim=cfg.embedding_dim,
-        width=cfg.width,
-        input_size=cfg.input_size,
-    )
+    model = backbone_from_config(cfg)
     return export_backbone(
         model,
         path,

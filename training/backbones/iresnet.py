@@ -12,11 +12,15 @@ Block (``IBasicBlock``): BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride) -> BN, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from service.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from training.backbones.config import TrainConfig
 
 # Number of blocks per stage.
 ARCHS: dict[str, tuple[int, int, int, int]] = {
@@ -157,4 +161,16 @@ def get_model(
         input_size=input_size,
         dropout=dropout,
         zero_init_residual=zero_init_residual,
+    )
+
+
+def backbone_from_config(config: TrainConfig) -> IResNet:
+    """The (untrained) backbone a training config describes."""
+    return get_model(
+        config.arch,
+        embedding_dim=config.embedding_dim,
+        width=config.width,
+        input_size=config.input_size,
+        dropout=config.dropout,
+        zero_init_residual=config.zero_init_residual,
     )

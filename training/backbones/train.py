@@ -40,7 +40,7 @@ from training.backbones.checkpoint import (
     save_checkpoint,
 )
 from training.backbones.config import TrainConfig
-from training.backbones.iresnet import IResNet, get_model
+from training.backbones.iresnet import IResNet, backbone_from_config
 from training.data.imagefolder import ImageFolder
 from training.data.recordio import InsightFaceRecordSet, is_record_set
 
@@ -267,14 +267,7 @@ def _run(
     resume: bool,
 ) -> TrainResult:
     num_classes = int(source.num_classes)
-    backbone = get_model(
-        config.arch,
-        embedding_dim=config.embedding_dim,
-        width=config.width,
-        input_size=config.input_size,
-        dropout=config.dropout,
-        zero_init_residual=config.zero_init_residual,
-    )
+    backbone = backbone_from_config(config)
     head = ArcFaceHead(
         embedding_dim=config.embedding_dim,
         num_classes=num_classes,

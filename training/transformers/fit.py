@@ -27,7 +27,9 @@ from training.transformers.losses import MappingLoss
 from training.transformers.models import ScaledAroundMean, build_model, linear_part
 from training.transformers.recipes import Recipe, get_recipe
 
-TORCH_THREADS = 2
+# One intra-op thread: these models are tiny, and on a shared 2-core machine two OpenMP threads
+# spin at every barrier (measured 12-15x slower per step than one thread under load).
+TORCH_THREADS = 1
 EpochCallback = Callable[[int, nn.Module], dict[str, float]]
 
 

@@ -63,12 +63,20 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _one_thread() -> Iterator[None]:
+def _one_thread_session() -> Iterator[None]:
     # On shared, busy cores one thread is far faster than several spinning against each other.
+    # Session scope so the session/module fixtures (training, export) run with it too.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_one_thread_session: None) -> Iterator[None]:
+    # CLI commands set their own thread count (--threads, default 2) in this same process.
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -112,3 +112,12 @@ def test_a_pickle_is_refused_not_loaded(tmp_path: Path) -> None:
         read_checkpoint(pickled)
     with pytest.raises(ContractError, match="not found"):
         read_checkpoint(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.kit
+def test_a_few_steps_on_the_kit_aligned_crops(kit_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=1, max_steps=2, min_images_per_class=20)
+    aligned = kit_dir / "lfw" / "aligned"
+    result = train_backbone(data=aligned, output=tmp_path, config=cfg, progress=False)
+    assert result.num_classes >= 2 and result.steps == 2
+    assert all(torch.isfinite(torch.tensor(result.losses)))
