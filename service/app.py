@@ -10,23 +10,31 @@ and a bounded inference thread pool; shutdown stops them in reverse and saves th
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import ExitStack, asynccontextmanager
 
 import numpy as np
 from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import admin, gallery, health, identify, identities
-from service.api.deps import InferencePool, ServiceState
 from service.api.problems import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
     install_problem_handlers,
 )
-from service.errors import ContractError, ServiceUnavailable
+from service.api.state import InferencePool, ServiceState
+from service.db.session import make_engine, make_session_factory, upgrade_database
+from service.errors import ServiceUnavailable
+from service.gallery.index import GalleryIndex
+from service.gallery.store import GallerySync, open_gallery, save_gallery, set_faiss_threads
+from service.identities import identities_for_faces
+from service.inference.backbone import OnnxBackbone
+from service.inference.detect import FaceDetector, make_detector
+from service.keys import bootstrap_admin_key
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.pipeline import ActiveMapping, GalleryHit, Pipeline
+from service.registry.holder import ActiveTransformerHolder, Poller
 from service.settings import ServiceSettings
 
 log = logging.getLogger("facebridge.app")
@@ -47,7 +55,7 @@ CPU_BACKBONE_BATCH = 1
 GPU_BACKBONE_BATCH = 64
 
 
-def _body_limits(settings: ServiceSettings) -> Any:
+def _body_limits(settings: ServiceSettings) -> Callable[[str], int | None]:
     """Per-route request body limits, enforced while the body streams in."""
 
     def limit_for(path: str) -> int | None:
@@ -69,13 +77,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = _start(settings=settings, metrics=metrics)
-        app.state.facebridge = state
-        try:
-            yield
-        finally:
-            app.state.facebridge = None
-            _stop(state)
+        with ExitStack() as stack:
+            app.state.facebridge = _start(settings=settings, metrics=metrics, stack=stack)
+            try:
+                yield
+            finally:
+                app.state.facebridge = None
 
     app = FastAPI(
         title="facebridge",
@@ -98,9 +105,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 # ---------------------------------------------------------------------------------------------
 # lifespan
 # ---------------------------------------------------------------------------------------------
-def _load_backbone(settings: ServiceSettings) -> Any:
-    from service.inference.backbone import OnnxBackbone
-
+def _load_backbone(settings: ServiceSettings) -> OnnxBackbone | None:
     if settings.backbone_manifest is None:
         log.warning("FACEBRIDGE_BACKBONE_MANIFEST unset: identify/verify/enrol answer 503")
         return None
@@ -123,15 +128,11 @@ def _load_backbone(settings: ServiceSettings) -> Any:
     return backbone
 
 
-def _start(*, settings: ServiceSettings, metrics: ServiceMetrics) -> ServiceState:
-    from service.db.session import make_engine, make_session_factory, upgrade_database
-    from service.gallery.store import GallerySync, open_gallery, set_faiss_threads
-    from service.inference.detect import make_detector
-    from service.keys import bootstrap_admin_key
-    from service.registry.holder import ActiveTransformerHolder, Poller
-
+def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitStack) -> ServiceState:
+    """Build everything in order; ``stack`` undoes it in reverse (also when a step fails)."""
     upgrade_database(url=settings.database_url)
     engine = make_engine(settings.database_url)
+    stack.callback(engine.dispose)
     session_factory = make_session_factory(engine)
     with session_factory() as session:
         bootstrap_admin_key(session=session, settings=settings)
@@ -139,10 +140,12 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics) -> ServiceStat
     backbone = _load_backbone(settings)
     detector = make_detector(settings.detector)
     index, report = open_gallery(session_factory=session_factory, settings=settings)
-    log.info("gallery opened: %s", getattr(report, "detail", report))
+    log.info("gallery opened: %s", report.detail)
+    stack.callback(_save_index, index=index, settings=settings)
     holder = ActiveTransformerHolder(session_factory=session_factory, settings=settings)
     holder.refresh()
     holder.start_polling()
+    stack.callback(holder.stop_polling)
     # Faces written by other workers/replicas (or the CLI) reach this process's FAISS index.
     gallery_sync = GallerySync(session_factory=session_factory, index=index)
     gallery_sync.refresh()
@@ -152,45 +155,44 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics) -> ServiceStat
         name="facebridge-gallery-poller",
     )
     gallery_poller.start()
+    stack.callback(gallery_poller.stop)
     pool = InferencePool(
         threads=settings.inference_threads,
         max_pending=settings.inference_threads * PENDING_PER_THREAD,
         # OpenMP's thread count is per calling thread: set it in every worker, not just here.
         thread_initializer=lambda: set_faiss_threads(settings.faiss_threads),
     )
+    stack.callback(pool.shutdown)
+    pipeline = _build_pipeline(
+        settings=settings,
+        metrics=metrics,
+        backbone=backbone,
+        detector=detector,
+        holder=holder,
+        index=index,
+        session_factory=session_factory,
+    )
     state = ServiceState(
         settings=settings,
         metrics=metrics,
         pool=pool,
+        engine=engine,
         session_factory=session_factory,
-        pipeline=None,
         backbone=backbone,
         holder=holder,
         index=index,
-        engine=engine,
+        pipeline=pipeline,
+        gallery_poller=gallery_poller,
     )
-    state.extras["gallery_poller"] = gallery_poller
-    state.pipeline = _build_pipeline(state, detector=detector)
-    state.extras.update(
-        identity_vectors=lambda identity_id: _identity_vectors(state, identity_id),
-        readiness=lambda: _readiness(state),
-        refresh_gauges=lambda: _refresh_gauges(state),
-    )
-    _refresh_gauges(state)
+    state.refresh_gauges()
     return state
 
 
-def _stop(state: ServiceState) -> None:
-    from service.gallery.store import save_gallery
-
-    state.holder.stop_polling()
-    state.extras["gallery_poller"].stop()
-    state.pool.shutdown()
+def _save_index(*, index: GalleryIndex, settings: ServiceSettings) -> None:
     try:
-        save_gallery(index=state.index, settings=state.settings)
+        save_gallery(index=index, settings=settings)
     except Exception:  # the index is a cache: losing it costs a rebuild, never data
         log.exception("could not save the FAISS index at shutdown")
-    state.engine.dispose()
 
 
 class _NoBackbone:
@@ -203,13 +205,18 @@ class _NoBackbone:
         raise ServiceUnavailable("no backbone configured: set FACEBRIDGE_BACKBONE_MANIFEST")
 
 
-def _build_pipeline(state: ServiceState, *, detector: Any) -> Pipeline:
-    from service.identities import identities_for_faces
-
-    settings = state.settings
-
+def _build_pipeline(
+    *,
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    backbone: OnnxBackbone | None,
+    detector: FaceDetector | None,
+    holder: ActiveTransformerHolder,
+    index: GalleryIndex,
+    session_factory: sessionmaker[Session],
+) -> Pipeline:
     def snapshot() -> ActiveMapping | None:
-        active = state.holder.current()  # ONE read: the request keeps this version throughout
+        active = holder.current()  # ONE read: the request keeps this version throughout
         if active.version is None or active.session is None:
             return None
         return ActiveMapping(
@@ -217,10 +224,10 @@ def _build_pipeline(state: ServiceState, *, detector: Any) -> Pipeline:
         )
 
     def search(vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(hits.ids, hits.scores) for hits in state.index.search(vectors, k=k)]
+        return [(hits.ids, hits.scores) for hits in index.search(vectors, k=k)]
 
     def lookup(face_ids: Sequence[int]) -> dict[int, GalleryHit]:
-        with state.session_factory() as session:
+        with session_factory() as session:
             found = identities_for_faces(session=session, face_ids=list(face_ids))
         return {
             int(face_id): GalleryHit(
@@ -233,7 +240,7 @@ def _build_pipeline(state: ServiceState, *, detector: Any) -> Pipeline:
         }
 
     return Pipeline(
-        backbone=state.backbone if state.backbone is not None else _NoBackbone(),
+        backbone=backbone if backbone is not None else _NoBackbone(),
         detector=detector,
         snapshot=snapshot,
         search=search,
@@ -241,52 +248,5 @@ def _build_pipeline(state: ServiceState, *, detector: Any) -> Pipeline:
         max_image_bytes=settings.max_upload_bytes,
         max_image_pixels=settings.max_image_pixels,
         default_threshold=settings.default_threshold,
-        observe=state.metrics.observe_stage,
+        observe=metrics.observe_stage,
     )
-
-
-def _identity_vectors(state: ServiceState, identity_id: int) -> tuple[np.ndarray, np.ndarray]:
-    from service.identities import face_vectors
-
-    with state.session_factory() as session:
-        return face_vectors(session=session, identity_id=identity_id)
-
-
-def _readiness(state: ServiceState) -> dict[str, str]:
-    """One line per check; a line starting with ``fail`` makes /readyz answer 503."""
-    from service.db.session import database_reachable
-    from service.gallery.store import check_consistency
-
-    checks: dict[str, str] = {}
-    db_ok = database_reachable(engine=state.engine)
-    checks["database"] = "ok" if db_ok else "fail: unreachable"
-    checks["backbone"] = (
-        state.backbone.model_id if state.backbone is not None else "fail: not configured"
-    )
-    active = state.holder.current()
-    last_error = getattr(state.holder, "last_error", None)
-    if active.version is not None:
-        checks["transformer"] = active.version
-    elif last_error:
-        checks["transformer"] = f"fail: {last_error}"
-    else:
-        checks["transformer"] = "none active (identify answers 503 until one is activated)"
-    if db_ok:
-        try:
-            with state.session_factory() as session:
-                report = check_consistency(session=session, index=state.index)
-            checks["index"] = (
-                f"ok: {report.index_count} vectors, consistent with SQL"
-                if report.consistent
-                else f"fail: {report.detail}"
-            )
-        except ContractError as exc:
-            checks["index"] = f"fail: {exc}"
-    else:
-        checks["index"] = "fail: database unreachable"
-    return checks
-
-
-def _refresh_gauges(state: ServiceState) -> None:
-    state.metrics.gallery_size.set(state.index.ntotal)
-    state.metrics.set_active_transformer(state.holder.current().version)

@@ -526,14 +526,10 @@ def gallery_and_probes(pairs: PairsSet) -> tuple[PairsSet, dict[str, int], list[
 def _prepare_service(
     *, env: dict[str, str], data_dir: Path, eval_pairs: PairsSet, transformer_path: Path
 ) -> tuple[str, dict[str, int], list[tuple[str, str]]]:
-    """Migrate the database, import the gallery, upload + activate the transformer, create a
-    key; all through H4a's service functions (what `facebridge db upgrade`, `gallery import`,
-    `transformers upload --activate` and `keys create` run)."""
-    from service.db.session import make_engine, make_session_factory, upgrade_database
-    from service.gallery.importer import import_gallery
-    from service.gallery.store import open_gallery, save_gallery
-    from service.keys import create_key
-    from service.registry.store import upload_transformer
+    """Migrate the database, import the gallery, upload + activate the transformer and create
+    an identify key: the functions behind `facebridge db upgrade`, `gallery import`,
+    `transformers upload --activate` and `keys create`."""
+    from service.commands import db_upgrade, gallery_import, keys_create, transformers_upload
 
     settings = settings_from_env(env)
     gallery, counts, probes = gallery_and_probes(eval_pairs)
@@ -546,30 +542,14 @@ def _prepare_service(
         name=gallery.name.astype(str),
         path=gallery.path.astype(str),
     )
-
-    upgrade_database(url=settings.database_url)
-    engine = make_engine(settings.database_url)
-    try:
-        session_factory = make_session_factory(engine)
-        index, _ = open_gallery(session_factory=session_factory, settings=settings)
-        report = import_gallery(
-            session_factory=session_factory,
-            index=index,
-            source=gallery_file,
-            model_id=settings.gallery_model_id,
-        )
-        save_gallery(index=index, settings=settings)
-        upload_transformer(
-            session_factory=session_factory,
-            settings=settings,
-            data=transformer_path.read_bytes(),
-            activate=True,
-            note="facebridge demo",
-        )
-        with session_factory() as session:
-            _, api_key = create_key(session=session, scopes=("identify",), name="demo")
-    finally:
-        engine.dispose()
+    db_upgrade(settings=settings)
+    report = gallery_import(
+        path=gallery_file, settings=settings, model_id=settings.gallery_model_id
+    )
+    transformers_upload(
+        path=transformer_path, settings=settings, activate=True, note="facebridge demo"
+    )
+    _, api_key = keys_create(scopes=["identify"], name="demo", settings=settings)
     counts["imported"] = int(report.rows)
     return api_key, counts, probes
 
@@ -582,7 +562,7 @@ def _verify_examples(
     import warnings
 
     with warnings.catch_warnings():  # starlette's note about httpx, printed at import
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -721,10 +701,10 @@ def run_command(
 
 
 def serve(state: DemoState, *, host: str, port: int) -> None:
-    """Serve the demo with uvicorn and the app factory, exactly as the Docker image does, with
-    the demo's FACEBRIDGE_* settings in the environment."""
-    import uvicorn
+    """`facebridge service run` (uvicorn + the app factory, as in the Docker image) with the
+    demo's FACEBRIDGE_* settings in the environment."""
+    from service.commands import serve_run
 
     os.environ.update(state.env)
     typer.echo(f"starting the service at http://{host}:{port} (Ctrl-C stops it) ...")
-    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=1)
+    serve_run(host=host, port=port, workers=1)

@@ -33,7 +33,7 @@ async def readyz(request: Request) -> JSONResponse:
     except FacebridgeError as exc:
         body = Readiness(status="starting", ready=False, checks={"service": str(exc)})
         return JSONResponse(body.model_dump(), status_code=503)
-    checks: dict[str, str] = await state.pool.run(state.extras["readiness"])
+    checks: dict[str, str] = await state.pool.run(state.readiness)
     ready = all(not value.startswith("fail") for value in checks.values())
     body = Readiness(status="ready" if ready else "not ready", ready=ready, checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
@@ -53,5 +53,5 @@ async def readyz(request: Request) -> JSONResponse:
     },
 )
 async def metrics(state: StateDep) -> Response:
-    state.extras["refresh_gauges"]()
+    state.refresh_gauges()
     return Response(content=state.metrics.render(), media_type=METRICS_CONTENT_TYPE)

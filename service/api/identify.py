@@ -99,11 +99,10 @@ async def verify(
 ) -> VerifyResponse:
     """Best cosine between the image and the identity's gallery vectors, and the decision."""
     (upload,) = await read_images([image], max_images=1)
-    vectors_of = state.extras["identity_vectors"]
     score, face_id, decision, mapped = await state.pool.run(
         state.pipeline.verify,
         image=upload,
-        identity_vectors=lambda: vectors_of(identity_id),
+        identity_vectors=lambda: state.identity_vectors(identity_id),
         threshold=threshold,
     )
     state.metrics.images.labels(operation="verify").inc()

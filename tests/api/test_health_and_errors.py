@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.errors import ContractError
 from service.settings import ServiceSettings
 
-from .conftest import ADMIN, assert_problem
+from .conftest import ADMIN, assert_problem, image_part, make_settings
 
 
 def test_healthz_and_readyz(client: TestClient) -> None:
@@ -66,3 +71,26 @@ def test_unexpected_exception_is_a_500_problem_without_traceback(
     body = assert_problem(response, 500, "internal-error")
     assert "secret" not in response.text and "Traceback" not in response.text
     assert body["request_id"] in body["detail"]
+
+
+def test_without_a_backbone_readyz_is_503_and_identify_says_why(
+    tmp_path: Path, tiny_manifest: Path
+) -> None:
+    settings = make_settings(tmp_path, tiny_manifest, backbone_manifest=None)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        ready = test_client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["backbone"].startswith("fail")
+        response = test_client.post("/v1/identify", files=[image_part(1)], headers=ADMIN)
+    assert_problem(response, 503, "unavailable")
+
+
+def test_a_broken_backbone_stops_start_up_and_leaves_no_threads(tmp_path: Path) -> None:
+    manifest = tmp_path / "broken.json"
+    manifest.write_text('{"model_id": "x"}')
+    settings = make_settings(tmp_path, manifest)
+    before = threading.active_count()
+    app = create_app(settings)
+    with pytest.raises(ContractError, match="invalid backbone manifest"), TestClient(app):
+        pass
+    assert threading.active_count() == before

@@ -28,15 +28,22 @@ def face(box: tuple[float, float, float, float]) -> DetectedFace:
 
 
 def test_largest_then_most_central_face_first() -> None:
+    shape = (200, 200, 3)
     small = face((0, 0, 20, 20))
     big_edge = face((0, 0, 100, 100))
     big_centre = face((50, 50, 150, 150))
-    ordered = order_faces([small, big_edge, big_centre], image_shape=(200, 200, 3))
-    assert ordered == [big_centre, big_edge, small]
-    much_bigger_edge = face((0, 0, 140, 140))
-    assert order_faces([big_centre, much_bigger_edge], image_shape=(200, 200, 3))[0] is (
-        much_bigger_edge
+    assert order_faces([small, big_edge, big_centre], image_shape=shape) == [
+        big_centre,
+        big_edge,
+        small,
+    ]
+    much_bigger_near_centre = face((0, 0, 140, 140))
+    assert order_faces([big_centre, much_bigger_near_centre], image_shape=shape)[0] is (
+        much_bigger_near_centre
     )
+    # A huge box mostly outside the image (a bystander's cut-off head) counts by what is visible.
+    cut_off = face((-100, -100, 100, 100))
+    assert order_faces([cut_off, big_centre], image_shape=shape)[0] is big_centre
 
 
 def test_aligned_crop_passes_straight_through_without_a_detector() -> None:
@@ -94,7 +101,7 @@ def test_detect_align_embed_reproduces_kit_new_vectors(
         crops.append(found.crop)
     cosine = (backbone.embed(np.stack(crops)) * kit_rows["new"][rows]).sum(axis=1)
     assert np.mean(cosine >= 0.99) >= 0.99, np.sort(cosine)[:5]
-    assert np.median(landmark_error) < 0.01  # the same landmarks, not just similar embeddings
+    assert np.mean(np.array(landmark_error) < 0.01) >= 0.99  # the same landmarks as the kit
 
 
 @pytest.mark.kit

@@ -131,7 +131,6 @@ def export_command(
         model,
         output,
         model_id=model_id or cfg.model_id or f"iresnet-{cfg.arch}-{checkpoint.stem}",
-        config=cfg,
         parity_batches=batches,
         exporter=exporter,  # type: ignore[arg-type]
     )

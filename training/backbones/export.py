@@ -27,7 +27,7 @@ from service.errors import ContractError, InvalidInput
 from service.inference.transformer import file_sha256
 from training.backbones.config import TrainConfig
 from training.backbones.iresnet import IResNet, backbone_from_config
-from training.backbones.train import INPUT_NAME, OUTPUT_NAME, training_manifest
+from training.backbones.train import INPUT_NAME, OUTPUT_NAME, backbone_manifest
 
 PARITY_BATCHES: tuple[int, ...] = (1, 7, 256)
 MIN_COSINE = 0.9999
@@ -99,12 +99,15 @@ def export_backbone(
     path: str | Path,
     *,
     model_id: str,
-    config: TrainConfig | None = None,
     parity_batches: Sequence[int] = PARITY_BATCHES,
     seed: int = 0,
     exporter: Exporter = "dynamo",
 ) -> BackboneExportReport:
-    """Write ``path`` (.onnx) and its manifest (.json) and validate both; returns the report."""
+    """Write ``path`` (.onnx) and its manifest (.json) and validate both; returns the report.
+
+    Nothing is left behind when a check fails: a half-validated model is never on disk under
+    its final name.
+    """
     onnx_path = Path(path)
     if onnx_path.suffix != ".onnx":
         raise InvalidInput(f"backbone output must end in .onnx, got {onnx_path.name}")
@@ -112,49 +115,35 @@ def export_backbone(
         raise InvalidInput("at least one parity batch size is needed")
     if exporter not in EXPORTERS:
         raise InvalidInput(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    cfg = config or TrainConfig(
-        width=model.width, embedding_dim=model.embedding_dim, input_size=model.input_size
-    )
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
-    size = model.input_size
-    example = torch.zeros(2, 3, size, size)
-    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
-    with _quiet_exporter(), torch.no_grad():
-        common = {
-            "input_names": [INPUT_NAME],
-            "output_names": [OUTPUT_NAME],
-            "opset_version": OPSET,
-        }
-        if exporter == "dynamo":
-            # dynamic_shapes is keyed by IResNet.forward's argument name.
-            dynamic = {"dynamic_shapes": {"x": {0: torch.export.Dim("batch", min=1)}}}
-            dynamic |= {"external_data": False, "verbose": False}
-        else:
-            # The TorchScript exporter: deprecated, but ~4x faster on an r18 (demo set-up).
-            dynamic = {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
-        torch.onnx.export(
-            model, (example,), str(tmp), dynamo=exporter == "dynamo", **common, **dynamic
-        )
-    if Path(str(tmp) + ".data").exists():
-        raise ContractError(f"{tmp}: the exporter wrote external data; expected a single file")
-    os.replace(tmp, onnx_path)
-    _check_graph(onnx_path)
-    parity = _parity(model, onnx_path, size=size, batches=parity_batches, seed=seed)
-
-    digest = file_sha256(onnx_path)
-    manifest = training_manifest(cfg, model_id=model_id, file=onnx_path.name)
     manifest_path = manifest_path_for(onnx_path)
-    body = manifest.model_dump(mode="json")
-    # Extra keys beyond the contract; the manifest loader ignores them.
-    body["sha256"] = digest
-    body["arch"] = cfg.arch
-    manifest_path.write_text(json.dumps(body, indent=2) + "\n")
+    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    try:
+        _write_onnx(model, tmp, exporter=exporter)
+        _check_graph(tmp)
+        parity = _parity(model, tmp, batches=parity_batches, seed=seed)
+        os.replace(tmp, onnx_path)
+        digest = file_sha256(onnx_path)
+        manifest = backbone_manifest(
+            model_id=model_id,
+            file=onnx_path.name,
+            input_size=model.input_size,
+            output_dim=model.embedding_dim,
+        )
+        body = manifest.model_dump(mode="json")
+        # Extra keys beyond the contract; the manifest loader ignores them.
+        body["sha256"] = digest
+        body["arch"] = model.arch
+        manifest_path.write_text(json.dumps(body, indent=2) + "\n")
+        # The service's own loader must accept what we wrote (names, shapes, a probe image).
+        from service.inference.backbone import OnnxBackbone
 
-    # The service's own loader must accept what we wrote (names, shapes, a probe image).
-    from service.inference.backbone import OnnxBackbone
-
-    OnnxBackbone(manifest_path)
+        OnnxBackbone(manifest_path)
+    except BaseException:
+        for leftover in (tmp, Path(str(tmp) + ".data"), onnx_path, manifest_path):
+            leftover.unlink(missing_ok=True)
+        raise
     return BackboneExportReport(
         onnx_path=onnx_path,
         manifest_path=manifest_path,
@@ -165,8 +154,27 @@ def export_backbone(
     )
 
 
+def _write_onnx(model: IResNet, path: Path, *, exporter: Exporter) -> None:
+    size = model.input_size
+    example = torch.zeros(2, 3, size, size)
+    common = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": OPSET}
+    if exporter == "dynamo":
+        # dynamic_shapes is keyed by IResNet.forward's argument name.
+        dynamic = {"dynamic_shapes": {"x": {0: torch.export.Dim("batch", min=1)}}}
+        dynamic |= {"external_data": False, "verbose": False}
+    else:
+        # The TorchScript exporter: deprecated, but ~4x faster on an r18 (demo set-up).
+        dynamic = {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
+    with _quiet_exporter(), torch.no_grad():
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=exporter == "dynamo", **common, **dynamic
+        )
+    if Path(str(path) + ".data").exists():
+        raise ContractError(f"{path}: the exporter wrote external data; expected a single file")
+
+
 def _parity(
-    model: IResNet, onnx_path: Path, *, size: int, batches: Sequence[int], seed: int
+    model: IResNet, onnx_path: Path, *, batches: Sequence[int], seed: int
 ) -> dict[int, float]:
     import onnxruntime as ort
 
@@ -179,7 +187,8 @@ def _parity(
     parity: dict[int, float] = {}
     for batch in batches:
         # Inputs in the normalised pixel range [-1, 1].
-        x = rng.uniform(-1.0, 1.0, size=(batch, 3, size, size)).astype(np.float32)
+        x = rng.uniform(-1.0, 1.0, size=(batch, 3, model.input_size, model.input_size))
+        x = x.astype(np.float32)
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).numpy()
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
@@ -217,7 +226,6 @@ def export_random_backbone(
         model,
         path,
         model_id=model_id or f"iresnet-{cfg.arch}-random-seed{seed}",
-        config=cfg,
         parity_batches=parity_batches,
         seed=seed,
         exporter=exporter,

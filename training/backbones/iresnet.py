@@ -89,6 +89,7 @@ class IResNet(nn.Module):
             raise InvalidInput("iResNet: width, embedding_dim must be >= 1 and input_size >= 16")
         if not 0.0 <= dropout < 1.0:
             raise InvalidInput(f"iResNet: dropout must be in [0, 1), got {dropout}")
+        self.arch = next((name for name, n in ARCHS.items() if n == tuple(layers)), "custom")
         self.embedding_dim = embedding_dim
         self.input_size = input_size
         self.width = width

@@ -59,19 +59,21 @@ class LabelledImages(Protocol):
     def __getitem__(self, i: int) -> tuple[bytes, int]: ...
 
 
-def training_manifest(config: TrainConfig, *, model_id: str, file: str) -> BackboneManifest:
-    """How this backbone is fed: the same object drives training input and the exported JSON."""
+def backbone_manifest(
+    *, model_id: str, file: str, input_size: int, output_dim: int
+) -> BackboneManifest:
+    """How an iResNet is fed: the same object drives training input and the exported JSON."""
     return BackboneManifest(
         model_id=model_id,
         file=file,
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
         layout="NCHW",
-        input_size=(config.input_size, config.input_size),
+        input_size=(input_size, input_size),
         color="RGB",
         mean=127.5,
         std=127.5,
-        output_dim=config.embedding_dim,
+        output_dim=output_dim,
         output_normalized=False,
     )
 
@@ -221,7 +223,12 @@ def train_backbone(
     if len(source) < 2:
         raise ContractError(f"{data}: need at least 2 images to train, found {len(source)}")
     model_id = config.model_id or f"iresnet-{config.arch}-{out.name}"
-    manifest = training_manifest(config, model_id=model_id, file="backbone.onnx")
+    manifest = backbone_manifest(
+        model_id=model_id,
+        file="backbone.onnx",
+        input_size=config.input_size,
+        output_dim=config.embedding_dim,
+    )
     dataset = FaceDataset(source, manifest=manifest, flip=config.flip)
     # BatchNorm needs > 1 sample per batch: never a ragged last batch, never a batch > the data.
     batch_size = min(config.batch_size, len(dataset) // dist.world_size)

@@ -151,7 +151,8 @@ def load_experiment_data(
     synthetic = pairs is None
     if pairs is None:
         pairs = synthetic_pairs(**data.synthetic.model_dump())
-        source = SYNTHETIC_SOURCE
+        reason = "--synthetic given" if force_synthetic else "sample kit absent"
+        source = SYNTHETIC_SOURCE.format(reason=reason)
     bridge, evaluation = _split(pairs, eval_fraction=data.eval_fraction, seed=0)
     return ExperimentData(bridge=bridge, evaluation=evaluation, source=source, synthetic=synthetic)
 
@@ -268,9 +269,7 @@ def run_experiments(
                 progress=False,
                 threads=config.threads,
             )
-            report = evaluate_mapping(
-                eval_pairs=data.evaluation, mapped=fitted.transform(eval_new)
-            )
+            report = evaluate_mapping(eval_pairs=data.evaluation, mapped=fitted.transform(eval_new))
             closed = (
                 closed_set_report(fit_pairs=data.bridge, mapped=fitted.transform(train.new))
                 if config.closed_set
@@ -358,13 +357,10 @@ def summarise(results: ExperimentResults) -> list[dict[str, Any]]:
         top1s = [rep.row(ROW_MAPPED).top1 for rep in reports]
         row["top1_std"] = float(np.std(top1s)) if len(top1s) > 1 else None
         row["gap_closed"] = mean([rep.gap_closed for rep in reports])
-        row["compatible"] = (
-            None if not reports else all(bool(rep.compatible) for rep in reports)
-        )
+        row["compatible"] = None if not reports else all(bool(rep.compatible) for rep in reports)
         row["closed_set_top1"] = mean(
             [r.closed_set.row(ROW_MAPPED).top1 for r in ok if r.closed_set is not None]
         )
         row["fit_seconds"] = mean([r.fit_seconds for r in ok])
         rows.append(row)
     return rows
-

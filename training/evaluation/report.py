@@ -79,9 +79,7 @@ def reference_table(results: ExperimentResults) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(
-    results: ExperimentResults, *, command: str | None, plots: list[str]
-) -> str:
+def render_markdown(results: ExperimentResults, *, command: str | None, plots: list[str]) -> str:
     counts = results.counts
     config = results.config
     out = [f"# Experiment report: {config.name}", ""]
@@ -147,7 +145,7 @@ def plot_top1_vs_interpolation(results: ExperimentResults, path: Path) -> None:
     for key, points in sorted(lines.items()):
         if base_top1 is not None:
             points = [(0.0, base_top1), *points]
-        xs, ys = zip(*sorted(points))
+        xs, ys = zip(*sorted(points), strict=True)
         ax.plot(xs, ys, marker="o", label=key)
     if base_top1 is not None and not lines:
         ax.plot([0.0], [base_top1], marker="o", label="fc, no interpolation")
@@ -178,7 +176,7 @@ def plot_scores(run: RunResult, path: Path, *, synthetic: bool) -> None:
     assert run.report is not None
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2), dpi=100, sharey=True)
     bins = np.linspace(-1.0, 1.0, 81)
-    for ax, name in zip(axes, (ROW_OLD_OLD, ROW_MAPPED)):
+    for ax, name in zip(axes, (ROW_OLD_OLD, ROW_MAPPED), strict=True):
         genuine, impostor = run.report.scores[name]
         ax.hist(impostor, bins=bins, density=True, alpha=0.6, label="impostor")
         ax.hist(genuine, bins=bins, density=True, alpha=0.6, label="genuine")

@@ -12,7 +12,7 @@ import numpy as np
 
 from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet
 
-SYNTHETIC_SOURCE = "SYNTHETIC data (sample kit absent): figures are not face-recognition results"
+SYNTHETIC_SOURCE = "SYNTHETIC data ({reason}): figures are not face-recognition results"
 
 
 def synthetic_pairs(
@@ -22,7 +22,7 @@ def synthetic_pairs(
     d_latent: int = 16,
     d_new: int = 32,
     d_old: int = 32,
-    noise: float = 0.35,
+    noise: float = 0.6,
     eval_fraction: float = 0.4,
     seed: int = 0,
 ) -> PairsSet:
@@ -38,7 +38,9 @@ def synthetic_pairs(
     split = np.where(is_eval[label], SPLIT_EVAL, SPLIT_BRIDGE)
     # Image numbers run backwards so the path order differs from the row order.
     image_no = np.concatenate([np.arange(c)[::-1] for c in counts])
-    path = np.array([f"id{lab:04d}/id{lab:04d}_{i:04d}.jpg" for lab, i in zip(label, image_no)])
+    path = np.array(
+        [f"id{lab:04d}/id{lab:04d}_{i:04d}.jpg" for lab, i in zip(label, image_no, strict=True)]
+    )
     name = np.array([f"id{lab:04d}" for lab in label])
     return PairsSet(
         old=old.astype(np.float32),

@@ -91,6 +91,7 @@ def fit_command(
         str, typer.Option("--target-model", help="old model's id (metadata)")
     ] = KIT_OLD_MODEL_ID,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    threads: Annotated[int, typer.Option("--threads", help="torch intra-op threads", min=1)] = 1,
 ) -> None:
     """Fit on the bridge rows (all rows with --all-rows), export ONNX, validate, checksum."""
     from service.contracts import load_pairs

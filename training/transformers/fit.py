@@ -215,7 +215,25 @@ def fit_normalized(
 ) -> FittedTransformer:
     """Fit on already-normalised training pairs (see :func:`normalized_pairs`)."""
     dev = _check_device(device)
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _fit(
+            train=train, recipe=recipe, dev=dev, seed=seed, progress=progress, on_epoch=on_epoch
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit(
+    *,
+    train: TrainingPairs,
+    recipe: Recipe,
+    dev: torch.device,
+    seed: int,
+    progress: bool,
+    on_epoch: EpochCallback | None,
+) -> FittedTransformer:
     torch.manual_seed(seed)
     started = time.perf_counter()
     model = build_model(
@@ -321,11 +339,17 @@ def fit_transformer(
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
+    threads: int = TORCH_THREADS,
 ) -> FittedTransformer:
     """Fit on every row of ``pairs`` (select the split first). Normalises both sides once."""
     resolved = get_recipe(recipe) if isinstance(recipe, str) else recipe
     return fit_normalized(
-        train=normalized_pairs(pairs), recipe=resolved, device=device, seed=seed, progress=progress
+        train=normalized_pairs(pairs),
+        recipe=resolved,
+        device=device,
+        seed=seed,
+        progress=progress,
+        threads=threads,
     )
 
 

@@ -6,6 +6,7 @@ whole folder runs in well under a minute on two shared cores.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,19 +63,28 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread_session() -> Iterator[None]:
-    # On shared, busy cores one thread is far faster than several spinning against each other.
-    # Session scope so the session/module fixtures (training, export) run with it too.
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``n`` torch threads inside, the previous count restored after (nothing leaks out)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_module() -> Iterator[None]:
+    # On shared, busy cores one thread is far faster than several spinning against each other.
+    # Module scope so the module fixtures (the export) run with it too.
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(_one_thread_session: None) -> Iterator[None]:
-    # CLI commands set their own thread count (--threads, default 2) in this same process.
+def _one_thread(_one_thread_module: None) -> Iterator[None]:
+    # CLI commands and training runs set their own thread count in this same process.
     yield
     torch.set_num_threads(1)
 
@@ -97,4 +107,5 @@ def face_folder(tmp_path_factory: pytest.TempPathFactory, face_samples: list) ->
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, face_folder: Path) -> TrainResult:
     out = tmp_path_factory.mktemp("run")
-    return train_backbone(data=face_folder, output=out, config=tiny_config(), progress=False)
+    with torch_threads(1):
+        return train_backbone(data=face_folder, output=out, config=tiny_config(), progress=False)

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from service.contracts import load_backbone_manifest
-from service.errors import InvalidInput
+from service.errors import ContractError, InvalidInput
 from service.inference.backbone import OnnxBackbone
 from training.backbones.config import TrainConfig
 from training.backbones.export import (
@@ -95,3 +95,17 @@ def test_r50_with_the_legacy_exporter(tmp_path: Path) -> None:
     assert OnnxBackbone(report.manifest_path).output_dim == 16
     with pytest.raises(InvalidInput, match="exporter"):
         export_random_backbone(tmp_path / "x.onnx", config=cfg, exporter="tf")  # type: ignore[arg-type]
+
+
+def test_a_failed_check_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.backbones.export as export_module
+
+    monkeypatch.setattr(export_module, "MIN_COSINE", 1.5)  # no export can pass this
+    cfg = TrainConfig(arch="r18", width=4, embedding_dim=16, input_size=32)
+    with pytest.raises(ContractError, match="cosine"):
+        export_random_backbone(
+            tmp_path / "m.onnx", config=cfg, parity_batches=(1,), exporter="legacy"
+        )
+    assert list(tmp_path.iterdir()) == []

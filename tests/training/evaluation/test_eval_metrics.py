@@ -31,7 +31,7 @@ def naive_top_k(ranked_ids, gallery_labels, probe_labels, k):
 
 def naive_tar_at_far(genuine, impostor, far):
     """The lowest candidate threshold whose FAR (accept iff score > t) is <= far."""
-    candidates = sorted(set(float(s) for s in impostor)) + [-math.inf]
+    candidates = [*sorted({float(s) for s in impostor}), -math.inf]
     best = math.inf
     for t in candidates:
         accepted = sum(1 for s in impostor if s > t)

@@ -1,0 +1,159 @@
+"""What the lifespan builds and the routes use: :class:`ServiceState`, the bounded inference
+pool and the short-lived cache of verified API keys. Nothing here runs at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.session import database_reachable
+from service.errors import ContractError, ServiceUnavailable
+from service.gallery.index import GalleryIndex
+from service.gallery.store import check_consistency
+from service.identities import face_vectors
+from service.inference.backbone import OnnxBackbone
+from service.metrics import ServiceMetrics
+from service.pipeline import Pipeline
+from service.registry.holder import ActiveTransformerHolder, Poller
+from service.settings import ServiceSettings
+
+T = TypeVar("T")
+KEY_CACHE_SECONDS = 5.0
+
+
+class InferencePool:
+    """A bounded pool for blocking work (ORT, FAISS, Pillow, SQL behind them).
+
+    ``max_pending`` bounds the queue: past it the service answers 503 instead of piling up.
+    Context variables (the request id) travel into the worker thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        threads: int,
+        max_pending: int,
+        thread_initializer: Callable[[], None] | None = None,
+    ) -> None:
+        self.threads = max(1, int(threads))
+        # Per-thread set-up (e.g. FAISS OpenMP threads: omp_set_num_threads is per thread).
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.threads,
+            thread_name_prefix="facebridge-infer",
+            initializer=thread_initializer,
+        )
+        self._pending = asyncio.Semaphore(max(1, int(max_pending)))
+
+    async def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        if self._pending.locked():
+            raise ServiceUnavailable(
+                "too many requests in flight; retry shortly", extra={"retry_after_s": 1}
+            )
+        async with self._pending:
+            ctx = contextvars.copy_context()
+            call = functools.partial(ctx.run, functools.partial(fn, **kwargs))
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class VerifiedKeys:
+    """Keys verified in the last ``ttl_seconds`` (by hash), so a hot route does not hit SQL
+    (and write ``last_used_at``) on every request.
+
+    A revocation through this worker clears the cache at once; other workers and replicas
+    honour it within ``ttl_seconds``.
+    """
+
+    def __init__(self, *, ttl_seconds: float) -> None:
+        self.ttl_seconds = float(ttl_seconds)
+        self._entries: dict[str, tuple[Any, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, info: Any) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:  # many distinct keys: start over, never grow
+                self._entries.clear()
+            self._entries[key_hash] = (info, time.monotonic() + self.ttl_seconds)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+@dataclass
+class ServiceState:
+    """Everything the lifespan builds; routes reach it through ``deps.StateDep``."""
+
+    settings: ServiceSettings
+    metrics: ServiceMetrics
+    pool: InferencePool
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    backbone: OnnxBackbone | None
+    holder: ActiveTransformerHolder
+    index: GalleryIndex
+    pipeline: Pipeline
+    gallery_poller: Poller
+    verified_keys: VerifiedKeys = field(
+        default_factory=lambda: VerifiedKeys(ttl_seconds=KEY_CACHE_SECONDS)
+    )
+
+    def identity_vectors(self, identity_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, old-space vectors) of one identity; NotFound for an unknown one."""
+        with self.session_factory() as session:
+            return face_vectors(session=session, identity_id=identity_id)
+
+    def readiness(self) -> dict[str, str]:
+        """One line per check; a line starting with ``fail`` makes /readyz answer 503."""
+        checks: dict[str, str] = {}
+        db_ok = database_reachable(engine=self.engine)
+        checks["database"] = "ok" if db_ok else "fail: unreachable"
+        checks["backbone"] = (
+            self.backbone.model_id if self.backbone is not None else "fail: not configured"
+        )
+        active = self.holder.current()
+        if active.version is not None:
+            checks["transformer"] = active.version
+        elif self.holder.last_error:
+            checks["transformer"] = f"fail: {self.holder.last_error}"
+        else:
+            checks["transformer"] = "none active (identify answers 503 until one is activated)"
+        if not db_ok:
+            checks["index"] = "fail: database unreachable"
+            return checks
+        try:
+            with self.session_factory() as session:
+                report = check_consistency(session=session, index=self.index)
+        except ContractError as exc:
+            checks["index"] = f"fail: {exc}"
+            return checks
+        checks["index"] = (
+            f"ok: {report.index_count} vectors, consistent with SQL"
+            if report.consistent
+            else f"fail: {report.detail}"
+        )
+        return checks
+
+    def refresh_gauges(self) -> None:
+        self.metrics.gallery_size.set(self.index.ntotal)
+        self.metrics.set_active_transformer(self.holder.current().version)
