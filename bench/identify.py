@@ -4,8 +4,9 @@ Starts a real uvicorn process (kit MobileFaceNet backbone, the kit's eval galler
 vectors, a ridge transformer fitted on the bridge split), then for each client concurrency
 (1, 4, 16 by default) sends single-image /identify requests with aligned kit crops for a fixed
 time and reports images/s, p50 and p99 latency. The reference is the backbone alone
-(``OnnxBackbone.embed`` at batch 1 on pre-decoded crops) run by as many threads as the server's
-inference pool, measured in this same run on this same machine; the table prints the ratio.
+(``OnnxBackbone.embed`` at batch 1 on pre-decoded crops) run by as many threads as the server can
+use at that concurrency (min(concurrency, inference threads)), measured in this same run on this
+same machine in slices interleaved with the HTTP slices; the table prints the ratio.
 
     .venv/bin/python bench/identify.py                  # ~1-2 minutes
     .venv/bin/python bench/identify.py --seconds 5 --concurrency 1 4 16 --threads 2
@@ -26,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,14 +63,10 @@ def _prepare(workdir: Path, kit: Path) -> tuple[Path, Path]:
     return gallery, transformer
 
 
-def _raw_backbone_rate(
-    manifest: Path, crops: list[np.ndarray], *, threads: int, seconds: float
-) -> float:
-    """Images/s of the backbone alone: ``threads`` threads, batch 1, one shared session."""
-    from service.inference.backbone import OnnxBackbone
-
-    backbone = OnnxBackbone(manifest, intra_op_threads=1)
-    backbone.embed(crops[0][None])
+def _raw_backbone_run(
+    backbone: Any, crops: list[np.ndarray], *, threads: int, seconds: float
+) -> tuple[int, float]:
+    """(images, seconds) of the backbone alone: ``threads`` threads, batch 1, one session."""
     counts = [0] * threads
     stop = threading.Event()
 
@@ -87,13 +85,13 @@ def _raw_backbone_rate(
     stop.set()
     for worker in workers:
         worker.join()
-    return sum(counts) / (time.perf_counter() - start)
+    return sum(counts), time.perf_counter() - start
 
 
-def _http_rate(
+def _http_run(
     url: str, images: list[bytes], *, concurrency: int, seconds: float
-) -> tuple[float, float, float, int]:
-    """(images/s, p50 ms, p99 ms, failures) for single-image /identify at ``concurrency``.
+) -> tuple[list[float], int, float]:
+    """(latencies s, failures, seconds) for single-image /identify at ``concurrency``.
 
     One asyncio client with ``concurrency`` connections: a light load generator (16 Python
     threads would spend the shared cores on the GIL instead of on the server).
@@ -129,15 +127,7 @@ def _http_rate(
             return time.perf_counter() - start
 
     elapsed = asyncio.run(run())
-    flat = np.array(latencies) * 1000.0
-    if flat.size == 0:
-        return 0.0, float("nan"), float("nan"), failures
-    return (
-        flat.size / elapsed,
-        float(np.percentile(flat, 50)),
-        float(np.percentile(flat, 99)),
-        failures,
-    )
+    return latencies, failures, elapsed
 
 
 def _start_server(workdir: Path, kit: Path, *, threads: int) -> tuple[subprocess.Popen, str]:
@@ -197,10 +187,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--threads", type=int, default=2, help="server inference threads")
     parser.add_argument("--images", type=int, default=256, help="distinct probe crops")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved slices per row")
     args = parser.parse_args()
 
     import httpx
 
+    from service.inference.backbone import OnnxBackbone
     from service.inference.images import read_image_file
     from service.kit import find_kit_dir
 
@@ -231,19 +223,43 @@ def main() -> int:
                         headers=headers,
                     ).raise_for_status()
                 stats = client.get("/v1/gallery/stats", headers=headers).json()
-            _http_rate(url, images, concurrency=2, seconds=1.0)  # warm-up
+            _http_run(url, images, concurrency=2, seconds=1.0)  # warm-up
+            backbone = OnnxBackbone(kit / "models" / "mobilefacenet.json", intra_op_threads=1)
+            backbone.embed(crops[0][None])
             rows = []
             for concurrency in args.concurrency:
-                raw = _raw_backbone_rate(
-                    kit / "models" / "mobilefacenet.json",
-                    crops,
-                    threads=args.threads,
-                    seconds=args.seconds / 2,
+                # Interleave short slices of both so a change in the machine's load hits both.
+                raw_images, raw_seconds, http_seconds, failed = 0, 0.0, 0.0, 0
+                latencies: list[float] = []
+                for _ in range(args.rounds):
+                    n, t = _raw_backbone_run(
+                        backbone,
+                        crops,
+                        threads=min(concurrency, args.threads),
+                        seconds=args.seconds / args.rounds,
+                    )
+                    raw_images, raw_seconds = raw_images + n, raw_seconds + t
+                    lat, bad, t = _http_run(
+                        url, images, concurrency=concurrency, seconds=args.seconds / args.rounds
+                    )
+                    latencies, failed, http_seconds = (
+                        latencies + lat,
+                        failed + bad,
+                        http_seconds + t,
+                    )
+                ms = np.array(latencies) * 1000.0
+                rate, raw = len(latencies) / http_seconds, raw_images / raw_seconds
+                rows.append(
+                    (
+                        concurrency,
+                        rate,
+                        float(np.percentile(ms, 50)),
+                        float(np.percentile(ms, 99)),
+                        failed,
+                        raw,
+                        rate / raw,
+                    )
                 )
-                rate, p50, p99, failed = _http_rate(
-                    url, images, concurrency=concurrency, seconds=args.seconds
-                )
-                rows.append((concurrency, rate, p50, p99, failed, raw, rate / raw))
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -263,7 +279,10 @@ def main() -> int:
             f"| {concurrency} | {rate:.1f} | {p50:.1f} | {p99:.1f} | {failed} | {raw:.1f} "
             f"| {ratio:.2f} |"
         )
-    print("raw ORT = OnnxBackbone.embed, batch 1, same thread count, measured in this run")
+    print(
+        "raw ORT = OnnxBackbone.embed on pre-decoded crops, batch 1, min(concurrency, server "
+        f"threads) threads, measured in this run in {args.rounds} slices interleaved with HTTP"
+    )
     return 0
 
 

@@ -130,6 +130,11 @@ def _load_backbone(settings: ServiceSettings) -> OnnxBackbone | None:
 
 def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitStack) -> ServiceState:
     """Build everything in order; ``stack`` undoes it in reverse (also when a step fails)."""
+    if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     upgrade_database(url=settings.database_url)
     engine = make_engine(settings.database_url)
     stack.callback(engine.dispose)

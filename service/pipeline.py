@@ -21,11 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from service.errors import FacebridgeError, InvalidInput, ServiceUnavailable
+from service.inference.detect import FaceDetector
 from service.inference.faces import aligned_faces
 from service.inference.images import decode_image
 
@@ -111,9 +112,11 @@ class MappedFaces:
     timings: list[StageTimes]
 
 
-class Backbone:  # pragma: no cover - structural type for documentation
-    model_id: str
-    output_dim: int
+class Backbone(Protocol):
+    """What the pipeline needs of a backbone (``service.inference.backbone.OnnxBackbone``)."""
+
+    @property
+    def model_id(self) -> str: ...
 
     def embed(self, aligned: np.ndarray) -> np.ndarray: ...
 
@@ -131,7 +134,7 @@ class Pipeline:
         self,
         *,
         backbone: Backbone,
-        detector: object | None,
+        detector: FaceDetector | None,
         snapshot: SnapshotFn,
         search: SearchFn,
         lookup: LookupFn,
@@ -180,7 +183,7 @@ class Pipeline:
                     faces = aligned_faces(image, detector=None)
                 else:
                     with self._detector_lock:
-                        faces = aligned_faces(image, detector=self.detector)  # type: ignore[arg-type]
+                        faces = aligned_faces(image, detector=self.detector)
                 t.align = time.perf_counter() - start
             except FacebridgeError as exc:
                 if len(images) > 1:

@@ -49,7 +49,7 @@ from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 
 STATE_FILE = "demo.json"
 # Bump when the layout or the recipe of the demo data changes: an older demo-data is rebuilt.
-STATE_VERSION = 1
+STATE_VERSION = 2
 DEFAULT_DATA_DIR = Path("demo-data")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -150,9 +150,10 @@ def write_synthetic_faces(*, root: Path, spec: SyntheticSpec) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class DemoExample:
-    image: str  # absolute path of an aligned 112x112 probe image
+    image: str  # absolute path of a probe image
     expected: str  # the person it must come back as
     verified: bool = False
+    kind: str = "aligned"  # "aligned" (112x112 crop) or "photo" (the service detects + aligns)
 
 
 @dataclasses.dataclass
@@ -187,6 +188,17 @@ class DemoState:
     @property
     def synthetic(self) -> bool:
         return self.source == "synthetic"
+
+    def files_present(self) -> bool:
+        """The database, the transformer, the backbone and the example images still exist."""
+        database = self.env.get("FACEBRIDGE_DATABASE_URL", "").removeprefix("sqlite:///")
+        paths = [
+            database,
+            self.transformer.get("path", ""),
+            self.env.get("FACEBRIDGE_BACKBONE_MANIFEST", ""),
+        ]
+        paths += [e.image for e in self.examples]
+        return all(p and Path(p).is_file() for p in paths)
 
 
 def _fingerprint(source: str, details: dict[str, Any]) -> str:
@@ -309,17 +321,11 @@ def _report_metrics(report: Any) -> dict[str, Any]:
 def _reset_data_dir(data_dir: Path) -> None:
     """Remove a previous demo build. Refuses a non-empty directory that is not demo data."""
     if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / STATE_FILE).exists():
-        owned = {
-            "models",
-            "synthetic",
-            "pairs.npz",
-            "gallery",
-            "facebridge.db",
-            "index",
-            "artifacts",
-        }
+        owned = {"models", "synthetic", "gallery", "index", "transformers", "pairs.npz"}
         foreign = [
-            p.name for p in data_dir.iterdir() if p.name not in owned and not p.name.startswith(".")
+            p.name
+            for p in data_dir.iterdir()
+            if p.name not in owned and not p.name.startswith((".", "facebridge.", "pairs."))
         ]
         if foreign:
             raise InvalidInput(
@@ -358,6 +364,7 @@ def build_demo(
         and existing.fingerprint == fingerprint
         and existing.data_dir == str(data_dir)
         and all(e.verified for e in existing.examples)
+        and existing.files_present()
     ):
         steps.say(f"demo data in {data_dir} is up to date ({source}); reusing it")
         return existing
@@ -412,13 +419,13 @@ def build_demo(
         old_model_id = load_backbone_manifest(old_manifest)[0].model_id
         backbone_manifest = new_manifest
         new_model_id = load_backbone_manifest(new_manifest)[0].model_id
-        image_root = images_dir
+        image_root, photo_root = images_dir, None
     else:
         pairs_path = kit_pairs_path(kit)
         pairs = load_pairs(pairs_path)
         backbone_manifest = kit_backbone_manifest(kit)
         old_model_id, new_model_id = KIT_OLD_MODEL_ID, KIT_NEW_MODEL_ID
-        image_root = kit / "lfw" / "aligned"
+        image_root, photo_root = kit / "lfw" / "aligned", kit / "lfw" / "photos"
 
     n_bridge = len(pairs.select_split(SPLIT_BRIDGE))
     eval_pairs = pairs.select_split(SPLIT_EVAL)
@@ -451,10 +458,26 @@ def build_demo(
             DemoExample(image=str((image_root / path).resolve()), expected=name)
             for name, path in probes[:MAX_EXAMPLE_CANDIDATES]
         ]
-        examples, verification = _verify_examples(env=env, api_key=api_key, candidates=candidates)
+        photo_candidates = (
+            []
+            if photo_root is None
+            else [
+                DemoExample(image=str((photo_root / path).resolve()), expected=name, kind="photo")
+                for name, path in probes[:N_EXAMPLES]
+                if (photo_root / path).is_file()
+            ]
+        )
+        examples, verification = _verify_examples(
+            env=env, api_key=api_key, candidates=candidates, photo_candidates=photo_candidates
+        )
     steps.say(
-        f"    {verification['correct']}/{verification['tried']} probes tried came back as the "
-        "right person"
+        f"    {verification['correct']}/{verification['tried']} aligned probes tried came back as "
+        "the right person"
+        + (
+            f"; full photos: {verification['photo']['correct']}/{verification['photo']['tried']}"
+            if verification["photo"]["tried"]
+            else ""
+        )
     )
 
     state = DemoState(
@@ -554,11 +577,45 @@ def _prepare_service(
     return api_key, counts, probes
 
 
-def _verify_examples(
-    *, env: dict[str, str], api_key: str, candidates: list[DemoExample]
+def _first_correct(
+    client: Any, *, api_key: str, candidates: list[DemoExample], wanted: int
 ) -> tuple[list[DemoExample], dict[str, Any]]:
-    """POST each candidate probe to /v1/identify on the real app (in-process, lifespan on);
-    keep the first N_EXAMPLES that come back as the right person (top-1 candidate)."""
+    """POST candidates to /v1/identify until ``wanted`` come back as the right person (top-1)."""
+    tried = 0
+    verified: list[DemoExample] = []
+    failures: list[str] = []
+    for example in candidates:
+        if len(verified) >= wanted:
+            break
+        with open(example.image, "rb") as fh:
+            response = client.post(
+                "/v1/identify",
+                headers={"X-API-Key": api_key},
+                files={"image": (Path(example.image).name, fh, "application/octet-stream")},
+            )
+        tried += 1
+        if response.status_code != 200:
+            failures.append(f"{example.image}: HTTP {response.status_code} {response.text[:200]}")
+            continue
+        ranked = response.json()["results"][0]["candidates"]
+        top = ranked[0]["name"] if ranked else None
+        if top == example.expected:
+            verified.append(dataclasses.replace(example, verified=True))
+        else:
+            failures.append(f"{Path(example.image).name}: expected {example.expected}, got {top}")
+    return verified, {"tried": tried, "correct": len(verified), "failures": failures}
+
+
+def _verify_examples(
+    *,
+    env: dict[str, str],
+    api_key: str,
+    candidates: list[DemoExample],
+    photo_candidates: list[DemoExample],
+) -> tuple[list[DemoExample], dict[str, Any]]:
+    """Through the real app (in-process, lifespan on): N_EXAMPLES aligned probes must come back
+    as the right person; one full photo (detection + alignment in the service) is a bonus shown
+    only when it does too (it needs the dlib detector of the [detect] extra)."""
     import warnings
 
     with warnings.catch_warnings():  # starlette's note about httpx, printed at import
@@ -567,40 +624,19 @@ def _verify_examples(
 
     from service.app import create_app
 
-    tried = correct = 0
-    verified: list[DemoExample] = []
-    failures: list[str] = []
     with TestClient(create_app(settings_from_env(env))) as client:
-        for example in candidates:
-            if len(verified) >= N_EXAMPLES:
-                break
-            with open(example.image, "rb") as fh:
-                response = client.post(
-                    "/v1/identify",
-                    headers={"X-API-Key": api_key},
-                    files={"image": (Path(example.image).name, fh, "application/octet-stream")},
-                )
-            tried += 1
-            if response.status_code != 200:
-                failures.append(
-                    f"{example.image}: HTTP {response.status_code} {response.text[:200]}"
-                )
-                continue
-            ranked = response.json()["results"][0]["candidates"]
-            top = ranked[0]["name"] if ranked else None
-            if top == example.expected:
-                correct += 1
-                verified.append(dataclasses.replace(example, verified=True))
-            else:
-                failures.append(
-                    f"{Path(example.image).name}: expected {example.expected}, got {top}"
-                )
+        verified, stats = _first_correct(
+            client, api_key=api_key, candidates=candidates, wanted=N_EXAMPLES
+        )
+        photos, photo_stats = _first_correct(
+            client, api_key=api_key, candidates=photo_candidates, wanted=1
+        )
     if len(verified) < N_EXAMPLES:
         raise InvalidInput(
-            f"demo verification failed: only {len(verified)} of {tried} example probes came back "
-            "as the right person; " + "; ".join(failures[:3])
+            f"demo verification failed: only {len(verified)} of {stats['tried']} example probes "
+            "came back as the right person; " + "; ".join(stats["failures"][:3])
         )
-    return verified, {"tried": tried, "correct": correct, "failures": failures}
+    return verified + photos, {**stats, "photo": photo_stats}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,7 +663,12 @@ def curl_commands(state: DemoState, *, host: str, port: int) -> list[str]:
 
 
 def print_summary(
-    state: DemoState, *, host: str, port: int, echo: Callable[[str], None] = typer.echo
+    state: DemoState,
+    *,
+    host: str,
+    port: int,
+    serving: bool = True,
+    echo: Callable[[str], None] = typer.echo,
 ) -> None:
     banner = (
         f"  *** {SYNTHETIC_BANNER} (generated patterns, random backbones) ***"
@@ -652,13 +693,21 @@ def print_summary(
     echo(f"  API key (identify scope, demo only): {state.api_key}")
     echo(f"  docs:        http://{host}:{port}/docs")
     echo("")
-    echo("Try it (each image is a probe of a person in the gallery, not the enrolled image):")
+    if serving:
+        echo("Try it in another terminal once the server below says 'Application startup complete'")
+        echo("(each image is a probe of a person in the gallery, not the enrolled image):")
+    else:
+        echo("Start the service with `facebridge demo run` (or `make demo`), then try")
+        echo("(each image is a probe of a person in the gallery, not the enrolled image):")
     for example, command in zip(
         (e for e in state.examples if e.verified),
         curl_commands(state, host=host, port=port),
         strict=True,
     ):
-        echo(f"  # expected: {example.expected}")
+        note = " (a full photo: the service detects and aligns the face)" * (
+            example.kind == "photo"
+        )
+        echo(f"  # expected: {example.expected}{note}")
         echo(f"  {command}")
     echo("=" * 72)
 
@@ -679,7 +728,7 @@ def build_command(
         recipe=recipe,
         progress=not no_progress,
     )
-    print_summary(state, host=DEFAULT_HOST, port=DEFAULT_PORT)
+    print_summary(state, host=DEFAULT_HOST, port=DEFAULT_PORT, serving=False)
 
 
 @app.command("run")
@@ -694,7 +743,7 @@ def run_command(
 ) -> None:
     """Build the demo data if needed, print curl commands, then serve until Ctrl-C."""
     state = build_demo(data_dir=data_dir, synthetic=synthetic, force=force, recipe=recipe)
-    print_summary(state, host=host, port=port)
+    print_summary(state, host=host, port=port, serving=not no_serve)
     if no_serve:
         return
     serve(state, host=host, port=port)

@@ -6,8 +6,7 @@ forget it; a test enumerates ``app.routes`` under /v1/admin and proves 401/403 f
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Response, UploadFile, status
 
@@ -28,6 +27,7 @@ from service.api.schemas import (
     TransformerList,
     problem_responses,
 )
+from service.api.state import ServiceState
 from service.api.uploads import check_media_type
 from service.errors import InvalidInput
 from service.registry import store as registry
@@ -59,7 +59,7 @@ def _transformer(info: registry.TransformerInfo) -> TransformerInfo:
     )
 
 
-async def _refresh_holder(state: Any) -> None:
+async def _refresh_holder(state: ServiceState) -> None:
     """Make THIS worker serve the new active version now (others follow via the poller)."""
     await state.pool.run(state.holder.refresh)
 
@@ -186,22 +186,15 @@ def delete_transformer(version: Version, state: StateDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _key(info: Any, *, secret: str | None = None) -> dict[str, Any]:
-    data = asdict(info) if is_dataclass(info) else dict(vars(info))
-    scopes = data.get("scopes") or ()
-    if isinstance(scopes, str):
-        scopes = [s for s in scopes.split(",") if s]
-    out = {
-        "id": data["id"],
-        "name": data.get("name") or "",
-        "scopes": list(scopes),
-        "prefix": data.get("prefix"),
-        "created_at": data.get("created_at"),
-        "revoked": bool(data.get("revoked") or data.get("revoked_at")),
-    }
-    if secret is not None:
-        out["key"] = secret
-    return out
+def _key(info: keys.ApiKeyInfo) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=info.id,
+        name=info.name or "",
+        scopes=list(info.scopes),
+        prefix=info.prefix,
+        created_at=info.created_at,
+        revoked=info.revoked,
+    )
 
 
 @router.post(
@@ -214,7 +207,7 @@ def _key(info: Any, *, secret: str | None = None) -> dict[str, Any]:
 )
 def create_api_key(body: ApiKeyCreate, session: DbSession) -> ApiKeyCreated:
     info, secret = keys.create_key(session=session, scopes=list(body.scopes), name=body.name)
-    return ApiKeyCreated(**_key(info, secret=secret))
+    return ApiKeyCreated(**_key(info).model_dump(), key=secret)
 
 
 @router.get(
@@ -225,7 +218,7 @@ def create_api_key(body: ApiKeyCreate, session: DbSession) -> ApiKeyCreated:
     responses=problem_responses(403),
 )
 def list_api_keys(session: DbSession) -> ApiKeyList:
-    return ApiKeyList(items=[ApiKeyInfo(**_key(info)) for info in keys.list_keys(session=session)])
+    return ApiKeyList(items=[_key(info) for info in keys.list_keys(session=session)])
 
 
 @router.delete(

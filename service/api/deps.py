@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.api.state import ServiceState, VerifiedKeys
 from service.errors import Forbidden, ServiceUnavailable, UnsupportedMediaType
-from service.keys import hash_key, verify_key
+from service.keys import ApiKeyInfo, hash_key, verify_key
 from service.settings import ServiceSettings
 
 API_KEY_HEADER = "X-API-Key"
@@ -29,17 +29,23 @@ api_key_header = APIKeyHeader(
 )
 
 
-def get_state(request: Request) -> ServiceState:
+def app_state(request: Request) -> ServiceState:
+    """The state the lifespan built (503 while starting or stopping)."""
     state = getattr(request.app.state, "facebridge", None)
     if state is None:
         raise ServiceUnavailable("service is starting or stopping")
     return state
 
 
+# Trivial dependencies are ``async`` on purpose: a plain ``def`` costs a thread hop per request.
+async def get_state(request: Request) -> ServiceState:
+    return app_state(request)
+
+
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> ServiceSettings:
+async def get_settings(state: StateDep) -> ServiceSettings:
     return state.settings
 
 
@@ -68,13 +74,13 @@ def require_scope(scope: str) -> Callable[..., Any]:
     async def check(
         request: Request, key: Annotated[str | None, Security(api_key_header)] = None
     ) -> str:
-        state = get_state(request)
+        state = app_state(request)
         cache: VerifiedKeys = state.verified_keys
         key_hash = hash_key(key) if key else ""
         info = cache.get(key_hash) if key else None
         if info is None:
 
-            def verify() -> Any:  # service.keys.ApiKeyInfo
+            def verify() -> ApiKeyInfo:
                 with state.session_factory() as session:
                     return verify_key(session=session, key=key, scope=scope)
 
@@ -93,7 +99,7 @@ EnrolScope = Annotated[str, Depends(require_scope(SCOPE_ENROL))]
 AdminScope = Annotated[str, Depends(require_scope(SCOPE_ADMIN))]
 
 
-def require_multipart(request: Request) -> None:
+async def require_multipart(request: Request) -> None:
     """415 for a body that is not multipart/form-data (before the missing-field 422)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):

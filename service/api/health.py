@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.api.deps import StateDep, get_state
+from service.api.deps import StateDep, app_state
 from service.api.schemas import Health, Readiness, problem_responses
 from service.errors import FacebridgeError
 from service.metrics import METRICS_CONTENT_TYPE
@@ -29,7 +29,7 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> JSONResponse:
     """Models loaded, database reachable, FAISS index consistent with SQL. 503 otherwise."""
     try:
-        state = get_state(request)
+        state = app_state(request)
     except FacebridgeError as exc:
         body = Readiness(status="starting", ready=False, checks={"service": str(exc)})
         return JSONResponse(body.model_dump(), status_code=503)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, File, Path, Query, Response, UploadFile, status
 
 from service import identities as domain
@@ -34,9 +35,10 @@ FaceId = Annotated[int, Path(ge=1, description="the face's id (also its FAISS id
     response_model=Identity,
     responses=problem_responses(403, 409, 422),
 )
-def create_identity(body: IdentityCreate, session: DbSession, _auth: EnrolScope) -> Any:
+def create_identity(body: IdentityCreate, session: DbSession, _auth: EnrolScope) -> Identity:
     """A person, optionally keyed by your own ``external_id`` (unique)."""
-    return domain.create_identity(session=session, name=body.name, external_id=body.external_id)
+    created = domain.create_identity(session=session, name=body.name, external_id=body.external_id)
+    return Identity.model_validate(created)
 
 
 @router.get(
@@ -73,11 +75,15 @@ def list_identities(
     response_model=IdentityDetail,
     responses=problem_responses(403, 404),
 )
-def get_identity(identity_id: IdentityId, session: DbSession, _auth: IdentifyScope) -> Any:
+def get_identity(
+    identity_id: IdentityId, session: DbSession, _auth: IdentifyScope
+) -> IdentityDetail:
     identity = domain.get_identity(session=session, identity_id=identity_id)
     faces = domain.list_faces(session=session, identity_id=identity_id)
     detail = IdentityDetail.model_validate(identity)
-    return detail.model_copy(update={"faces": [Face.model_validate(f) for f in faces]})
+    return detail.model_copy(
+        update={"faces": [Face.model_validate(f) for f in faces], "face_count": len(faces)}
+    )
 
 
 @router.patch(
@@ -89,10 +95,11 @@ def get_identity(identity_id: IdentityId, session: DbSession, _auth: IdentifySco
 )
 def update_identity(
     identity_id: IdentityId, body: IdentityUpdate, session: DbSession, _auth: EnrolScope
-) -> Any:
+) -> Identity:
     """Only the fields present in the body change (``null`` clears a field)."""
     changes = {key: getattr(body, key) for key in body.model_fields_set}
-    return domain.update_identity(session=session, identity_id=identity_id, **changes)
+    updated = domain.update_identity(session=session, identity_id=identity_id, **changes)
+    return Identity.model_validate(updated)
 
 
 @router.delete(
@@ -135,7 +142,7 @@ async def enrol_faces(
         with state.session_factory() as session:
             domain.get_identity(session=session, identity_id=identity_id)
 
-    def store(vectors: Any, version: str) -> list[Any]:
+    def store(vectors: np.ndarray, version: str) -> list[domain.FaceInfo]:
         with state.session_factory() as session:
             return [
                 domain.add_face(

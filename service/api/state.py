@@ -23,6 +23,7 @@ from service.gallery.index import GalleryIndex
 from service.gallery.store import check_consistency
 from service.identities import face_vectors
 from service.inference.backbone import OnnxBackbone
+from service.keys import ApiKeyInfo
 from service.metrics import ServiceMetrics
 from service.pipeline import Pipeline
 from service.registry.holder import ActiveTransformerHolder, Poller
@@ -79,17 +80,17 @@ class VerifiedKeys:
 
     def __init__(self, *, ttl_seconds: float) -> None:
         self.ttl_seconds = float(ttl_seconds)
-        self._entries: dict[str, tuple[Any, float]] = {}
+        self._entries: dict[str, tuple[ApiKeyInfo, float]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key_hash: str) -> Any | None:
+    def get(self, key_hash: str) -> ApiKeyInfo | None:
         with self._lock:
             entry = self._entries.get(key_hash)
         if entry is None or entry[1] < time.monotonic():
             return None
         return entry[0]
 
-    def put(self, key_hash: str, info: Any) -> None:
+    def put(self, key_hash: str, info: ApiKeyInfo) -> None:
         with self._lock:
             if len(self._entries) > 10_000:  # many distinct keys: start over, never grow
                 self._entries.clear()

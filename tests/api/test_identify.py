@@ -43,6 +43,11 @@ def test_identify_finds_each_enrolled_face_in_order(
         assert result["backbone"] == "tiny-backbone-16"
         assert result["transformer"] == active_version
         assert result["timings"]["total_ms"] >= result["timings"]["embed_ms"] >= 0
+    metrics = client.get("/metrics").text
+    assert 'facebridge_stage_duration_seconds_count{stage="embed"}' in metrics
+    assert 'facebridge_stage_duration_seconds_count{stage="search"}' in metrics
+    assert f'facebridge_active_transformer_info{{version="{active_version}"}} 1.0' in metrics
+    assert "facebridge_gallery_vectors 4.0" in metrics
 
 
 def test_threshold_decides_the_match(

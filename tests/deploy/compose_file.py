@@ -122,6 +122,22 @@ def service_environment(
     return result
 
 
+def image_env(dockerfile: Path, *, stage: str = "service") -> dict[str, str]:
+    """KEY=VALUE pairs of the ENV instructions of one stage of a Dockerfile (``$VAR`` references
+    left as written)."""
+    env: dict[str, str] = {}
+    current = None
+    for line in re.sub(r"\\\n", " ", dockerfile.read_text()).splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0].upper() == "FROM":
+            current = words[-1] if len(words) >= 4 and words[-2].upper() == "AS" else None
+        elif words[0].upper() == "ENV" and current == stage:
+            env.update(w.split("=", 1) for w in words[1:] if "=" in w)
+    return env
+
+
 def volume_mounts(service: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(source, container path) for each short-syntax volume."""
     mounts = []

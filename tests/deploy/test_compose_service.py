@@ -32,10 +32,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from .backbone_stub import write_stand_in_backbone
 from .compose_file import (
     DOCKER_DIR,
     ENV_EXAMPLE,
     REPO,
+    image_env,
     interpolate_tree,
     load_compose,
     read_env_file,
@@ -105,12 +107,13 @@ def _localise(
 
 
 def _process_env(container_env: dict[str, str]) -> dict[str, str]:
-    """Nothing from this test process leaks in (no FACEBRIDGE_* of the developer's shell)."""
-    base = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
-    base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
-    # The image's ENV (Dockerfile service stage) that is not about paths.
-    base.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "FACEBRIDGE_DEVICE": "cpu"})
-    return {**base, **container_env}
+    """The image's ENV, then the service's environment on top (Docker's order). Nothing from
+    this test process leaks in (no FACEBRIDGE_* of the developer's shell)."""
+    env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
+    env.update(image_env(DOCKER_DIR / "Dockerfile"))
+    # The image's /opt/venv/bin is this virtual environment's bin.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    return {**env, **container_env}
 
 
 def _published(command: list[str], *, port: int) -> list[str]:
@@ -119,41 +122,6 @@ def _published(command: list[str], *, port: int) -> list[str]:
         assert flag in out, f"compose api command lacks {flag}"
         out[out.index(flag) + 1] = value
     return out
-
-
-def _write_backbone(manifest_path: Path) -> None:
-    """The operator puts the new model into the models volume. A stand-in without weights:
-    per-channel mean and spread of 16 image tiles (NCHW), 96-d."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    pooled = helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[28, 28], strides=[28, 28])
-    graph = helper.make_graph(
-        [
-            pooled,
-            helper.make_node("Mul", ["x", "x"], ["xx"]),
-            helper.make_node("AveragePool", ["xx"], ["q"], kernel_shape=[28, 28], strides=[28, 28]),
-            helper.make_node("Concat", ["p", "q"], ["c"], axis=1),
-            helper.make_node("Flatten", ["c"], ["embedding"], axis=1),
-        ],
-        "deploy_test_backbone",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 112, 112])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 96])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, manifest_path.with_suffix(".onnx"))
-    manifest = {
-        "model_id": "deploy-test-tiles-96",
-        "file": manifest_path.with_suffix(".onnx").name,
-        "input_name": "x",
-        "output_name": "embedding",
-        "layout": "NCHW",
-        "output_dim": 96,
-    }
-    manifest_path.write_text(json.dumps(manifest))
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -208,7 +176,7 @@ def test_api_starts_with_the_compose_command_and_environment(
         database_url=fresh_database,
         tmp_path=tmp_path,
     )
-    _write_backbone(Path(api_env["FACEBRIDGE_BACKBONE_MANIFEST"]))
+    write_stand_in_backbone(Path(api_env["FACEBRIDGE_BACKBONE_MANIFEST"]))
     port = _free_port()
     log = (tmp_path / "api.log").open("w")
     process = subprocess.Popen(

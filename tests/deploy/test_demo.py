@@ -62,8 +62,9 @@ def _identify_top1(state: DemoState, images: list[Path]) -> list[str | None]:
 def _check_examples(state: DemoState, *, recheck: bool) -> None:
     gallery = np.load(Path(state.data_dir) / "gallery" / "gallery.npz")
     enrolled = {str(p) for p in gallery["path"]}
-    assert len(state.examples) == N_EXAMPLES
-    assert len({e.expected for e in state.examples}) == N_EXAMPLES, "three different people"
+    aligned = [e for e in state.examples if e.kind == "aligned"]
+    assert len(aligned) == N_EXAMPLES
+    assert len({e.expected for e in aligned}) == N_EXAMPLES, "three different people"
     for example in state.examples:
         image = Path(example.image)
         assert image.is_absolute() and image.is_file()
@@ -72,6 +73,7 @@ def _check_examples(state: DemoState, *, recheck: bool) -> None:
         assert not any(example.image.endswith("/" + p) for p in enrolled)
     assert all(e.verified for e in state.examples)
     assert state.verification["correct"] == N_EXAMPLES <= state.verification["tried"]
+    assert len(state.examples) == N_EXAMPLES + state.verification["photo"]["correct"]
     if recheck:  # independently of the demo's own verification
         found = _identify_top1(state, [Path(e.image) for e in state.examples])
         assert found == [e.expected for e in state.examples]
@@ -111,7 +113,7 @@ def test_synthetic_demo_builds_verifies_and_is_idempotent(
     summary = capsys.readouterr().out
     assert SYNTHETIC_BANNER in summary
     commands = curl_commands(state, host="127.0.0.1", port=8000)
-    assert len(commands) == N_EXAMPLES
+    assert len(commands) == len(state.examples) == N_EXAMPLES  # no photos in synthetic data
     for command, example in zip(commands, state.examples, strict=True):
         assert command in summary and state.api_key in command and example.image in command
 
@@ -132,13 +134,30 @@ def test_demo_refuses_a_foreign_directory(tmp_path: Path) -> None:
 
 @pytest.mark.kit
 @pytest.mark.slow
-def test_kit_demo_examples_come_back_as_the_right_person(kit_dir: Path, tmp_path: Path) -> None:
+def test_kit_demo_examples_come_back_as_the_right_person(
+    kit_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The kit demo (ridge recipe, as `make demo` runs it): real eval probes -> right person."""
     state = build_demo(data_dir=tmp_path / "demo-data", progress=False, quiet=True)
     assert state.source == "kit"
     assert state.gallery["templates"] == 414 and state.gallery["distractors"] == 1017
     for example in state.examples:
-        assert Path(example.image).is_relative_to(kit_dir / "lfw" / "aligned")
+        folder = "aligned" if example.kind == "aligned" else "photos"
+        assert Path(example.image).is_relative_to(kit_dir / "lfw" / folder)
+    try:
+        import dlib  # noqa: F401
+    except ImportError:
+        pass
+    else:  # with the detector installed, one full photo is shown too (detected + aligned)
+        assert [e.kind for e in state.examples].count("photo") == 1
     _check_examples(state, recheck=True)
+    # The command line reuses it and prints the curl commands without serving.
+    capsys.readouterr()
+    from service.cli import main
+
+    assert main(["demo", "run", "--no-serve", "--data-dir", str(tmp_path / "demo-data")]) == 0
+    out = capsys.readouterr().out
+    assert "up to date" in out
+    assert all(c in out for c in curl_commands(state, host="127.0.0.1", port=8000))
     # The mapped row is reported from the protocol (not hard-coded) and beats chance by far.
     assert state.evaluation["raw cross top1"] < 1.0 < 50.0 < state.evaluation["mapped top1"]

@@ -210,3 +210,16 @@ def test_eval_fraction_splits_by_identity(
         assert len(set(pairs.split[pairs.name == name])) == 1  # never on both sides
     expected = {n: extract.split_for_identity(n, eval_fraction=0.5) for n in IDENTITIES}
     assert {str(n): str(s) for n, s in zip(pairs.name, pairs.split, strict=True)} == expected
+
+
+def test_only_bridge_identities_are_augmented(
+    crops_dir: Path, sides: tuple[str, str], tmp_path: Path
+) -> None:
+    pairs = load_pairs(
+        run(crops_dir, sides, tmp_path / "s.npz", eval_fraction=0.5, augment="flip").output
+    )
+    assert pairs.split is not None
+    augmented = pairs.extra["augment"] != "none"
+    assert augmented.any() and set(pairs.split[augmented]) == {"bridge"}
+    assert (pairs.extra["augment"][pairs.split == "eval"] == "none").all()
+    assert (pairs.split == "eval").sum() == len(set(pairs.path[pairs.split == "eval"]))

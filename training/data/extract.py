@@ -209,6 +209,7 @@ class Preparer:
     photos_dir: Path | None = None
     detector: DlibDetector | None = None
     augment: tuple[str, ...] = ()
+    eval_fraction: float = 0.0
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
 
@@ -243,6 +244,8 @@ class Preparer:
             if self.need_crop:
                 crop = warp_affine(photo, alignment_matrix(face.landmarks5), size=(112, 112))
         samples = [Sample(record, AUGMENT_NONE, crop, photo if self.need_photo else None, face)]
+        if split_for_identity(record.identity, eval_fraction=self.eval_fraction) == SPLIT_EVAL:
+            return samples  # eval rows stay one per image: the protocol's probes and gallery
         for name in self.augment:
             try:
                 samples.append(self._augmented(name, record, crop, photo, face))
@@ -482,6 +485,7 @@ def extract_pairs(
         photos_dir=None if photos_dir is None else Path(photos_dir),
         detector=detector,
         augment=augmentations,
+        eval_fraction=eval_fraction,
     )
     photo_sides: dict[str, Side] = {
         role: side for role, side in (("old", old_side), ("new", new_side)) if side.needs_photo

@@ -17,6 +17,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def experiments() -> None:
+    """Experiment grids: fit recipes, evaluate by the protocol, write reports."""
+
+
 @app.command("run")
 def run_command(
     config: Annotated[Path, typer.Argument(help="experiment config (.yaml/.yml/.toml)")],

@@ -135,26 +135,28 @@ def plot_top1_vs_interpolation(results: ExperimentResults, path: Path) -> None:
 
     rows = [r for r in summarise(results) if r["top1"] is not None]
     baselines = [r for r in rows if r["interpolation"] == "none" and r["model"] == "fc"]
-    lines: dict[str, list[tuple[float, float]]] = {}
+    lines: dict[str, list[tuple[float, float, float]]] = {}
     for r in rows:
         if r["interpolation"] != "none" and r["interpolation_rate"] > 0:
             key = f"{r['interpolation']} ({r['schedule']})"
-            lines.setdefault(key, []).append((100 * r["interpolation_rate"], r["top1"]))
+            point = (100 * r["interpolation_rate"], r["top1"], r["top1_std"] or 0.0)
+            lines.setdefault(key, []).append(point)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-    base_top1 = baselines[0]["top1"] if baselines else None
+    base = baselines[0] if baselines else None
+    base_point = None if base is None else (0.0, base["top1"], base["top1_std"] or 0.0)
     for key, points in sorted(lines.items()):
-        if base_top1 is not None:
-            points = [(0.0, base_top1), *points]
-        xs, ys = zip(*sorted(points), strict=True)
-        ax.plot(xs, ys, marker="o", label=key)
-    if base_top1 is not None and not lines:
-        ax.plot([0.0], [base_top1], marker="o", label="fc, no interpolation")
+        if base_point is not None:
+            points = [base_point, *points]
+        xs, ys, errs = zip(*sorted(points), strict=True)
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=key)
+    if base_point is not None and not lines:
+        ax.errorbar(*base_point[:2], yerr=base_point[2], marker="o", label="fc, no interpolation")
     for name, style in ((ROW_OLD_OLD, "--"), (ROW_NEW_NEW, ":")):
         value = results.reference.row(name).top1
         if value is not None:
             ax.axhline(value, linestyle=style, color="grey", label=f"{name} ({value:.2f})")
     ax.set_xlabel("synthetic (interpolated) pairs, % of real training rows")
-    ax.set_ylabel("mapped top-1, %, open-set")
+    ax.set_ylabel("mapped top-1, %, open-set (mean ± std over seeds)")
     title = "top-1 vs interpolation rate"
     if results.synthetic:
         title += " (SYNTHETIC data)"
@@ -175,7 +177,12 @@ def plot_scores(run: RunResult, path: Path, *, synthetic: bool) -> None:
 
     assert run.report is not None
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2), dpi=100, sharey=True)
-    bins = np.linspace(-1.0, 1.0, 81)
+    # Shared bins over the scores' own range: dlib's cosines crowd into [0.6, 1].
+    everything = np.concatenate(
+        [np.concatenate(run.report.scores[n]) for n in (ROW_OLD_OLD, ROW_MAPPED)]
+    )
+    low, high = np.quantile(everything, [0.0005, 1.0])
+    bins = np.linspace(float(low), float(high) + 1e-6, 81)
     for ax, name in zip(axes, (ROW_OLD_OLD, ROW_MAPPED), strict=True):
         genuine, impostor = run.report.scores[name]
         ax.hist(impostor, bins=bins, density=True, alpha=0.6, label="impostor")

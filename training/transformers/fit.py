@@ -278,6 +278,8 @@ def _fit(
             temperature=recipe.id_temperature,
             margin=recipe.id_margin,
             class_means=torch.from_numpy(means).to(dev),
+            contrast_weight=recipe.contrast_weight,
+            contrast_temperature=recipe.contrast_temperature,
         )
         generator = torch.Generator().manual_seed(seed)
         averager = _WeightAverage(model, recipe.ema) if recipe.ema else None

@@ -4,7 +4,9 @@
 - :func:`identity_softmax_loss`: identity-aware; the mapped vector must be closer (by cosine) to
   its own identity's old-space class mean than to every other identity's, with a temperature
   and an additive cosine margin (CosFace-style) — exactly what a gallery search asks of it.
-- :class:`MappingLoss`: the weighted sum of both, configured by a recipe.
+- :func:`batch_contrastive_loss`: identity-aware, like a gallery search: each mapped vector
+  against every old-space vector of the batch (other identities = negatives).
+- :class:`MappingLoss`: the weighted sum, configured by a recipe.
 """
 
 from __future__ import annotations
@@ -50,8 +52,30 @@ def identity_softmax_loss(
     return {"total": ce, "id": ce, "id_acc": acc}
 
 
+def batch_contrastive_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    label: torch.Tensor,
+    *,
+    temperature: float = 0.05,
+) -> dict[str, torch.Tensor]:
+    """Identity-aware, gallery-like: each mapped vector against every OLD vector in the batch.
+
+    logits_ij = cos(pred_i, target_j) / temperature; positives = rows j of the same identity
+    (j = i included); loss_i = -log(sum_pos exp(logits_ij) / sum_j exp(logits_ij)), averaged.
+    """
+    logits = F.normalize(pred, dim=1, eps=1e-8) @ F.normalize(target, dim=1, eps=1e-8).T
+    logits = logits / temperature
+    positive = label[:, None] == label[None, :]
+    log_all = torch.logsumexp(logits, dim=1)
+    log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
+    loss = (log_all - log_pos).mean()
+    return {"total": loss, "contrast": loss}
+
+
 class MappingLoss(nn.Module):
-    """``cos_weight * (1 - cos) + mse_weight * MSE + id_weight * identity softmax``."""
+    """``cos_weight * (1 - cos) + mse_weight * MSE + id_weight * identity softmax
+    + contrast_weight * batch contrastive`` (labels: indices into ``class_means``)."""
 
     def __init__(
         self,
@@ -62,8 +86,11 @@ class MappingLoss(nn.Module):
         temperature: float = 0.05,
         margin: float = 0.0,
         class_means: torch.Tensor | None = None,
+        contrast_weight: float = 0.0,
+        contrast_temperature: float = 0.05,
     ) -> None:
         super().__init__()
+        self.contrast_weight, self.contrast_temperature = contrast_weight, contrast_temperature
         self.cos_weight, self.mse_weight, self.id_weight = cos_weight, mse_weight, id_weight
         self.temperature, self.margin = temperature, margin
         if id_weight and class_means is None:
@@ -86,4 +113,10 @@ class MappingLoss(nn.Module):
             )
             terms["id"], terms["id_acc"] = ident["id"], ident["id_acc"]
             terms["total"] = terms["total"] + self.id_weight * ident["total"]
+        if self.contrast_weight and label_index is not None:
+            contrast = batch_contrastive_loss(
+                pred, target, label_index, temperature=self.contrast_temperature
+            )
+            terms["contrast"] = contrast["contrast"]
+            terms["total"] = terms["total"] + self.contrast_weight * contrast["total"]
         return terms

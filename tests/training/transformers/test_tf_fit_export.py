@@ -22,7 +22,9 @@ def _quick(name: str, **overrides):
     return get_recipe(name).replace(epochs=3, pretrain_epochs=2, hidden=32, channels=4, **overrides)
 
 
-@pytest.mark.parametrize("name", ["ridge", "procrustes", "study-fc", "mlp", "msresnet", "rbt"])
+@pytest.mark.parametrize(
+    "name", ["ridge", "procrustes", "study-fc", "mlp", "msresnet", "rbt", "default"]
+)
 def test_fit_export_parity_and_contract(name: str, pairs: PairsSet, tmp_path: Path) -> None:
     fitted = fit_transformer(pairs=pairs, recipe=_quick(name), progress=False)
     out = tmp_path / f"{name}.onnx"
@@ -90,7 +92,14 @@ def test_learned_fit_is_reproducible_and_learns(pairs: PairsSet) -> None:
         },
         {"interpolation": "proximity", "interpolation_rate": 0.5},
         {"interpolation": "linear", "interpolation_rate": 0.12},
-        {"id_weight": 0.5, "balance": 1.0, "ema": 0.9, "input_noise": 0.01, "dropout": 0.1},
+        {
+            "id_weight": 0.5,
+            "contrast_weight": 0.2,
+            "balance": 1.0,
+            "ema": 0.9,
+            "input_noise": 0.01,
+            "dropout": 0.1,
+        },
     ],
 )
 def test_schedules_and_options_run(pairs: PairsSet, overrides: dict) -> None:
@@ -102,5 +111,5 @@ def test_schedules_and_options_run(pairs: PairsSet, overrides: dict) -> None:
     elif "interpolation" in overrides:
         assert stages == ["mixed"] * 3
     else:
-        assert stages == ["real"] * 3 and "id" in fitted.history[0]
+        assert stages == ["real"] * 3 and {"id", "contrast"} <= set(fitted.history[0])
     assert np.isfinite(fitted.transform(normalized_pairs(pairs).new)).all()

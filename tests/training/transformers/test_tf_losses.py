@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from training.transformers.losses import MappingLoss, cosine_mse_loss, identity_softmax_loss
+from training.transformers.losses import (
+    MappingLoss,
+    batch_contrastive_loss,
+    cosine_mse_loss,
+    identity_softmax_loss,
+)
 
 
 def naive_cosine_mse(pred, target, alpha, beta):
@@ -32,6 +37,21 @@ def naive_identity_softmax(pred, label, means, temperature, margin):
             logits.append((cos - (margin if c == int(y) else 0.0)) / temperature)
         log_z = torch.log(sum(torch.exp(v) for v in logits))
         total = total + (log_z - logits[int(y)])
+    return total / len(pred)
+
+
+def naive_batch_contrastive(pred, target, label, temperature):
+    total = 0.0
+    for i, p in enumerate(pred):
+        unit_p = p / torch.sqrt(sum(v * v for v in p))
+        exps, pos = [], []
+        for j, t in enumerate(target):
+            unit_t = t / torch.sqrt(sum(v * v for v in t))
+            e = torch.exp(sum(unit_p[k] * unit_t[k] for k in range(len(p))) / temperature)
+            exps.append(e)
+            if int(label[j]) == int(label[i]):
+                pos.append(e)
+        total = total - torch.log(sum(pos) / sum(exps))
     return total / len(pred)
 
 
@@ -108,3 +128,15 @@ def test_mapping_loss_sums_weighted_terms_and_matches_naive() -> None:
     torch.testing.assert_close(got[0], ref[0])
     torch.testing.assert_close(got[1], ref[1])
     assert {"total", "cos", "mse", "id", "id_acc"} <= set(loss(pred, target, label))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.1])
+def test_batch_contrastive_matches_naive(temperature: float) -> None:
+    pred, target, _, label = _inputs(3)
+    got = _value_and_grad(
+        lambda p: batch_contrastive_loss(p, target, label, temperature=temperature)["total"], pred
+    )
+    ref = _value_and_grad(lambda p: naive_batch_contrastive(p, target, label, temperature), pred)
+    torch.testing.assert_close(got[0], ref[0])
+    torch.testing.assert_close(got[1], ref[1])
+    assert "contrast" in MappingLoss(contrast_weight=0.5)(pred, target, label)

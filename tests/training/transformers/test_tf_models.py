@@ -9,7 +9,7 @@ from service.errors import InvalidInput
 from training.transformers.closed_form import procrustes_map, ridge_map
 from training.transformers.data import normalized_pairs
 from training.transformers.fit import fit_transformer
-from training.transformers.models import MODEL_NAMES, build_model
+from training.transformers.models import MODEL_NAMES, ScaledAroundMean, build_model
 from training.transformers.recipes import get_recipe
 
 
@@ -85,3 +85,23 @@ def test_residual_models_start_exactly_at_their_closed_form_init(pairs: PairsSet
     fitted = fit_transformer(pairs=pairs, recipe=recipe, progress=False)
     weight, bias = ridge_map(train.new, train.old, lam=recipe.ridge_lambda)
     np.testing.assert_allclose(fitted.transform(train.new), train.new @ weight + bias, atol=1e-5)
+
+
+def test_scaled_around_mean_reinflates_the_residual() -> None:
+    inner = build_model("fc", d_new=4, d_old=3)
+    mean = np.array([0.5, -0.2, 0.1], np.float32)
+    model = ScaledAroundMean(inner, mean=mean, scale=1.5).eval()
+    x = torch.randn(6, 4)
+    expected = mean + 1.5 * (inner(x).detach().numpy() - mean)
+    np.testing.assert_allclose(model(x).detach().numpy(), expected, atol=1e-6)
+
+
+def test_auto_output_scale_matches_the_targets_spread(pairs: PairsSet) -> None:
+    recipe = get_recipe("ridge").replace(output_scale=0.0, ridge_lambda=10.0)  # strong shrinkage
+    fitted = fit_transformer(pairs=pairs, recipe=recipe, progress=False)
+    train = normalized_pairs(pairs)
+    mean = train.old.mean(axis=0)
+    spread = np.sqrt(((fitted.transform(train.new) - mean) ** 2).sum(axis=1).mean())
+    target = np.sqrt(((train.old - mean) ** 2).sum(axis=1).mean())
+    assert spread == pytest.approx(target, rel=1e-4)
+    assert float(fitted.module.scale) > 1.0
