@@ -89,7 +89,7 @@ def _raw_backbone_run(
 
 
 def _http_run(
-    url: str, images: list[bytes], *, concurrency: int, seconds: float
+    url: str, images: list[bytes], *, concurrency: int, seconds: float, batch: int = 1
 ) -> tuple[list[float], int, float]:
     """(latencies s, failures, seconds) for single-image /identify at ``concurrency``.
 
@@ -107,8 +107,11 @@ def _http_run(
         nonlocal failures
         i = slot
         while time.perf_counter() < stop_at:
-            files = [("image", ("probe.jpg", images[i % len(images)], "image/jpeg"))]
-            i += concurrency
+            files = [
+                ("image", ("probe.jpg", images[(i + j) % len(images)], "image/jpeg"))
+                for j in range(batch)
+            ]
+            i += concurrency * batch
             start = time.perf_counter()
             response = await client.post(
                 "/v1/identify", files=files, headers={"X-API-Key": ADMIN_KEY}
@@ -128,6 +131,12 @@ def _http_run(
 
     elapsed = asyncio.run(run())
     return latencies, failures, elapsed
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start_server(workdir: Path, kit: Path, *, threads: int) -> tuple[subprocess.Popen, str]:
@@ -188,6 +197,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="server inference threads")
     parser.add_argument("--images", type=int, default=256, help="distinct probe crops")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved slices per row")
+    parser.add_argument("--batch", type=int, default=1, help="images per request")
     args = parser.parse_args()
 
     import httpx
@@ -229,26 +239,39 @@ def main() -> int:
             rows = []
             for concurrency in args.concurrency:
                 # Interleave short slices of both so a change in the machine's load hits both.
-                raw_images, raw_seconds, http_seconds, failed = 0, 0.0, 0.0, 0
+                raw_images, raw_seconds, raw_cpu, http_seconds, server_cpu, failed = (
+                    0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0,
+                )
                 latencies: list[float] = []
                 for _ in range(args.rounds):
+                    cpu_before = time.process_time()
                     n, t = _raw_backbone_run(
                         backbone,
                         crops,
                         threads=min(concurrency, args.threads),
                         seconds=args.seconds / args.rounds,
                     )
+                    raw_cpu += time.process_time() - cpu_before
                     raw_images, raw_seconds = raw_images + n, raw_seconds + t
+                    cpu_before = _process_cpu_seconds(process.pid)
                     lat, bad, t = _http_run(
-                        url, images, concurrency=concurrency, seconds=args.seconds / args.rounds
+                        url,
+                        images,
+                        concurrency=concurrency,
+                        seconds=args.seconds / args.rounds,
+                        batch=args.batch,
                     )
-                    latencies, failed, http_seconds = (
-                        latencies + lat,
-                        failed + bad,
-                        http_seconds + t,
-                    )
+                    server_cpu += _process_cpu_seconds(process.pid) - cpu_before
+                    latencies += lat
+                    failed, http_seconds = failed + bad, http_seconds + t
                 ms = np.array(latencies) * 1000.0
-                rate, raw = len(latencies) / http_seconds, raw_images / raw_seconds
+                answered = len(latencies) * args.batch
+                rate, raw = answered / http_seconds, raw_images / raw_seconds
                 rows.append(
                     (
                         concurrency,
@@ -258,6 +281,8 @@ def main() -> int:
                         failed,
                         raw,
                         rate / raw,
+                        1000.0 * server_cpu / max(1, answered),
+                        1000.0 * raw_cpu / max(1, raw_images),
                     )
                 )
         finally:
@@ -269,19 +294,23 @@ def main() -> int:
 
     print(
         f"\n/v1/identify, kit MobileFaceNet, {stats['index_vectors']} gallery vectors, "
-        f"1 image per request, server inference threads = {args.threads}, "
+        f"{args.batch} image(s) per request, server inference threads = {args.threads}, "
         f"ORT intra-op threads = 1, {os.cpu_count()} CPUs, {args.seconds:.0f} s per row"
     )
-    print("| concurrency | HTTP images/s | p50 ms | p99 ms | failed | raw ORT images/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for concurrency, rate, p50, p99, failed, raw, ratio in rows:
+    print(
+        "| concurrency | HTTP images/s | p50 ms | p99 ms | failed | raw ORT images/s | ratio "
+        "| server CPU ms/image | raw ORT CPU ms/image |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for concurrency, rate, p50, p99, failed, raw, ratio, cpu_http, cpu_raw in rows:
         print(
             f"| {concurrency} | {rate:.1f} | {p50:.1f} | {p99:.1f} | {failed} | {raw:.1f} "
-            f"| {ratio:.2f} |"
+            f"| {ratio:.2f} | {cpu_http:.1f} | {cpu_raw:.1f} |"
         )
     print(
         "raw ORT = OnnxBackbone.embed on pre-decoded crops, batch 1, min(concurrency, server "
-        f"threads) threads, measured in this run in {args.rounds} slices interleaved with HTTP"
+        f"threads) threads, measured in this run in {args.rounds} slices interleaved with HTTP; "
+        "CPU columns: the server process's CPU time per answered image vs the raw run's"
     )
     return 0
 

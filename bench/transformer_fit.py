@@ -59,7 +59,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, model, seconds, top1 in rows:
         ratio = seconds / max(ridge_seconds, 1e-9)
-        print(f"| {name} | {model} | {seconds:.2f} | {ratio:.0f}x | {top1:.2f} |")
+        print(f"| {name} | {model} | {seconds:.2f} | {ratio:.1f}x | {top1:.2f} |")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,14 @@ class Server:
                 command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         self.starts += 1
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except RuntimeError:
+            if self.starts > 1 or "address already in use" not in self.log_tail().lower():
+                raise
+            self.process = None  # another process took the free port first: try a new one
+            self.port = free_port()
+            return self.start()
         return self
 
     def log_tail(self, lines: int = 40) -> str:

@@ -43,17 +43,3 @@ def normalized_pairs(pairs: PairsSet) -> TrainingPairs:
         old=l2_normalize(pairs.old),
         label=np.asarray(pairs.label, dtype=np.int64),
     )
-
-
-def split_by_identity(
-    pairs: TrainingPairs, *, fraction: float, seed: int
-) -> tuple[TrainingPairs, TrainingPairs]:
-    """Hold out ``fraction`` of the identities (not rows): (kept, held_out). No person on both."""
-    labels = np.unique(pairs.label)
-    rng = np.random.default_rng(seed)
-    n_held = round(fraction * labels.size)
-    if n_held <= 0 or n_held >= labels.size:
-        raise InvalidInput(f"cannot hold out {fraction:.0%} of {labels.size} identities")
-    held = rng.choice(labels, size=n_held, replace=False)
-    mask = np.isin(pairs.label, held)
-    return pairs.take(np.flatnonzero(~mask)), pairs.take(np.flatnonzero(mask))

@@ -9,6 +9,7 @@ goes into the report and into ``FILE.onnx.sha256`` beside it.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import warnings
@@ -79,7 +80,7 @@ def _export_graph(module: torch.nn.Module, d_new: int, out_path: Path) -> None:
     and these models are plain MLP/conv graphs it handles exactly; the parity check below would
     catch a divergence.
     """
-    module = module.to("cpu").eval()
+    module = copy.deepcopy(module).to("cpu").eval()  # the fitted one stays on its device
     example = (torch.zeros(2, d_new),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -11,9 +11,7 @@ import torch
 from torch import nn
 
 from service.errors import InvalidInput
-
-MODEL_NAMES = ("identity", "ridge", "procrustes", "fc", "mlp", "msresnet", "rbt")
-CLOSED_FORM_MODELS = ("identity", "ridge", "procrustes")
+from training.transformers.recipes import MODEL_NAMES
 
 
 class IdentityMap(nn.Module):

@@ -21,8 +21,9 @@ from typing import Any
 
 from service.errors import InvalidInput
 from training.transformers.interpolation import INTERPOLATION_METHODS, MAX_RATE
-from training.transformers.models import MODEL_NAMES
 
+MODEL_NAMES = ("identity", "ridge", "procrustes", "fc", "mlp", "msresnet", "rbt")
+CLOSED_FORM_MODELS = ("identity", "ridge", "procrustes")
 INIT_CHOICES = ("none", "ridge", "procrustes")
 SCHEDULES = ("mixed", "pretrain")
 
@@ -93,7 +94,7 @@ class Recipe:
 
     @property
     def closed_form(self) -> bool:
-        return self.model in ("identity", "ridge", "procrustes")
+        return self.model in CLOSED_FORM_MODELS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

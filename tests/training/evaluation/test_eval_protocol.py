@@ -168,3 +168,18 @@ def test_kit_reference_figures(kit_pairs_file: Path) -> None:
         "mapped": (92.10, 97.70, 94.93),
     }
     assert report.compatible is False
+
+
+def test_importing_evaluation_starts_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import training.evaluation.cli, training.evaluation.experiments\n"
+        "import training.evaluation.protocol, training.evaluation.report\n"
+        "heavy = sorted({'torch', 'faiss', 'matplotlib'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

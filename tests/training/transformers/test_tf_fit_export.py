@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from service.contracts import TRANSFORMER_INPUT, TRANSFORMER_OUTPUT, PairsSet
-from service.errors import ContractError
+from service.errors import ContractError, InvalidInput
 from service.inference.transformer import TransformerSession
 from training.transformers.data import normalized_pairs
 from training.transformers.export import PARITY_BATCHES, default_metadata, export_transformer
@@ -113,3 +114,19 @@ def test_schedules_and_options_run(pairs: PairsSet, overrides: dict) -> None:
     else:
         assert stages == ["real"] * 3 and {"id", "contrast"} <= set(fitted.history[0])
     assert np.isfinite(fitted.transform(normalized_pairs(pairs).new)).all()
+
+
+@pytest.mark.gpu
+def test_fit_on_cuda_exports_with_cpu_parity(pairs: PairsSet, tmp_path: Path) -> None:
+    fitted = fit_transformer(pairs=pairs, recipe=_quick("default"), device="cuda", progress=False)
+    meta = default_metadata(fitted, source_model="a", target_model="b")
+    report = export_transformer(fitted, tmp_path / "gpu.onnx", metadata=meta)
+    assert min(report.parity.values()) >= 0.9999
+    assert fitted.device.startswith("cuda")
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(pairs: PairsSet) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(InvalidInput, match="CUDA is not available"):
+        fit_transformer(pairs=pairs, recipe="ridge", device="cuda", progress=False)
