@@ -298,7 +298,8 @@ def main() -> int:
         f"ORT intra-op threads = 1, {os.cpu_count()} CPUs, {args.seconds:.0f} s per row"
     )
     print(
-        "| concurrency | HTTP images/s | p50 ms | p99 ms | failed | raw ORT images/s | ratio "
+        "| concurrency | HTTP images/s | p50 ms/request | p99 ms/request | failed "
+        "| raw ORT images/s | ratio "
         "| server CPU ms/image | raw ORT CPU ms/image |"
     )
     print("|---|---|---|---|---|---|---|---|---|")

@@ -71,7 +71,9 @@ def _default_text(field: FieldInfo) -> str:
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, Path):
-        value = str(value)
+        # Relative paths are relative to the working directory: show it (``Path("./var")``
+        # prints as ``var``).
+        value = str(value) if value.is_absolute() else f"./{value}"
     if isinstance(value, tuple | list):
         value = ",".join(str(v) for v in value)
     text = str(value)

@@ -50,7 +50,7 @@ from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 
 STATE_FILE = "demo.json"
 # Bump when the layout or the recipe of the demo data changes: an older demo-data is rebuilt.
-STATE_VERSION = 2
+STATE_VERSION = 3
 DEFAULT_DATA_DIR = Path("demo-data")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -713,10 +713,15 @@ def print_summary(
         curl_commands(state, host=host, port=port),
         strict=True,
     ):
-        note = " (a full photo: the service detects and aligns the face)" * (
+        notes = ["a full photo: the service detects and aligns the face"] * (
             example.kind == "photo"
         )
-        echo(f"  # expected: {example.expected}{note}")
+        notes.append(
+            "top candidate, above the decision threshold, so also `match`"
+            if example.matched
+            else "top candidate; below the decision threshold, so `match` is null"
+        )
+        echo(f"  # expected: {example.expected} ({'; '.join(notes)})")
         echo(f"  {command}")
     echo("=" * 72)
 

@@ -223,3 +223,41 @@ def test_only_bridge_identities_are_augmented(
     assert augmented.any() and set(pairs.split[augmented]) == {"bridge"}
     assert (pairs.extra["augment"][pairs.split == "eval"] == "none").all()
     assert (pairs.split == "eval").sum() == len(set(pairs.path[pairs.split == "eval"]))
+
+
+@pytest.mark.kit
+@pytest.mark.dlib
+@pytest.mark.skipif(not dlib_available(), reason="dlib or face_recognition_models not installed")
+def test_kit_aligned_crops_with_photos_for_dlib(
+    kit_dir: Path, kit_manifest: Path, tmp_path: Path
+) -> None:
+    """--aligned crops for the ONNX side + --photos for dlib: both exactly the kit's vectors."""
+    with np.load(kit_dir / "lfw" / "pairs.npz") as z:
+        kit = {k: z[k] for k in ("path", "old", "new", "detected")}
+    rows = np.flatnonzero(kit["detected"])[[7, 1234]]
+    for folder in ("aligned", "photos"):
+        for i in rows:
+            target = tmp_path / folder / kit["path"][i]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(kit_dir / "lfw" / folder / kit["path"][i], target)
+    result = extract.extract_pairs(
+        images_dir=tmp_path / "aligned",
+        photos_dir=tmp_path / "photos",
+        old="dlib",
+        new=str(kit_manifest),
+        output=tmp_path / "pairs.npz",
+        aligned=True,
+        augment="shift",
+        progress=False,
+    )
+    pairs = load_pairs(result.output)
+    original = pairs.extra["augment"] == "none"
+    assert original.sum() == 2 and len(pairs) == 4
+    index = {p: i for i, p in enumerate(kit["path"])}
+    kit_rows = [index[p] for p in pairs.path[original]]
+    old, kit_old = pairs.old[original], kit["old"][kit_rows]
+    cos_old = (old * kit_old).sum(1) / np.linalg.norm(old, axis=1) / np.linalg.norm(kit_old, axis=1)
+    assert cos_old.min() > 0.9999
+    assert (pairs.new[original] * kit["new"][kit_rows]).sum(1).min() > 0.9999  # same crop bytes
+    shifted = pairs.extra["augment"] == "shift"
+    assert 0.8 < (pairs.new[shifted] * pairs.new[original]).sum(1).max() < 0.9999

@@ -1,0 +1,225 @@
+"""Does image-level augmentation of the BRIDGE set lift the transformer above old/old?
+
+Builds "bridge + flip" pairs from the kit: every bridge photo horizontally flipped and embedded
+by both models with the project's own extraction (``training.data.extract.extract_pairs``, i.e.
+``facebridge pairs extract --aligned --photos ... --augment flip``): the new model (the kit's
+MobileFaceNet) on the flipped ``aligned/`` crop, the old model (dlib) on the flipped photo with
+the mirrored detection box. Eval identities are never extracted (the extraction only sees a
+folder of symlinks to the bridge identities). The flipped rows join the kit's original bridge
+rows with the kit's labels; the re-extracted unflipped rows are only used to check that the
+extraction reproduces the kit's vectors (cosine ~1).
+
+Then fits each recipe on bridge only and on bridge + flip, and evaluates on the eval rows
+(PROTOCOL.md) with plain queries and with flip-averaged queries (probe new vector = normalised
+mean of the crop's and the flipped crop's embeddings; information only: the service does not do
+this). Prints one markdown table. Everything goes under ``--output`` (never into the kit).
+
+    .venv/bin/python bench/augmented_bridge.py --output /tmp/h6 [--shards 2] \
+        [--recipes default,ridge-scaled] [--seeds 0,1,2]
+
+Extraction (dlib ~70 ms/face/core, twice per photo) is resumable: rerun the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs, save_pairs
+from service.inference.backbone import OnnxBackbone
+from service.inference.images import read_image_file
+from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
+from service.vectors import l2_normalize
+
+AUGMENTED_FILE = "bridge_plus_flip.npz"
+EVAL_FLIP_FILE = "eval_new_flip.npy"
+
+
+def shard_folders(*, kit: Path, pairs: PairsSet, work: Path, shards: int) -> list[Path]:
+    """``work/shard<k>/{aligned,photos}/<identity>`` symlinks, bridge identities only."""
+    assert pairs.name is not None and pairs.split is not None
+    bridge_names = sorted(set(pairs.name[pairs.split == SPLIT_BRIDGE].tolist()))
+    eval_names = set(pairs.name[pairs.split == SPLIT_EVAL].tolist())
+    if eval_names & set(bridge_names):
+        raise SystemExit("kit split is not disjoint by identity")
+    roots = []
+    for k in range(shards):
+        root = work / f"shard{k}"
+        for kind in ("aligned", "photos"):
+            (root / kind).mkdir(parents=True, exist_ok=True)
+            for name in bridge_names[k::shards]:
+                link = root / kind / name
+                if not link.exists():
+                    link.symlink_to(kit / "lfw" / kind / name)
+        roots.append(root)
+    return roots
+
+
+def extract_shards(*, roots: list[Path], kit: Path, work: Path) -> list[Path]:
+    """One ``facebridge pairs extract`` process per shard (nice'd, 1 thread each), in parallel."""
+    outputs = [work / f"flip_{root.name}.npz" for root in roots]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for root, out in zip(roots, outputs, strict=True):
+        if out.exists():
+            continue
+        cmd = [
+            "nice", "-n", "10", sys.executable, "-m", "service.cli", "pairs", "extract",
+            "--images", str(root / "aligned"), "--photos", str(root / "photos"), "--aligned",
+            "--old", "dlib", "--new", str(kit_backbone_manifest(kit)),
+            "--output", str(out), "--augment", "flip", "--threads", "1", "--chunk-size", "256",
+        ]  # fmt: skip
+        log = (work / f"extract_{root.name}.log").open("w")
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=log), log))
+    for proc, log in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"extraction failed (see {log.name})")
+        log.close()
+    return outputs
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (l2_normalize(a) * l2_normalize(b)).sum(axis=1)
+
+
+def augmented_pairs(*, kit_pairs: PairsSet, extracted: list[Path]) -> tuple[PairsSet, dict]:
+    """Kit bridge rows + the extracted flipped rows (kit labels); checks the unflipped rows."""
+    assert kit_pairs.path is not None and kit_pairs.name is not None
+    row_of = {p: i for i, p in enumerate(kit_pairs.path.tolist())}
+    parts = [load_pairs(p, mmap=False) for p in extracted]
+    both = PairsSet(
+        old=np.concatenate([p.old for p in parts]),
+        new=np.concatenate([p.new for p in parts]),
+        label=np.concatenate([p.label for p in parts]),
+        path=np.concatenate([p.path for p in parts]),
+        extra={"augment": np.concatenate([p.extra["augment"] for p in parts])},
+    )
+    assert both.path is not None
+    kit_rows = np.array([row_of[p] for p in both.path.tolist()])
+    if (kit_pairs.split[kit_rows] != SPLIT_BRIDGE).any():  # type: ignore[index]
+        raise SystemExit("an extracted row belongs to the eval split")
+    plain = both.extra["augment"] == "none"
+    flip = both.extra["augment"] == "flip"
+    check = {
+        "extracted_images": int(plain.sum()),
+        "flip_rows": int(flip.sum()),
+        "min_cos_old_vs_kit": float(cosine(both.old[plain], kit_pairs.old[kit_rows[plain]]).min()),
+        "min_cos_new_vs_kit": float(cosine(both.new[plain], kit_pairs.new[kit_rows[plain]]).min()),
+        "mean_cos_old_flip_vs_orig": float(
+            cosine(both.old[flip], kit_pairs.old[kit_rows[flip]]).mean()
+        ),
+        "mean_cos_new_flip_vs_orig": float(
+            cosine(both.new[flip], kit_pairs.new[kit_rows[flip]]).mean()
+        ),
+    }
+    bridge = kit_pairs.select_split(SPLIT_BRIDGE)
+    flip_rows = kit_rows[flip]
+    combined = PairsSet(
+        old=np.concatenate([bridge.old, both.old[flip]]),
+        new=np.concatenate([bridge.new, both.new[flip]]),
+        label=np.concatenate([bridge.label, kit_pairs.label[flip_rows]]),
+        name=np.concatenate([bridge.name, kit_pairs.name[flip_rows]]),
+        path=np.concatenate([bridge.path, kit_pairs.path[flip_rows]]),
+        split=np.full(len(bridge) + len(flip_rows), SPLIT_BRIDGE),
+        extra={
+            "augment": np.concatenate([np.full(len(bridge), "none"), np.full(flip.sum(), "flip")])
+        },
+    )
+    return combined, check
+
+
+def flipped_eval_new(*, kit: Path, eval_pairs: PairsSet, batch: int = 64) -> np.ndarray:
+    """New-model embeddings of the horizontally flipped ``aligned/`` crops of the eval rows."""
+    assert eval_pairs.path is not None
+    backbone = OnnxBackbone(kit_backbone_manifest(kit), intra_op_threads=1, batch_size=batch)
+    out = []
+    paths = eval_pairs.path.tolist()
+    for start in range(0, len(paths), batch):
+        crops = [read_image_file(kit / "lfw" / "aligned" / p) for p in paths[start : start + batch]]
+        out.append(backbone.embed(np.stack([c[:, ::-1] for c in crops])))
+    return np.concatenate(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, required=True, help="work dir (not the kit)")
+    parser.add_argument("--shards", type=int, default=2, help="parallel extraction processes")
+    parser.add_argument("--recipes", default="default,ridge-scaled")
+    parser.add_argument("--seeds", default="0", help="comma list; learned recipes are averaged")
+    args = parser.parse_args()
+
+    import torch
+
+    from training.evaluation.protocol import evaluate_mapping
+    from training.transformers.fit import fit_transformer
+
+    torch.set_num_threads(1)
+    kit = find_kit_dir()
+    if kit is None:
+        raise SystemExit("sample kit absent (set FACEBRIDGE_KIT_DIR): nothing to measure")
+    work = args.output.resolve()
+    if kit.resolve() in (work, *work.parents):
+        raise SystemExit("--output must not be inside the kit")
+    work.mkdir(parents=True, exist_ok=True)
+    kit_pairs = load_pairs(kit_pairs_path(kit), mmap=False)
+
+    started = time.perf_counter()
+    roots = shard_folders(kit=kit, pairs=kit_pairs, work=work, shards=args.shards)
+    extracted = extract_shards(roots=roots, kit=kit, work=work)
+    combined, check = augmented_pairs(kit_pairs=kit_pairs, extracted=extracted)
+    save_pairs(work / AUGMENTED_FILE, combined)
+    print(f"extraction + join: {time.perf_counter() - started:.0f} s; {check}")
+    print(f"wrote {work / AUGMENTED_FILE}: {len(combined)} rows")
+
+    eval_pairs = kit_pairs.select_split(SPLIT_EVAL)
+    flip_file = work / EVAL_FLIP_FILE
+    if not flip_file.exists():
+        np.save(flip_file, flipped_eval_new(kit=kit, eval_pairs=eval_pairs))
+    eval_new = l2_normalize(eval_pairs.new)
+    queries = {
+        "plain": eval_new,
+        "flip-averaged": l2_normalize(eval_new + np.load(flip_file)),
+    }
+    train_sets = {
+        "bridge only": kit_pairs.select_split(SPLIT_BRIDGE),
+        "bridge+flip": combined,
+    }
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    base = evaluate_mapping(eval_pairs=eval_pairs, mapped=None)
+    old = base.row("old/old")
+    print(f"\nold/old: top-1 {old.top1:.2f}, top-5 {old.top5:.2f}, TAR {old.tar_at_far_1e3:.2f}")
+    print(f"seeds {seeds} (mean; min-max of top-1 in brackets when more than one)\n")
+    print("| recipe | fitted on | queries | top-1 | top-5 | TAR@FAR=1e-3 | > old/old |")
+    print("|---|---|---|---|---|---|---|")
+    for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:
+        for set_name, train in train_sets.items():
+            metrics: dict[str, list[tuple[float, float, float]]] = {q: [] for q in queries}
+            for seed in seeds:
+                fitted = fit_transformer(pairs=train, recipe=recipe, seed=seed, progress=False)
+                for q_name, q in queries.items():
+                    row = evaluate_mapping(
+                        eval_pairs=eval_pairs, mapped=fitted.transform(q)
+                    ).row("mapped")
+                    metrics[q_name].append((row.top1, row.top5, row.tar_at_far_1e3))
+                if fitted.recipe.closed_form:
+                    break  # deterministic: one seed says it all
+            for q_name, values in metrics.items():
+                arr = np.array(values)
+                top1, top5, tar = arr.mean(axis=0)
+                spread = f" [{arr[:, 0].min():.2f}-{arr[:, 0].max():.2f}]" if len(arr) > 1 else ""
+                clears = "yes" if top1 > old.top1 and tar > old.tar_at_far_1e3 else "no"
+                print(
+                    f"| {recipe} | {set_name} | {q_name} | {top1:.2f}{spread} | {top5:.2f} "
+                    f"| {tar:.2f} | {clears} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
