@@ -146,6 +146,50 @@ def flipped_eval_new(*, kit: Path, eval_pairs: PairsSet, batch: int = 64) -> np.
     return np.concatenate(out)
 
 
+def print_table(
+    *,
+    eval_pairs: PairsSet,
+    train_sets: dict[str, PairsSet],
+    queries: dict[str, np.ndarray],
+    recipes: list[str],
+    seeds: list[int],
+) -> None:
+    """Fit every recipe on every training set, evaluate every query variant: a markdown table.
+
+    ``queries`` are new-model vectors for every eval row (normalised)."""
+    from training.evaluation.protocol import evaluate_mapping
+    from training.transformers.fit import fit_transformer
+
+    base = evaluate_mapping(eval_pairs=eval_pairs, mapped=None)
+    old = base.row("old/old")
+    print(f"\nold/old: top-1 {old.top1:.2f}, top-5 {old.top5:.2f}, TAR {old.tar_at_far_1e3:.2f}")
+    print(f"seeds {seeds} (mean; min-max of top-1 in brackets when more than one)\n")
+    print("| recipe | fitted on | rows | queries | top-1 | top-5 | TAR@FAR=1e-3 | > old/old |")
+    print("|---|---|---|---|---|---|---|---|")
+    for recipe in recipes:
+        for set_name, train in train_sets.items():
+            metrics: dict[str, list[tuple[float, float, float]]] = {q: [] for q in queries}
+            for seed in seeds:
+                fitted = fit_transformer(pairs=train, recipe=recipe, seed=seed, progress=False)
+                for q_name, q in queries.items():
+                    row = evaluate_mapping(eval_pairs=eval_pairs, mapped=fitted.transform(q)).row(
+                        "mapped"
+                    )
+                    metrics[q_name].append((row.top1, row.top5, row.tar_at_far_1e3))
+                if fitted.recipe.closed_form:
+                    break  # deterministic: one seed says it all
+            for q_name, values in metrics.items():
+                arr = np.array(values)
+                top1, top5, tar = arr.mean(axis=0)
+                spread = f" [{arr[:, 0].min():.2f}-{arr[:, 0].max():.2f}]" if len(arr) > 1 else ""
+                clears = "yes" if top1 > old.top1 and tar > old.tar_at_far_1e3 else "no"
+                print(
+                    f"| {recipe} | {set_name} | {len(train)} | {q_name} | {top1:.2f}{spread} "
+                    f"| {top5:.2f} | {tar:.2f} | {clears} |",
+                    flush=True,
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="work dir (not the kit)")
@@ -155,9 +199,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
-    from training.evaluation.protocol import evaluate_mapping
-    from training.transformers.fit import fit_transformer
 
     torch.set_num_threads(1)
     kit = find_kit_dir()
@@ -191,34 +232,10 @@ def main() -> None:
         "bridge+flip": combined,
     }
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    base = evaluate_mapping(eval_pairs=eval_pairs, mapped=None)
-    old = base.row("old/old")
-    print(f"\nold/old: top-1 {old.top1:.2f}, top-5 {old.top5:.2f}, TAR {old.tar_at_far_1e3:.2f}")
-    print(f"seeds {seeds} (mean; min-max of top-1 in brackets when more than one)\n")
-    print("| recipe | fitted on | queries | top-1 | top-5 | TAR@FAR=1e-3 | > old/old |")
-    print("|---|---|---|---|---|---|---|")
-    for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:
-        for set_name, train in train_sets.items():
-            metrics: dict[str, list[tuple[float, float, float]]] = {q: [] for q in queries}
-            for seed in seeds:
-                fitted = fit_transformer(pairs=train, recipe=recipe, seed=seed, progress=False)
-                for q_name, q in queries.items():
-                    row = evaluate_mapping(
-                        eval_pairs=eval_pairs, mapped=fitted.transform(q)
-                    ).row("mapped")
-                    metrics[q_name].append((row.top1, row.top5, row.tar_at_far_1e3))
-                if fitted.recipe.closed_form:
-                    break  # deterministic: one seed says it all
-            for q_name, values in metrics.items():
-                arr = np.array(values)
-                top1, top5, tar = arr.mean(axis=0)
-                spread = f" [{arr[:, 0].min():.2f}-{arr[:, 0].max():.2f}]" if len(arr) > 1 else ""
-                clears = "yes" if top1 > old.top1 and tar > old.tar_at_far_1e3 else "no"
-                print(
-                    f"| {recipe} | {set_name} | {q_name} | {top1:.2f}{spread} | {top5:.2f} "
-                    f"| {tar:.2f} | {clears} |",
-                    flush=True,
-                )
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    print_table(
+        eval_pairs=eval_pairs, train_sets=train_sets, queries=queries, recipes=recipes, seeds=seeds
+    )
 
 
 if __name__ == "__main__":

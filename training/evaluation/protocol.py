@@ -232,7 +232,10 @@ def _score_row(
         top1=top[1],
         top5=top[TOP_K],
         tar_at_far_1e3=verification.tar,
-        threshold_at_far_1e3=verification.threshold,
+        # -inf (every impostor acceptable) is not JSON: say "no threshold" instead.
+        threshold_at_far_1e3=(
+            verification.threshold if np.isfinite(verification.threshold) else None
+        ),
     )
 
 

@@ -89,3 +89,22 @@ def test_unknown_recipe_is_recorded_not_raised() -> None:
     results = run_experiments(config, progress=False)
     assert results.synthetic
     assert results.runs[0].report is None and "no-such-recipe" in (results.runs[0].error or "")
+
+
+def test_toml_and_yaml_configs_load_alike(tmp_path: Path) -> None:
+    toml = tmp_path / "grid.toml"
+    toml.write_text(
+        'name = "g"\nseeds = [0, 1]\n[base]\nepochs = 2\n'
+        '[[runs]]\nlabel = "r"\nrecipe = "study-fc"\noverrides = {lr = 0.01}\n'
+    )
+    yaml = tmp_path / "grid.yaml"
+    yaml.write_text(
+        "name: g\nseeds: [0, 1]\nbase: {epochs: 2}\n"
+        "runs: [{label: r, recipe: study-fc, overrides: {lr: 0.01}}]\n"
+    )
+    assert load_experiment_config(toml) == load_experiment_config(yaml)
+    from training.evaluation.experiments import resolve_recipe
+
+    config = load_experiment_config(toml)
+    recipe = resolve_recipe(config.runs[0], config.base)
+    assert (recipe.model, recipe.epochs, recipe.lr) == ("fc", 2, 0.01)
