@@ -110,7 +110,8 @@ def _check_pairs(arrays: dict[str, np.ndarray], source: str) -> None:
         bad = ~np.isfinite(np.asarray(arrays[key])).all(axis=1)
         if bad.any():
             raise ContractError(
-                f"{source}: '{key}' has NaN/inf in {int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])}"
+                f"{source}: '{key}' has NaN/inf in {int(bad.sum())} row(s), "
+                f"first at row {int(np.flatnonzero(bad)[0])}"
             )
     if "split" in arrays:
         allowed = {SPLIT_BRIDGE, SPLIT_EVAL}
@@ -122,7 +123,7 @@ def _check_pairs(arrays: dict[str, np.ndarray], source: str) -> None:
 
 
 def load_pairs(path: str | Path, *, mmap: bool = True) -> PairsSet:
-    """Load and validate a pairs file (``.npz`` or a directory of ``.npy``; the latter memory-mapped).
+    """Load and validate a pairs file: ``.npz``, or a directory of ``.npy`` (memory-mapped).
 
     Raises :class:`ContractError` with one clear line when the file breaks the contract.
     """

@@ -263,10 +263,39 @@ def add_face(
     origin: str | None = None,
     settings: ServiceSettings | None = None,
 ) -> FaceInfo:
-    """Store one old-space vector for an identity (normalised here), then add it to FAISS.
+    """Store one old-space vector for an identity; see :func:`add_faces`."""
+    normalized_input = np.asarray(vector)
+    if normalized_input.ndim == 2 and normalized_input.shape[0] != 1:
+        raise InvalidInput(f"add_face takes one vector, got {normalized_input.shape[0]}")
+    (face,) = add_faces(
+        session=session,
+        index=index,
+        identity_id=identity_id,
+        vectors=normalized_input.reshape(1, -1),
+        source=source,
+        transformer_version=transformer_version,
+        origin=origin,
+        settings=settings,
+    )
+    return face
+
+
+def add_faces(
+    *,
+    session: Session,
+    index: GalleryIndex | None,
+    identity_id: int,
+    vectors: np.ndarray,
+    source: FaceSource = "mapped",
+    transformer_version: str | None = None,
+    origin: str | None = None,
+    settings: ServiceSettings | None = None,
+) -> list[FaceInfo]:
+    """Store old-space vectors [n, d] for an identity (normalised here) in ONE transaction, then
+    add them to FAISS: either every face is stored or none is.
 
     ``source="mapped"`` (enrolled through the transformer) needs ``transformer_version``.
-    Adding the same vector twice to one identity is a Conflict.
+    A vector the identity already has (or one repeated in ``vectors``) is a Conflict.
     """
     if source not in FACE_SOURCES:
         raise InvalidInput(f"source must be one of {FACE_SOURCES}")
@@ -274,32 +303,37 @@ def add_face(
         raise InvalidInput("a mapped face needs the transformer version that produced it")
     _identity_row(session, identity_id)
     dim = gallery_dim(session=session, settings=settings)
-    normalized = normalize_gallery_vectors(np.asarray(vector), dim=dim)
-    if normalized.shape[0] != 1:
-        raise InvalidInput(f"add_face takes one vector, got {normalized.shape[0]}")
-    stored = vector_bytes(normalized[0])
-    digest = content_hash(stored)
+    normalized = normalize_gallery_vectors(np.asarray(vectors), dim=dim)
+    if normalized.shape[0] == 0:
+        raise InvalidInput("no vectors to add")
+    stored = [vector_bytes(v) for v in normalized]
+    digests = [content_hash(b) for b in stored]
+    if len(set(digests)) != len(digests):
+        raise Conflict("the same face vector appears more than once in one enrolment")
     duplicate = session.scalar(
-        select(Face.id).where(Face.identity_id == identity_id, Face.content_hash == digest)
+        select(Face.id).where(Face.identity_id == identity_id, Face.content_hash.in_(digests))
     )
     if duplicate is not None:
         raise Conflict(f"identity {identity_id} already has this vector (face {duplicate})")
     claim_gallery_dim(session=session, dim=int(normalized.shape[1]), settings=settings)
-    row = Face(
-        identity_id=identity_id,
-        vector=stored,
-        dim=int(normalized.shape[1]),
-        content_hash=digest,
-        source=source,
-        transformer_version=transformer_version,
-        origin=origin,
-    )
-    session.add(row)
+    rows = [
+        Face(
+            identity_id=identity_id,
+            vector=blob,
+            dim=int(normalized.shape[1]),
+            content_hash=digest,
+            source=source,
+            transformer_version=transformer_version,
+            origin=origin,
+        )
+        for blob, digest in zip(stored, digests, strict=True)
+    ]
+    session.add_all(rows)
     bump_gallery_revision(session)
-    _commit(session, what=f"face of identity {identity_id}")
+    _commit(session, what=f"face(s) of identity {identity_id}")
     if index is not None:
-        index.add(ids=[int(row.id)], vectors=normalized)
-    return FaceInfo.from_row(row)
+        index.add(ids=[int(r.id) for r in rows], vectors=normalized)
+    return [FaceInfo.from_row(r) for r in rows]
 
 
 def list_faces(*, session: Session, identity_id: int) -> list[FaceInfo]:

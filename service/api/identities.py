@@ -144,18 +144,15 @@ async def enrol_faces(
 
     def store(vectors: np.ndarray, version: str) -> list[domain.FaceInfo]:
         with state.session_factory() as session:
-            return [
-                domain.add_face(
-                    session=session,
-                    index=state.index,
-                    identity_id=identity_id,
-                    vector=vector,
-                    source="mapped",
-                    transformer_version=version,
-                    settings=state.settings,
-                )
-                for vector in vectors
-            ]
+            return domain.add_faces(
+                session=session,
+                index=state.index,
+                identity_id=identity_id,
+                vectors=vectors,
+                source="mapped",
+                transformer_version=version,
+                settings=state.settings,
+            )
 
     faces, mapped = await state.pool.run(
         state.pipeline.enrol, images=uploads, check_identity=check_identity, store=store

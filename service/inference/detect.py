@@ -49,23 +49,8 @@ class FaceDetector(Protocol):
     name: str
 
     def shifted(self, face: DetectedFace, *, dx: int, dy: int) -> DetectedFace:
-        """``face`` with its box and every landmark moved by (dx, dy) whole pixels.
-
-        Used for shift augmentation: the aligned crop (and dlib's own chip) then shows the face
-        displaced by (-dx, -dy) times the crop scale.
-        """
-        dlib = self._dlib
-        x0, y0, x1, y1 = face.box
-        box = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
-        native = None
-        if face.native is not None:
-            rect = dlib.rectangle(*(round(v) for v in box))
-            points = [dlib.point(p.x + dx, p.y + dy) for p in face.native.parts()]
-            native = dlib.full_object_detection(rect, points)
-        offset = np.array([dx, dy], dtype=np.float32)
-        return DetectedFace(
-            box=box, landmarks5=face.landmarks5 + offset, score=face.score, native=native
-        )
+        """``face`` moved by (dx, dy) whole pixels (shift augmentation)."""
+        ...
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]: ...
 

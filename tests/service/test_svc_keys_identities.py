@@ -16,6 +16,7 @@ from service.gallery.index import GalleryIndex
 from service.identities import (
     UNSET,
     add_face,
+    add_faces,
     create_identity,
     delete_face,
     delete_identity,
@@ -84,6 +85,26 @@ def test_settings_refuse_placeholder_secrets(value, monkeypatch):
     monkeypatch.setenv("FACEBRIDGE_DATABASE_URL", "postgresql+psycopg://fb:changeme@db/fb")
     with pytest.raises(ValidationError):
         ServiceSettings()
+
+
+def test_multi_face_enrolment_is_all_or_nothing(env):
+    index = GalleryIndex(dim=None)
+    fresh = unit_vectors(3, 8, seed=7)
+    with env.session() as session:
+        ada = create_identity(session=session, name="Ada Lovelace", external_id="emp-1")
+        with pytest.raises(Conflict):  # one repeated vector: none of the three is stored
+            add_faces(
+                session=session,
+                index=index,
+                identity_id=ada.id,
+                vectors=np.stack([fresh[0], fresh[1], fresh[0]]),
+                source="legacy",
+            )
+        assert list_faces(session=session, identity_id=ada.id) == [] and index.ntotal == 0
+        both = add_faces(
+            session=session, index=index, identity_id=ada.id, vectors=fresh[:2], source="legacy"
+        )
+        assert len(both) == 2 and index.ids() == {f.id for f in both}
 
 
 def test_identity_crud_and_faces(env):
