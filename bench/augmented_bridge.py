@@ -14,10 +14,13 @@ Then fits each recipe on bridge only and on bridge + flip, and evaluates on the 
 mean of the crop's and the flipped crop's embeddings; information only: the service does not do
 this). Prints one markdown table. Everything goes under ``--output`` (never into the kit).
 
-    .venv/bin/python bench/augmented_bridge.py --output /tmp/h6 [--shards 2] \
-        [--recipes default,ridge-scaled] [--seeds 0,1,2]
+    .venv/bin/python bench/augmented_bridge.py --output /tmp/augmented [--shards 2] \
+        [--augment flip|shift|flip,shift] [--recipes default,ridge-scaled] [--seeds 0,1,2]
 
-Extraction (dlib ~70 ms/face/core, twice per photo) is resumable: rerun the same command.
+Each augmentation is one extraction per shard (dlib ~70 ms/face/core, twice per photo: the
+original and the augmented one; ~12 min wall on 2 busy cores), resumable: rerun the same
+command. ``shift`` is the extraction's other augmentation (the face moved by ~3% of the crop,
+the same way on both sides); with several, ``bridge+a+b`` is fitted too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +41,6 @@ from service.inference.images import read_image_file
 from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 from service.vectors import l2_normalize
 
-AUGMENTED_FILE = "bridge_plus_flip.npz"
 EVAL_FLIP_FILE = "eval_new_flip.npy"
 
 
@@ -61,9 +64,10 @@ def shard_folders(*, kit: Path, pairs: PairsSet, work: Path, shards: int) -> lis
     return roots
 
 
-def extract_shards(*, roots: list[Path], kit: Path, work: Path) -> list[Path]:
-    """One ``facebridge pairs extract`` process per shard (nice'd, 1 thread each), in parallel."""
-    outputs = [work / f"flip_{root.name}.npz" for root in roots]
+def extract_shards(*, roots: list[Path], kit: Path, work: Path, augment: str) -> list[Path]:
+    """One ``facebridge pairs extract --augment AUGMENT`` process per shard (nice'd, 1 thread
+    each), in parallel; an existing output is reused."""
+    outputs = [work / f"{augment}_{root.name}.npz" for root in roots]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = []
     for root, out in zip(roots, outputs, strict=True):
@@ -73,9 +77,9 @@ def extract_shards(*, roots: list[Path], kit: Path, work: Path) -> list[Path]:
             "nice", "-n", "10", sys.executable, "-m", "service.cli", "pairs", "extract",
             "--images", str(root / "aligned"), "--photos", str(root / "photos"), "--aligned",
             "--old", "dlib", "--new", str(kit_backbone_manifest(kit)),
-            "--output", str(out), "--augment", "flip", "--threads", "1", "--chunk-size", "256",
+            "--output", str(out), "--augment", augment, "--threads", "1", "--chunk-size", "256",
         ]  # fmt: skip
-        log = (work / f"extract_{root.name}.log").open("w")
+        log = (work / f"extract_{augment}_{root.name}.log").open("w")
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=log), log))
     for proc, log in procs:
         if proc.wait() != 0:
@@ -88,50 +92,57 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (l2_normalize(a) * l2_normalize(b)).sum(axis=1)
 
 
-def augmented_pairs(*, kit_pairs: PairsSet, extracted: list[Path]) -> tuple[PairsSet, dict]:
-    """Kit bridge rows + the extracted flipped rows (kit labels); checks the unflipped rows."""
+def augmented_rows(
+    *, kit_pairs: PairsSet, extracted: list[Path], augment: str
+) -> tuple[PairsSet, dict[str, float]]:
+    """The extracted ``augment`` rows with the kit's labels/names, and a check that the
+    re-extracted unaugmented rows reproduce the kit's vectors."""
     assert kit_pairs.path is not None and kit_pairs.name is not None
+    assert kit_pairs.split is not None
     row_of = {p: i for i, p in enumerate(kit_pairs.path.tolist())}
     parts = [load_pairs(p, mmap=False) for p in extracted]
-    both = PairsSet(
+    old = np.concatenate([p.old for p in parts])
+    new = np.concatenate([p.new for p in parts])
+    kinds = np.concatenate([p.extra["augment"] for p in parts])
+    kit_rows = np.array([row_of[str(x)] for p in parts for x in p.path])  # type: ignore[union-attr]
+    if (kit_pairs.split[kit_rows] != SPLIT_BRIDGE).any():
+        raise SystemExit("an extracted row belongs to the eval split")
+    plain, aug = kinds == "none", kinds == augment
+    check = {
+        "images": int(plain.sum()),
+        f"{augment}_rows": int(aug.sum()),
+        "min_cos_old_vs_kit": float(cosine(old[plain], kit_pairs.old[kit_rows[plain]]).min()),
+        "min_cos_new_vs_kit": float(cosine(new[plain], kit_pairs.new[kit_rows[plain]]).min()),
+        f"mean_cos_old_{augment}_vs_orig": float(
+            cosine(old[aug], kit_pairs.old[kit_rows[aug]]).mean()
+        ),
+        f"mean_cos_new_{augment}_vs_orig": float(
+            cosine(new[aug], kit_pairs.new[kit_rows[aug]]).mean()
+        ),
+    }
+    rows = kit_rows[aug]
+    return PairsSet(
+        old=old[aug],
+        new=new[aug],
+        label=kit_pairs.label[rows],
+        name=kit_pairs.name[rows],
+        path=kit_pairs.path[rows],
+        split=np.full(rows.size, SPLIT_BRIDGE),
+        extra={"augment": np.full(rows.size, augment)},
+    ), check
+
+
+def concat_pairs(parts: list[PairsSet]) -> PairsSet:
+    """Rows of ``parts`` one after another (all carry name, path, split and ``augment``)."""
+    return PairsSet(
         old=np.concatenate([p.old for p in parts]),
         new=np.concatenate([p.new for p in parts]),
         label=np.concatenate([p.label for p in parts]),
-        path=np.concatenate([p.path for p in parts]),
+        name=np.concatenate([np.asarray(p.name) for p in parts]),
+        path=np.concatenate([np.asarray(p.path) for p in parts]),
+        split=np.concatenate([np.asarray(p.split) for p in parts]),
         extra={"augment": np.concatenate([p.extra["augment"] for p in parts])},
     )
-    assert both.path is not None
-    kit_rows = np.array([row_of[p] for p in both.path.tolist()])
-    if (kit_pairs.split[kit_rows] != SPLIT_BRIDGE).any():  # type: ignore[index]
-        raise SystemExit("an extracted row belongs to the eval split")
-    plain = both.extra["augment"] == "none"
-    flip = both.extra["augment"] == "flip"
-    check = {
-        "extracted_images": int(plain.sum()),
-        "flip_rows": int(flip.sum()),
-        "min_cos_old_vs_kit": float(cosine(both.old[plain], kit_pairs.old[kit_rows[plain]]).min()),
-        "min_cos_new_vs_kit": float(cosine(both.new[plain], kit_pairs.new[kit_rows[plain]]).min()),
-        "mean_cos_old_flip_vs_orig": float(
-            cosine(both.old[flip], kit_pairs.old[kit_rows[flip]]).mean()
-        ),
-        "mean_cos_new_flip_vs_orig": float(
-            cosine(both.new[flip], kit_pairs.new[kit_rows[flip]]).mean()
-        ),
-    }
-    bridge = kit_pairs.select_split(SPLIT_BRIDGE)
-    flip_rows = kit_rows[flip]
-    combined = PairsSet(
-        old=np.concatenate([bridge.old, both.old[flip]]),
-        new=np.concatenate([bridge.new, both.new[flip]]),
-        label=np.concatenate([bridge.label, kit_pairs.label[flip_rows]]),
-        name=np.concatenate([bridge.name, kit_pairs.name[flip_rows]]),
-        path=np.concatenate([bridge.path, kit_pairs.path[flip_rows]]),
-        split=np.full(len(bridge) + len(flip_rows), SPLIT_BRIDGE),
-        extra={
-            "augment": np.concatenate([np.full(len(bridge), "none"), np.full(flip.sum(), "flip")])
-        },
-    )
-    return combined, check
 
 
 def flipped_eval_new(*, kit: Path, eval_pairs: PairsSet, batch: int = 64) -> np.ndarray:
@@ -164,7 +175,10 @@ def print_table(
     old = base.row("old/old")
     print(f"\nold/old: top-1 {old.top1:.2f}, top-5 {old.top5:.2f}, TAR {old.tar_at_far_1e3:.2f}")
     print(f"seeds {seeds} (mean; min-max of top-1 in brackets when more than one)\n")
-    print("| recipe | fitted on | rows | queries | top-1 | top-5 | TAR@FAR=1e-3 | > old/old |")
+    print(
+        "| recipe | fitted on | rows | queries | top-1 | top-5 | TAR@FAR=1e-3 "
+        "| > old/old (top-1 and TAR) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for recipe in recipes:
         for set_name, train in train_sets.items():
@@ -182,7 +196,8 @@ def print_table(
                 arr = np.array(values)
                 top1, top5, tar = arr.mean(axis=0)
                 spread = f" [{arr[:, 0].min():.2f}-{arr[:, 0].max():.2f}]" if len(arr) > 1 else ""
-                clears = "yes" if top1 > old.top1 and tar > old.tar_at_far_1e3 else "no"
+                wins = int(((arr[:, 0] > old.top1) & (arr[:, 2] > old.tar_at_far_1e3)).sum())
+                clears = f"{wins}/{len(arr)} fits"
                 print(
                     f"| {recipe} | {set_name} | {len(train)} | {q_name} | {top1:.2f}{spread} "
                     f"| {top5:.2f} | {tar:.2f} | {clears} |",
@@ -194,6 +209,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="work dir (not the kit)")
     parser.add_argument("--shards", type=int, default=2, help="parallel extraction processes")
+    parser.add_argument(
+        "--augment", default="flip", help="comma list of flip, shift: one extraction each"
+    )
     parser.add_argument("--recipes", default="default,ridge-scaled")
     parser.add_argument("--seeds", default="0", help="comma list; learned recipes are averaged")
     args = parser.parse_args()
@@ -209,14 +227,27 @@ def main() -> None:
         raise SystemExit("--output must not be inside the kit")
     work.mkdir(parents=True, exist_ok=True)
     kit_pairs = load_pairs(kit_pairs_path(kit), mmap=False)
+    augments = [a.strip() for a in args.augment.split(",") if a.strip()]
 
     started = time.perf_counter()
     roots = shard_folders(kit=kit, pairs=kit_pairs, work=work, shards=args.shards)
-    extracted = extract_shards(roots=roots, kit=kit, work=work)
-    combined, check = augmented_pairs(kit_pairs=kit_pairs, extracted=extracted)
-    save_pairs(work / AUGMENTED_FILE, combined)
-    print(f"extraction + join: {time.perf_counter() - started:.0f} s; {check}")
-    print(f"wrote {work / AUGMENTED_FILE}: {len(combined)} rows")
+    bridge = kit_pairs.select_split(SPLIT_BRIDGE)
+    bridge = replace(bridge, extra={"augment": np.full(len(bridge), "none")})
+    augmented: dict[str, PairsSet] = {}
+    for augment in augments:
+        extracted = extract_shards(roots=roots, kit=kit, work=work, augment=augment)
+        augmented[augment], check = augmented_rows(
+            kit_pairs=kit_pairs, extracted=extracted, augment=augment
+        )
+        print(f"{augment}: {check}")
+    print(f"extraction + join: {time.perf_counter() - started:.0f} s")
+    train_sets = {"bridge only": bridge}
+    for combo in [[a] for a in augments] + ([augments] if len(augments) > 1 else []):
+        label = "bridge+" + "+".join(combo)
+        train_sets[label] = concat_pairs([bridge, *(augmented[a] for a in combo)])
+        out = work / f"{label.replace('+', '_plus_')}.npz"
+        save_pairs(out, train_sets[label])
+        print(f"wrote {out}: {len(train_sets[label])} rows")
 
     eval_pairs = kit_pairs.select_split(SPLIT_EVAL)
     flip_file = work / EVAL_FLIP_FILE
@@ -226,10 +257,6 @@ def main() -> None:
     queries = {
         "plain": eval_new,
         "flip-averaged": l2_normalize(eval_new + np.load(flip_file)),
-    }
-    train_sets = {
-        "bridge only": kit_pairs.select_split(SPLIT_BRIDGE),
-        "bridge+flip": combined,
     }
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
