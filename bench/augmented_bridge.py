@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 from service.vectors import l2_normalize
 
 EVAL_FLIP_FILE = "eval_new_flip.npy"
+BRIDGE_FLIP_FILE = "bridge_new_flip.npy"
 
 
 def shard_folders(*, kit: Path, pairs: PairsSet, work: Path, shards: int) -> list[Path]:
@@ -145,12 +147,12 @@ def concat_pairs(parts: list[PairsSet]) -> PairsSet:
     )
 
 
-def flipped_eval_new(*, kit: Path, eval_pairs: PairsSet, batch: int = 64) -> np.ndarray:
-    """New-model embeddings of the horizontally flipped ``aligned/`` crops of the eval rows."""
-    assert eval_pairs.path is not None
+def flipped_new(*, kit: Path, pairs: PairsSet, batch: int = 64) -> np.ndarray:
+    """New-model embeddings of the horizontally flipped ``aligned/`` crops of ``pairs``' rows."""
+    assert pairs.path is not None
     backbone = OnnxBackbone(kit_backbone_manifest(kit), intra_op_threads=1, batch_size=batch)
     out = []
-    paths = eval_pairs.path.tolist()
+    paths = pairs.path.tolist()
     for start in range(0, len(paths), batch):
         crops = [read_image_file(kit / "lfw" / "aligned" / p) for p in paths[start : start + batch]]
         out.append(backbone.embed(np.stack([c[:, ::-1] for c in crops])))
@@ -205,6 +207,74 @@ def print_table(
                 )
 
 
+def identity_fold(names: np.ndarray, *, folds: int) -> np.ndarray:
+    """A stable fold per identity (hash of the name): a person is in one fold only."""
+    return np.array([zlib.crc32(str(n).encode()) % folds for n in names])
+
+
+def print_bridge_cv(
+    *,
+    bridge: PairsSet,
+    bridge_flip_new: np.ndarray,
+    train_sets: dict[str, PairsSet],
+    recipes: list[str],
+    folds: int = 4,
+    probes_per_identity: int = 5,
+    seed: int = 0,
+) -> None:
+    """The same comparison without the eval rows: k-fold CV over BRIDGE identities.
+
+    Each fold fits on the other folds' rows of a training set (their augmented rows included,
+    the held-out identities' never) and evaluates the protocol on the held-out identities'
+    original rows, at most ``probes_per_identity`` probes each (one person with hundreds of
+    images would otherwise decide the score); top-1 pooled over probes, TAR averaged."""
+    from training.evaluation.protocol import evaluate_mapping
+    from training.transformers.fit import fit_transformer
+
+    assert bridge.name is not None and bridge.path is not None
+    held_fold = identity_fold(bridge.name, folds=folds)
+    keep = np.zeros(len(bridge), dtype=bool)
+    seen: dict[str, int] = {}
+    for row in np.lexsort((bridge.path, bridge.name)):
+        name = str(bridge.name[row])
+        seen[name] = seen.get(name, 0) + 1
+        keep[row] = seen[name] <= probes_per_identity + 1  # + the enrolment template
+    print(f"\n{folds}-fold CV over bridge identities (seed {seed}); top-1 / TAR@FAR=1e-3\n")
+    print("| recipe | fitted on | plain | flip-averaged | old/old |")
+    print("|---|---|---|---|---|")
+    for recipe in recipes:
+        for set_name, train in train_sets.items():
+            assert train.name is not None
+            train_fold = identity_fold(train.name, folds=folds)
+            hits = {"plain": 0.0, "flip": 0.0, "old": 0.0}
+            tars = {"plain": 0.0, "flip": 0.0, "old": 0.0}
+            probes = 0
+            for fold in range(folds):
+                fitted = fit_transformer(
+                    pairs=train.take(np.flatnonzero(train_fold != fold)),
+                    recipe=recipe,
+                    seed=seed,
+                    progress=False,
+                )
+                rows = np.flatnonzero((held_fold == fold) & keep)
+                held = bridge.take(rows)
+                plain = l2_normalize(held.new)
+                variants = {
+                    "plain": plain,
+                    "flip": l2_normalize(plain + bridge_flip_new[rows]),
+                }
+                for key, queries in variants.items():
+                    report = evaluate_mapping(eval_pairs=held, mapped=fitted.transform(queries))
+                    hits[key] += report.row("mapped").top1 * report.probes / 100
+                    tars[key] += report.row("mapped").tar_at_far_1e3 / folds
+                hits["old"] += report.row("old/old").top1 * report.probes / 100
+                tars["old"] += report.row("old/old").tar_at_far_1e3 / folds
+                probes += report.probes
+            cells = [f"{100 * hits[k] / probes:.2f} / {tars[k]:.2f}" for k in hits]
+            print(f"| {recipe} | {set_name} | {' | '.join(cells)} |", flush=True)
+    print(f"({probes} held-out probes pooled)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="work dir (not the kit)")
@@ -214,6 +284,9 @@ def main() -> None:
     )
     parser.add_argument("--recipes", default="default,ridge-scaled")
     parser.add_argument("--seeds", default="0", help="comma list; learned recipes are averaged")
+    parser.add_argument(
+        "--bridge-cv", action="store_true", help="also 4-fold CV over bridge identities"
+    )
     args = parser.parse_args()
 
     import torch
@@ -252,7 +325,7 @@ def main() -> None:
     eval_pairs = kit_pairs.select_split(SPLIT_EVAL)
     flip_file = work / EVAL_FLIP_FILE
     if not flip_file.exists():
-        np.save(flip_file, flipped_eval_new(kit=kit, eval_pairs=eval_pairs))
+        np.save(flip_file, flipped_new(kit=kit, pairs=eval_pairs))
     eval_new = l2_normalize(eval_pairs.new)
     queries = {
         "plain": eval_new,
@@ -263,6 +336,17 @@ def main() -> None:
     print_table(
         eval_pairs=eval_pairs, train_sets=train_sets, queries=queries, recipes=recipes, seeds=seeds
     )
+    if args.bridge_cv:
+        bridge_flip_file = work / BRIDGE_FLIP_FILE
+        if not bridge_flip_file.exists():
+            np.save(bridge_flip_file, flipped_new(kit=kit, pairs=bridge))
+        print_bridge_cv(
+            bridge=bridge,
+            bridge_flip_new=np.load(bridge_flip_file),
+            train_sets=train_sets,
+            recipes=recipes,
+            seed=seeds[0],
+        )
 
 
 if __name__ == "__main__":
