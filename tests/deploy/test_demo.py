@@ -138,7 +138,7 @@ def test_demo_refuses_a_foreign_directory(tmp_path: Path) -> None:
 def test_kit_demo_examples_come_back_as_the_right_person(
     kit_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The kit demo (ridge recipe, as `make demo` runs it): real eval probes -> right person."""
+    """The kit demo (default recipe, as `make demo` runs it): real eval probes -> right person."""
     state = build_demo(data_dir=tmp_path / "demo-data", progress=False, quiet=True)
     assert state.source == "kit"
     assert state.gallery["templates"] == 414 and state.gallery["distractors"] == 1017
