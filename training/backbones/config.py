@@ -9,14 +9,13 @@ Built-in configs live in ``training/backbones/configs`` and can be named without
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import ContractError, InvalidInput
+from training.config_files import read_config_mapping
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "r18"
@@ -85,27 +84,12 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise InvalidInput(f"config {str(name_or_path)!r}: no such file or built-in config ({names})")
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(path.read_text())
-        elif path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(path.read_text()) or {}
-        else:
-            raise InvalidInput(f"{path}: config files are .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ContractError(f"{path}: cannot parse config ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ContractError(f"{path}: a config file must hold a table/mapping")
-    return data
-
-
 def load_config_dict(path: str | Path, *, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The merged raw values of ``path`` and its chain of ``base`` files."""
     p = resolve_config_path(path).resolve()
     if p in _seen:
         raise ContractError(f"{p}: config 'base' chain loops back to itself")
-    data = _read_file(p)
+    data = read_config_mapping(p, what="training config")
     base = data.pop("base", None)
     if base is None:
         return data

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import platform
 import time
-import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs
 from service.errors import FacebridgeError, InvalidInput
 from service.kit import find_kit_dir, kit_pairs_path
+from training.config_files import read_config_mapping
 from training.evaluation.protocol import (
     ROW_MAPPED,
     ROW_NAMES,
@@ -89,23 +89,7 @@ class ExperimentConfig(BaseModel):
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a YAML/TOML experiment config (one-line InvalidInput on problems)."""
     p = Path(path)
-    if not p.is_file():
-        raise InvalidInput(f"experiment config not found: {p}")
-    try:
-        if p.suffix == ".toml":
-            data = tomllib.loads(p.read_text())
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(p.read_text())
-        else:
-            raise InvalidInput(f"{p}: experiment config must be .yaml, .yml or .toml")
-    except InvalidInput:
-        raise
-    except Exception as exc:
-        raise InvalidInput(f"{p}: unreadable config ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput(f"{p}: an experiment config must be a mapping")
+    data = read_config_mapping(p, what="experiment config")
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:

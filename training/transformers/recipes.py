@@ -14,12 +14,12 @@ interpolation_rate = 0.25
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from service.errors import InvalidInput
+from training.config_files import read_config_mapping
 from training.transformers.interpolation import INTERPOLATION_METHODS, MAX_RATE
 
 MODEL_NAMES = ("identity", "ridge", "procrustes", "fc", "mlp", "msresnet", "rbt")
@@ -212,22 +212,5 @@ def recipe_from_dict(config: dict[str, Any]) -> Recipe:
 
 def load_recipe_file(path: str | Path) -> Recipe:
     """A recipe from a ``.toml`` or ``.yaml``/``.yml`` file (base + overrides)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInput(f"recipe config not found: {p}")
-    try:
-        if p.suffix == ".toml":
-            data = tomllib.loads(p.read_text())
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(p.read_text()) or {}
-        else:
-            raise InvalidInput(f"{p}: recipe config must be .toml, .yaml or .yml")
-    except InvalidInput:
-        raise
-    except Exception as exc:
-        raise InvalidInput(f"{p}: unreadable recipe config ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput(f"{p}: recipe config must be a mapping")
+    data = read_config_mapping(path, what="recipe config")
     return recipe_from_dict(data)
