@@ -238,9 +238,9 @@ def _compare(session: Session, index: GalleryIndex) -> tuple[set[int], set[int],
     return sql_ids - index_ids, index_ids - sql_ids, len(sql_ids), index_count
 
 
-def check_consistency(*, session: Session, index: GalleryIndex) -> ConsistencyReport:
-    """Compare ``ntotal`` and the id sets of the index and of SQL."""
-    missing, extra, sql_count, index_count = _compare(session, index)
+def _report(
+    missing: set[int], extra: set[int], sql_count: int, index_count: int
+) -> ConsistencyReport:
     return ConsistencyReport(
         sql_count=sql_count,
         index_count=index_count,
@@ -251,17 +251,16 @@ def check_consistency(*, session: Session, index: GalleryIndex) -> ConsistencyRe
     )
 
 
+def check_consistency(*, session: Session, index: GalleryIndex) -> ConsistencyReport:
+    """Compare ``ntotal`` and the id sets of the index and of SQL."""
+    missing, extra, sql_count, index_count = _compare(session, index)
+    return _report(missing, extra, sql_count, index_count)
+
+
 def reconcile(*, session: Session, index: GalleryIndex, quiet: bool = False) -> ConsistencyReport:
     """Add faces SQL has and the index lacks, drop ids SQL no longer has. Returns the repair."""
     missing, extra, sql_count, index_count = _compare(session, index)
-    report = ConsistencyReport(
-        sql_count=sql_count,
-        index_count=index_count,
-        missing_in_index=len(missing),
-        extra_in_index=len(extra),
-        sample_missing=sorted(missing)[:SAMPLE_IDS],
-        sample_extra=sorted(extra)[:SAMPLE_IDS],
-    )
+    report = _report(missing, extra, sql_count, index_count)
     if report.consistent:
         return report
     if extra:

@@ -33,6 +33,7 @@ from service.db.models import (
 )
 from service.errors import Conflict, ContractError, InvalidInput, NotFound, PayloadTooLarge
 from service.gallery.store import gallery_dim, gallery_model_id, registry_row
+from service.vectors import l2_normalize
 
 if TYPE_CHECKING:
     from service.inference.transformer import TransformerSession
@@ -231,8 +232,7 @@ def validate_transformer(
     if meta.threshold is not None and not -1.0 <= meta.threshold <= 1.0:
         raise ContractError(f"transformer threshold {meta.threshold} is not a cosine in [-1, 1]")
     rng = np.random.default_rng(PROBE_SEED)
-    probes = rng.standard_normal((settings.probe_vectors, session.input_dim)).astype(np.float32)
-    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    probes = l2_normalize(rng.standard_normal((settings.probe_vectors, session.input_dim)))
     try:
         raw = session.map_raw(probes)
     except Exception as exc:

@@ -20,6 +20,7 @@ from torch import nn
 
 from service.contracts import PairsSet
 from service.errors import InvalidInput
+from service.vectors import l2_normalize
 from training.transformers.closed_form import procrustes_map, ridge_map
 from training.transformers.data import TrainingPairs, normalized_pairs
 from training.transformers.interpolation import make_synthetic
@@ -94,8 +95,7 @@ def _class_means(old: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.nda
     classes, index = np.unique(label, return_inverse=True)
     sums = np.zeros((classes.size, old.shape[1]), dtype=np.float64)
     np.add.at(sums, index, old)
-    sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    return sums.astype(np.float32), index.astype(np.int64)
+    return l2_normalize(sums), index.astype(np.int64)
 
 
 class _WeightAverage:

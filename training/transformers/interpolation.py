@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.errors import InvalidInput
+from service.vectors import l2_normalize
 from training.transformers.data import TrainingPairs
 
 INTERPOLATION_METHODS = ("none", "linear", "sorted", "proximity")
@@ -55,8 +56,7 @@ def proximity_pairs(label: np.ndarray, old: np.ndarray) -> list[tuple[int, int]]
     ids = np.array([k for k, rows in by_label.items() if rows.size >= 2], dtype=np.int64)
     if ids.size < 2:
         return []
-    means = np.stack([old[by_label[int(i)]].mean(axis=0) for i in ids])
-    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    means = l2_normalize(np.stack([old[by_label[int(i)]].mean(axis=0) for i in ids]))
     sims = means @ means.T
     np.fill_diagonal(sims, -np.inf)
     iu, ju = np.triu_indices(ids.size, k=1)
