@@ -10,9 +10,10 @@ rows with the kit's labels; the re-extracted unflipped rows are only used to che
 extraction reproduces the kit's vectors (cosine ~1).
 
 Then fits each recipe on bridge only and on bridge + flip, and evaluates on the eval rows
-(PROTOCOL.md) with plain queries and with flip-averaged queries (probe new vector = normalised
-mean of the crop's and the flipped crop's embeddings; information only: the service does not do
-this). Prints one markdown table. Everything goes under ``--output`` (never into the kit).
+(PROTOCOL.md) with plain queries and with flip-averaged queries
+(``service.vectors.flip_average`` of the crop's and the mirrored crop's embeddings, as the service
+computes by default; the mirrored embeddings come from the product's ``pairs add-flip`` code).
+Prints one markdown table. Everything goes under ``--output`` (never into the kit).
 
     .venv/bin/python bench/augmented_bridge.py --output /tmp/augmented [--shards 2] \
         [--augment flip|shift|flip,shift] [--recipes default,ridge-scaled] [--seeds 0,1,2]
@@ -38,9 +39,8 @@ import numpy as np
 
 from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs, save_pairs
 from service.inference.backbone import OnnxBackbone
-from service.inference.images import read_image_file
 from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
-from service.vectors import l2_normalize
+from service.vectors import flip_average, l2_normalize
 
 EVAL_FLIP_FILE = "eval_new_flip.npy"
 BRIDGE_FLIP_FILE = "bridge_new_flip.npy"
@@ -147,16 +147,16 @@ def concat_pairs(parts: list[PairsSet]) -> PairsSet:
     )
 
 
-def flipped_new(*, kit: Path, pairs: PairsSet, batch: int = 64) -> np.ndarray:
-    """New-model embeddings of the horizontally flipped ``aligned/`` crops of ``pairs``' rows."""
-    assert pairs.path is not None
-    backbone = OnnxBackbone(kit_backbone_manifest(kit), intra_op_threads=1, batch_size=batch)
-    out = []
-    paths = pairs.path.tolist()
-    for start in range(0, len(paths), batch):
-        crops = [read_image_file(kit / "lfw" / "aligned" / p) for p in paths[start : start + batch]]
-        out.append(backbone.embed(np.stack([c[:, ::-1] for c in crops])))
-    return np.concatenate(out)
+def kit_new_flip(*, kit: Path, pairs: PairsSet) -> np.ndarray:
+    """``new_flip`` of ``pairs``' rows from the kit's ``aligned/`` crops: the product's
+    ``facebridge pairs add-flip`` computation (:func:`training.data.flip.mirrored_embeddings`)."""
+    from training.data.flip import mirrored_embeddings
+
+    backbone = OnnxBackbone(kit_backbone_manifest(kit), intra_op_threads=1)
+    new_flip, _ = mirrored_embeddings(
+        pairs=pairs, images_dir=kit / "lfw" / "aligned", backbone=backbone
+    )
+    return new_flip
 
 
 def print_table(
@@ -258,10 +258,9 @@ def print_bridge_cv(
                 )
                 rows = np.flatnonzero((held_fold == fold) & keep)
                 held = bridge.take(rows)
-                plain = l2_normalize(held.new)
                 variants = {
-                    "plain": plain,
-                    "flip": l2_normalize(plain + bridge_flip_new[rows]),
+                    "plain": l2_normalize(held.new),
+                    "flip": flip_average(held.new, bridge_flip_new[rows]),
                 }
                 for key, queries in variants.items():
                     report = evaluate_mapping(eval_pairs=held, mapped=fitted.transform(queries))
@@ -325,11 +324,10 @@ def main() -> None:
     eval_pairs = kit_pairs.select_split(SPLIT_EVAL)
     flip_file = work / EVAL_FLIP_FILE
     if not flip_file.exists():
-        np.save(flip_file, flipped_new(kit=kit, pairs=eval_pairs))
-    eval_new = l2_normalize(eval_pairs.new)
+        np.save(flip_file, kit_new_flip(kit=kit, pairs=eval_pairs))
     queries = {
-        "plain": eval_new,
-        "flip-averaged": l2_normalize(eval_new + np.load(flip_file)),
+        "plain": l2_normalize(eval_pairs.new),
+        "flip-averaged": flip_average(eval_pairs.new, np.load(flip_file)),
     }
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
@@ -339,7 +337,7 @@ def main() -> None:
     if args.bridge_cv:
         bridge_flip_file = work / BRIDGE_FLIP_FILE
         if not bridge_flip_file.exists():
-            np.save(bridge_flip_file, flipped_new(kit=kit, pairs=bridge))
+            np.save(bridge_flip_file, kit_new_flip(kit=kit, pairs=bridge))
         print_bridge_cv(
             bridge=bridge,
             bridge_flip_new=np.load(bridge_flip_file),

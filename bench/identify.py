@@ -1,15 +1,18 @@
 """Benchmark: /v1/identify throughput and latency over HTTP vs raw ONNX Runtime, same run.
 
 Starts a real uvicorn process (kit MobileFaceNet backbone, the kit's eval gallery as legacy
-vectors, a ridge transformer fitted on the bridge split), then for each client concurrency
-(1, 4, 16 by default) sends single-image /identify requests with aligned kit crops for a fixed
-time and reports images/s, p50 and p99 latency. The reference is the backbone alone
-(``OnnxBackbone.embed`` at batch 1 on pre-decoded crops) run by as many threads as the server can
-use at that concurrency (min(concurrency, inference threads)), measured in this same run on this
-same machine in slices interleaved with the HTTP slices; the table prints the ratio.
+vectors, a transformer fitted on the bridge split with the default recipe: two-way, so identify
+re-ranks with fused scores), then for each client concurrency (1, 4, 16 by default) sends
+single-image /identify requests with aligned kit crops for a fixed time and reports images/s,
+p50 and p99 latency. The reference is the backbone alone (``OnnxBackbone.embed`` on pre-decoded
+crops, doing the service's backbone work: with flip-averaged queries, the default, each image and
+its mirror in one run, else batch 1) run by as many threads as the server can use at that
+concurrency (min(concurrency, inference threads)), measured in this same run on this same
+machine in slices interleaved with the HTTP slices; the table prints the ratio.
 
     .venv/bin/python bench/identify.py                  # ~1-2 minutes
     .venv/bin/python bench/identify.py --seconds 5 --concurrency 1 4 16 --threads 2
+    .venv/bin/python bench/identify.py --no-flip        # plain queries (one crop per image)
 
 Needs the kit (FACEBRIDGE_KIT_DIR or ../shared/kit) and the train extra (to fit the ridge map).
 Client and server share the machine's cores: the client's own CPU use is part of the figure.
@@ -41,8 +44,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _prepare(workdir: Path, kit: Path) -> tuple[Path, Path]:
-    """(legacy gallery .npz, ridge transformer .onnx) in ``workdir``."""
+def _prepare(workdir: Path, kit: Path, *, recipe: str) -> tuple[Path, Path]:
+    """(legacy gallery .npz, transformer .onnx fitted with ``recipe``) in ``workdir``."""
     from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_transformer
@@ -51,8 +54,8 @@ def _prepare(workdir: Path, kit: Path) -> tuple[Path, Path]:
     evaluation = pairs.select_split("eval")
     gallery = workdir / "gallery.npz"
     np.savez(gallery, old=evaluation.old, external_id=evaluation.path, name=evaluation.name)
-    fitted = fit_transformer(pairs=pairs.select_split("bridge"), recipe="ridge", progress=False)
-    transformer = workdir / "ridge.onnx"
+    fitted = fit_transformer(pairs=pairs.select_split("bridge"), recipe=recipe, progress=False)
+    transformer = workdir / "transformer.onnx"
     export_transformer(
         fitted,
         transformer,
@@ -64,16 +67,17 @@ def _prepare(workdir: Path, kit: Path) -> tuple[Path, Path]:
 
 
 def _raw_backbone_run(
-    backbone: Any, crops: list[np.ndarray], *, threads: int, seconds: float
+    backbone: Any, crops: list[np.ndarray], *, threads: int, seconds: float, flip: bool
 ) -> tuple[int, float]:
-    """(images, seconds) of the backbone alone: ``threads`` threads, batch 1, one session."""
+    """(images, seconds) of the backbone alone: ``threads`` threads, one image per call (and its
+    mirror in the same run when ``flip``), one session."""
     counts = [0] * threads
     stop = threading.Event()
 
     def work(slot: int) -> None:
         i = slot
         while not stop.is_set():
-            backbone.embed(crops[i % len(crops)][None])
+            backbone.embed(crops[i % len(crops)][None], flip_average=flip)
             counts[slot] += 1
             i += threads
 
@@ -139,7 +143,9 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_server(workdir: Path, kit: Path, *, threads: int) -> tuple[subprocess.Popen, str]:
+def _start_server(
+    workdir: Path, kit: Path, *, threads: int, flip: bool
+) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
@@ -154,6 +160,7 @@ def _start_server(workdir: Path, kit: Path, *, threads: int) -> tuple[subprocess
         "FACEBRIDGE_INFERENCE_THREADS": str(threads),
         "FACEBRIDGE_ORT_INTRA_OP_THREADS": "1",
         "FACEBRIDGE_FAISS_THREADS": "1",
+        "FACEBRIDGE_FLIP_AVERAGE_QUERIES": "true" if flip else "false",
         "OMP_NUM_THREADS": "1",
     }
     log = (workdir / "server.log").open("wb")
@@ -198,6 +205,13 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=256, help="distinct probe crops")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved slices per row")
     parser.add_argument("--batch", type=int, default=1, help="images per request")
+    parser.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        help="plain queries (FACEBRIDGE_FLIP_AVERAGE_QUERIES=false); default: flip-averaged",
+    )
+    parser.add_argument("--recipe", default="default", help="transformer recipe to fit")
     args = parser.parse_args()
 
     import httpx
@@ -216,8 +230,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="facebridge-bench-") as tmp:
         workdir = Path(tmp)
-        gallery, transformer = _prepare(workdir, kit)
-        process, url = _start_server(workdir, kit, threads=args.threads)
+        gallery, transformer = _prepare(workdir, kit, recipe=args.recipe)
+        process, url = _start_server(workdir, kit, threads=args.threads, flip=args.flip)
         try:
             headers = {"X-API-Key": ADMIN_KEY}
             with httpx.Client(base_url=url, timeout=120) as client:
@@ -226,16 +240,18 @@ def main() -> int:
                         "/v1/gallery/import", files={"file": ("g.npz", fh)}, headers=headers
                     ).raise_for_status()
                 with transformer.open("rb") as fh:
-                    client.post(
+                    uploaded = client.post(
                         "/v1/admin/transformers",
                         files={"file": ("t.onnx", fh)},
                         data={"activate": "true"},
                         headers=headers,
-                    ).raise_for_status()
+                    )
+                uploaded.raise_for_status()
+                two_way = bool(uploaded.json().get("two_way", False))
                 stats = client.get("/v1/gallery/stats", headers=headers).json()
             _http_run(url, images, concurrency=2, seconds=1.0)  # warm-up
             backbone = OnnxBackbone(kit / "models" / "mobilefacenet.json", intra_op_threads=1)
-            backbone.embed(crops[0][None])
+            backbone.embed(crops[0][None], flip_average=args.flip)
             rows = []
             for concurrency in args.concurrency:
                 # Interleave short slices of both so a change in the machine's load hits both.
@@ -255,6 +271,7 @@ def main() -> int:
                         crops,
                         threads=min(concurrency, args.threads),
                         seconds=args.seconds / args.rounds,
+                        flip=args.flip,
                     )
                     raw_cpu += time.process_time() - cpu_before
                     raw_images, raw_seconds = raw_images + n, raw_seconds + t
@@ -292,10 +309,17 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
 
+    queries = (
+        "flip-averaged queries (2 crops per image, one ORT run)"
+        if args.flip
+        else "plain queries (1 crop per image)"
+    )
+    scoring = "two-way fused re-ranking" if two_way else "forward-only scoring"
     print(
         f"\n/v1/identify, kit MobileFaceNet, {stats['index_vectors']} gallery vectors, "
         f"{args.batch} image(s) per request, server inference threads = {args.threads}, "
-        f"ORT intra-op threads = 1, {os.cpu_count()} CPUs, {args.seconds:.0f} s per row"
+        f"ORT intra-op threads = 1, {os.cpu_count()} CPUs, {args.seconds:.0f} s per row\n"
+        f"mode: {queries}; recipe {args.recipe!r}, {scoring}"
     )
     print(
         "| concurrency | HTTP images/s | p50 ms/request | p99 ms/request | failed "
@@ -309,8 +333,10 @@ def main() -> int:
             f"| {ratio:.2f} | {cpu_http:.1f} | {cpu_raw:.1f} |"
         )
     print(
-        "raw ORT = OnnxBackbone.embed on pre-decoded crops, batch 1, min(concurrency, server "
-        f"threads) threads, measured in this run in {args.rounds} slices interleaved with HTTP; "
+        "raw ORT = OnnxBackbone.embed on pre-decoded crops, one image per call "
+        f"({'+ its mirror in the same run' if args.flip else 'batch 1'}), min(concurrency, "
+        f"server threads) threads, measured in this run in {args.rounds} slices interleaved "
+        "with HTTP; "
         "CPU columns: the server process's CPU time per answered image vs the raw run's"
     )
     return 0

@@ -206,7 +206,7 @@ class _NoBackbone:
     model_id = "none"
     output_dim = 0
 
-    def embed(self, aligned: np.ndarray) -> np.ndarray:
+    def embed(self, aligned: np.ndarray, *, flip_average: bool = False) -> np.ndarray:
         raise ServiceUnavailable("no backbone configured: set FACEBRIDGE_BACKBONE_MANIFEST")
 
 
@@ -222,14 +222,25 @@ def _build_pipeline(
 ) -> Pipeline:
     def snapshot() -> ActiveMapping | None:
         active = holder.current()  # ONE read: the request keeps this version throughout
-        if active.version is None or active.session is None:
+        session = active.session
+        if active.version is None or session is None:
             return None
         return ActiveMapping(
-            version=active.version, map=active.session.map, threshold=active.threshold
+            version=active.version,
+            map=session.map,
+            threshold=active.threshold,
+            fusion_weight=session.fusion_weight,
+            map_gallery=session.map_gallery if session.two_way else None,
         )
 
     def search(vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(hits.ids, hits.scores) for hits in index.search(vectors, k=k)]
+
+    def search_with_vectors(
+        vectors: np.ndarray, k: int
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        found = index.search(vectors, k=k, with_vectors=True)
+        return [(hits.ids, hits.scores, hits.vectors) for hits in found]  # type: ignore[misc]
 
     def lookup(face_ids: Sequence[int]) -> dict[int, GalleryHit]:
         with session_factory() as session:
@@ -249,9 +260,11 @@ def _build_pipeline(
         detector=detector,
         snapshot=snapshot,
         search=search,
+        search_with_vectors=search_with_vectors,
         lookup=lookup,
         max_image_bytes=settings.max_upload_bytes,
         max_image_pixels=settings.max_image_pixels,
         default_threshold=settings.default_threshold,
+        flip_average_queries=settings.flip_average_queries,
         observe=metrics.observe_stage,
     )

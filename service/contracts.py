@@ -3,9 +3,12 @@
 Pure Python + NumPy: no torch, no ONNX Runtime. See docs/ARCHITECTURE.md, "Contracts".
 
 1. Pairs file: ``.npz`` (or a directory of ``.npy``) with ``old`` [N, d_old], ``new`` [N, d_new],
-   ``label`` [N] and optional ``name``, ``path``, ``split``, ...
+   ``label`` [N] and optional ``name``, ``path``, ``split``, ``new_flip`` [N, d_new] (the new
+   model's embedding of the horizontally mirrored image), ...
 2. Transformer artefact: one ONNX file, input ``new_embedding``, output ``old_embedding``,
-   ``metadata_props`` keyed by ``META_*`` below.
+   ``metadata_props`` keyed by ``META_*`` below. A *two-way* transformer also has the input
+   ``gallery_old_embedding`` and the output ``gallery_new_embedding`` (old -> new, the backward
+   map) and ``facebridge.fusion_weight`` < 1: see :mod:`service.fusion`.
 3. Backbone manifest: JSON beside a backbone ONNX, :class:`BackboneManifest`.
 """
 
@@ -26,6 +29,10 @@ from service.errors import ContractError
 # ---------------------------------------------------------------------------------------------
 PAIRS_REQUIRED = ("old", "new", "label")
 PAIRS_OPTIONAL_STRINGS = ("name", "path", "split")
+# Optional vectors row-aligned with ``new`` (same shape [N, d_new]): the new model's embedding of
+# the horizontally mirrored image, normalised as ``new`` is. Used for flip-averaged queries
+# (service.vectors.flip_average).
+PAIRS_NEW_FLIP = "new_flip"
 SPLIT_BRIDGE = "bridge"
 SPLIT_EVAL = "eval"
 
@@ -34,6 +41,11 @@ SPLIT_EVAL = "eval"
 class PairsSet:
     """Row i is one image seen by both models. Vectors are float32 as stored (not normalised).
 
+    ``new_flip`` (optional, [N, d_new] float32, row-aligned with ``new``): the new model's
+    embedding of the horizontally mirrored image of row i (the same aligned crop, mirrored),
+    stored like ``new`` (the raw unit embedding, NOT the flip average): flip-averaged queries are
+    ``service.vectors.flip_average(new, new_flip)``. Written by ``facebridge pairs extract``
+    (default) and ``facebridge pairs add-flip``.
     ``extra`` holds any other per-row arrays of the file (e.g. ``landmarks5``, ``detected``).
     """
 
@@ -44,6 +56,7 @@ class PairsSet:
     path: np.ndarray | None = None
     split: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    new_flip: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -72,6 +85,9 @@ class PairsSet:
             path=pick(self.path),
             split=pick(self.split),
             extra={k: np.asarray(v[rows]) for k, v in self.extra.items()},
+            new_flip=None
+            if self.new_flip is None
+            else np.ascontiguousarray(self.new_flip[rows], dtype=np.float32),
         )
 
     def select_split(self, split: str | None) -> PairsSet:
@@ -106,8 +122,19 @@ def _check_pairs(arrays: dict[str, np.ndarray], source: str) -> None:
     for key, arr in arrays.items():
         if arr.ndim >= 1 and arr.shape[0] != n:
             raise ContractError(f"{source}: '{key}' has {arr.shape[0]} rows but 'label' has {n}")
-    for key in ("old", "new"):
-        bad = ~np.isfinite(np.asarray(arrays[key])).all(axis=1)
+    if PAIRS_NEW_FLIP in arrays:
+        flip = arrays[PAIRS_NEW_FLIP]
+        if flip.shape != new.shape or not np.issubdtype(flip.dtype, np.floating):
+            raise ContractError(
+                f"{source}: '{PAIRS_NEW_FLIP}' must be a floating-point array shaped like 'new' "
+                f"{new.shape}, got {flip.dtype} {flip.shape}"
+            )
+    for key in ("old", "new", PAIRS_NEW_FLIP):
+        if key not in arrays:
+            continue
+        # float32 is what every consumer uses: a float64 value beyond its range is not finite.
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(np.asarray(arrays[key], dtype=np.float32)).all(axis=1)
         if bad.any():
             raise ContractError(
                 f"{source}: '{key}' has NaN/inf in {int(bad.sum())} row(s), "
@@ -148,15 +175,26 @@ def load_pairs(path: str | Path, *, mmap: bool = True) -> PairsSet:
             f"{p}: not a readable pairs file ({type(exc).__name__}: {exc})"
         ) from exc
     _check_pairs(arrays, str(p))
-    named = {k: arrays.pop(k) for k in (*PAIRS_REQUIRED, *PAIRS_OPTIONAL_STRINGS) if k in arrays}
+    vector_keys = (*PAIRS_REQUIRED, *PAIRS_OPTIONAL_STRINGS, PAIRS_NEW_FLIP)
+    named = {k: arrays.pop(k) for k in vector_keys if k in arrays}
+    keep_mapped = mmap and p.is_dir()
+
+    def vectors(key: str) -> np.ndarray:
+        """float32 vectors; a memory-mapped float32 .npy stays mapped (never read in full)."""
+        arr = named[key]
+        if keep_mapped and arr.dtype == np.float32:
+            return arr
+        return np.asarray(arr, dtype=np.float32)
+
     return PairsSet(
-        old=named["old"] if mmap and p.is_dir() else np.asarray(named["old"], dtype=np.float32),
-        new=named["new"] if mmap and p.is_dir() else np.asarray(named["new"], dtype=np.float32),
+        old=vectors("old"),
+        new=vectors("new"),
         label=np.asarray(named["label"]).astype(np.int64),
         name=None if "name" not in named else np.asarray(named["name"]).astype(str),
         path=None if "path" not in named else np.asarray(named["path"]).astype(str),
         split=None if "split" not in named else np.asarray(named["split"]).astype(str),
         extra=arrays,
+        new_flip=vectors(PAIRS_NEW_FLIP) if PAIRS_NEW_FLIP in named else None,
     )
 
 
@@ -172,6 +210,8 @@ def save_pairs(path: str | Path, pairs: PairsSet) -> Path:
         value = getattr(pairs, key)
         if value is not None:
             arrays[key] = np.asarray(value).astype(str)
+    if pairs.new_flip is not None:
+        arrays[PAIRS_NEW_FLIP] = np.asarray(pairs.new_flip, dtype=np.float32)
     arrays.update(pairs.extra)
     _check_pairs(arrays, str(p))
     if p.suffix == ".npz":
@@ -191,6 +231,9 @@ def save_pairs(path: str | Path, pairs: PairsSet) -> Path:
 # ---------------------------------------------------------------------------------------------
 TRANSFORMER_INPUT = "new_embedding"
 TRANSFORMER_OUTPUT = "old_embedding"
+# Two-way transformers only (optional): the backward map old -> new, applied to gallery vectors.
+TRANSFORMER_GALLERY_INPUT = "gallery_old_embedding"
+TRANSFORMER_GALLERY_OUTPUT = "gallery_new_embedding"
 FORMAT_VERSION = "1"
 META_PREFIX = "facebridge."
 META_FORMAT_VERSION = "facebridge.format_version"
@@ -202,6 +245,8 @@ META_RECIPE = "facebridge.recipe"
 META_CREATED_AT = "facebridge.created_at"
 META_THRESHOLD = "facebridge.threshold"  # recommended decision threshold (cosine), optional
 META_METRICS = "facebridge.metrics"  # JSON object of evaluation metrics, optional
+# weight of the old-space score in the fused score (service.fusion); absent = 1 = forward only
+META_FUSION_WEIGHT = "facebridge.fusion_weight"
 META_SHA256 = "facebridge.weights_sha256"  # optional; the file's own sha256 lives beside it
 META_REQUIRED = (
     META_FORMAT_VERSION,
@@ -229,6 +274,15 @@ class TransformerMetadata:
     format_version: str = FORMAT_VERSION
     threshold: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    fusion_weight: float = 1.0  # 1 = forward map only; < 1 = two-way (service.fusion)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fusion_weight <= 1.0:
+            raise ContractError(f"fusion_weight must lie in (0, 1], got {self.fusion_weight}")
+
+    @property
+    def two_way(self) -> bool:
+        return self.fusion_weight < 1.0
 
     def to_props(self) -> dict[str, str]:
         """As ONNX ``metadata_props`` (all strings)."""
@@ -245,6 +299,8 @@ class TransformerMetadata:
             props[META_THRESHOLD] = repr(float(self.threshold))
         if self.metrics:
             props[META_METRICS] = json.dumps(self.metrics, sort_keys=True)
+        if self.two_way:
+            props[META_FUSION_WEIGHT] = repr(float(self.fusion_weight))
         return props
 
     @classmethod
@@ -257,6 +313,7 @@ class TransformerMetadata:
         try:
             threshold = float(props[META_THRESHOLD]) if META_THRESHOLD in props else None
             metrics = json.loads(props[META_METRICS]) if META_METRICS in props else {}
+            fusion_weight = float(props.get(META_FUSION_WEIGHT, "1.0"))
             return cls(
                 input_dim=int(props[META_INPUT_DIM]),
                 output_dim=int(props[META_OUTPUT_DIM]),
@@ -267,6 +324,7 @@ class TransformerMetadata:
                 format_version=props[META_FORMAT_VERSION],
                 threshold=threshold,
                 metrics=metrics,
+                fusion_weight=fusion_weight,
             )
         except (ValueError, TypeError) as exc:
             raise ContractError(f"{source}: malformed metadata_props ({exc})") from exc

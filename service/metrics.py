@@ -36,7 +36,8 @@ class ServiceMetrics:
         )
         self.stage_seconds = Histogram(
             "facebridge_stage_duration_seconds",
-            "Time per pipeline stage (decode, align, embed, map, search, lookup) per request.",
+            "Time per pipeline stage (decode, align, embed, map, search, rerank, lookup) "
+            "per request.",
             ("stage",),
             buckets=_STAGE_BUCKETS,
             registry=self.registry,

@@ -1,9 +1,11 @@
 """Identify / verify / enrol orchestration: bytes in, old-space vectors and candidates out.
 
 decode (size + pixel limits) -> aligned faces (shared pipeline: pass-through for 112 x 112 crops,
-else detect + align) -> backbone (one call per request; L2-normalised there) -> the active
-transformer, read ONCE per request as an immutable snapshot (normalised there) -> FAISS
-inner-product search -> identities from SQL.
+else detect + align) -> backbone (one call per request; L2-normalised there; optionally
+flip-averaged: each crop and its mirror image in the same call) -> the active transformer, read
+ONCE per request as an immutable snapshot (normalised there) -> FAISS inner-product search ->
+for a two-way transformer, re-scoring of the search's candidates with the fused score
+(:mod:`service.fusion`) -> identities from SQL.
 
 Everything here is blocking (Pillow, ORT, FAISS, SQL) and runs in the app's bounded thread pool,
 never on the event loop. The storage side is reached through three small callables so this module
@@ -26,6 +28,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from service.errors import FacebridgeError, InvalidInput, ServiceUnavailable
+from service.fusion import RERANK_DEPTH, candidate_scores, fused_scores
 from service.inference.detect import FaceDetector
 from service.inference.faces import aligned_faces
 from service.inference.images import decode_image
@@ -35,11 +38,21 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ActiveMapping:
-    """The transformer a request uses, read once: version id + its mapping + its threshold."""
+    """The transformer a request uses, read once: version id + its mapping + its threshold.
+
+    A two-way transformer also brings ``map_gallery`` (old -> new, L2-normalised there) and a
+    ``fusion_weight`` < 1: scores are then the fused ``w * <f(q), g> + (1 - w) * <q, h(g)>``.
+    """
 
     version: str
     map: Callable[[np.ndarray], np.ndarray]
     threshold: float | None = None
+    fusion_weight: float = 1.0
+    map_gallery: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def two_way(self) -> bool:
+        return self.map_gallery is not None and self.fusion_weight < 1.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class StageTimes:
     embed: float = 0.0
     map: float = 0.0
     search: float = 0.0
+    rerank: float = 0.0  # fused re-scoring of the candidates (two-way transformers only)
     lookup: float = 0.0
 
     def as_ms(self) -> dict[str, float]:
@@ -74,6 +88,7 @@ class StageTimes:
             "embed_ms": self.embed,
             "map_ms": self.map,
             "search_ms": self.search,
+            "rerank_ms": self.rerank,
             "lookup_ms": self.lookup,
         }
         out = {k: round(v * 1000.0, 3) for k, v in stages.items()}
@@ -106,6 +121,7 @@ class MappedFaces:
     """Old-space vectors for a request's images, with the versions that made them."""
 
     vectors: np.ndarray  # [n, d_old], L2-normalised by the transformer runner
+    queries_new: np.ndarray  # [n, d_new], the backbone's unit vectors (fused scoring needs them)
     backbone: str
     transformer: str
     threshold: float | None
@@ -118,11 +134,14 @@ class Backbone(Protocol):
     @property
     def model_id(self) -> str: ...
 
-    def embed(self, aligned: np.ndarray) -> np.ndarray: ...
+    def embed(self, aligned: np.ndarray, *, flip_average: bool = False) -> np.ndarray: ...
 
 
 # search(vectors [n, d], k) -> per query (face ids, scores), best first, empty slots dropped.
 SearchFn = Callable[[np.ndarray, int], list[tuple[np.ndarray, np.ndarray]]]
+# search_with_vectors(vectors, k) -> per query (face ids, scores, stored vectors [len(ids), d]),
+# the vectors read atomically with the search: what fused re-scoring needs.
+SearchWithVectorsFn = Callable[[np.ndarray, int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 LookupFn = Callable[[Sequence[int]], dict[int, GalleryHit]]
 SnapshotFn = Callable[[], ActiveMapping | None]
 
@@ -137,16 +156,20 @@ class Pipeline:
         detector: FaceDetector | None,
         snapshot: SnapshotFn,
         search: SearchFn,
+        search_with_vectors: SearchWithVectorsFn,
         lookup: LookupFn,
         max_image_bytes: int,
         max_image_pixels: int,
         default_threshold: float,
+        flip_average_queries: bool = False,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.backbone = backbone
         self.detector = detector
         self.snapshot = snapshot
         self.search = search
+        self.search_with_vectors = search_with_vectors
+        self.flip_average_queries = bool(flip_average_queries)
         self.lookup = lookup
         self.max_image_bytes = int(max_image_bytes)
         self.max_image_pixels = int(max_image_pixels)
@@ -206,7 +229,10 @@ class Pipeline:
         crops, times = self._crops(images)
         n = len(times)
         start = time.perf_counter()
-        new = self.backbone.embed(crops)
+        if self.flip_average_queries:
+            new = self.backbone.embed(crops, flip_average=True)
+        else:
+            new = self.backbone.embed(crops)
         embed_s = time.perf_counter() - start
         start = time.perf_counter()
         old = mapping.map(new)
@@ -217,6 +243,7 @@ class Pipeline:
             t.embed, t.map = embed_s / n, map_s / n
         return MappedFaces(
             vectors=old,
+            queries_new=new,
             backbone=self.backbone.model_id,
             transformer=mapping.version,
             threshold=mapping.threshold,
@@ -242,9 +269,16 @@ class Pipeline:
 
         # Several faces of one identity may sit in the gallery: over-fetch, then keep each
         # identity's best face so `top_k` counts identities.
-        start = time.perf_counter()
-        hits_per_query = self.search(mapped.vectors, top_k * 4)
-        search_s = time.perf_counter() - start
+        rerank_s = 0.0
+        if mapping.two_way:
+            hits_per_query, search_s, rerank_s = self._fused_hits(
+                mapped=mapped, mapping=mapping, top_k=top_k
+            )
+            self._observe("rerank", rerank_s)
+        else:
+            start = time.perf_counter()
+            hits_per_query = self.search(mapped.vectors, top_k * 4)
+            search_s = time.perf_counter() - start
         start = time.perf_counter()
         wanted = sorted({int(f) for ids, _ in hits_per_query for f in ids if f >= 0})
         hits = self.lookup(wanted) if wanted else {}
@@ -274,7 +308,7 @@ class Pipeline:
                 if len(candidates) == top_k:
                     break
             t = mapped.timings[i]
-            t.search, t.lookup = search_s / n, lookup_s / n
+            t.search, t.rerank, t.lookup = search_s / n, rerank_s / n, lookup_s / n
             top = candidates[0] if candidates else None
             outcomes.append(
                 IdentifyOutcome(
@@ -289,6 +323,45 @@ class Pipeline:
             )
         return outcomes, decision
 
+    def _fused_hits(
+        self, *, mapped: MappedFaces, mapping: ActiveMapping, top_k: int
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
+        """Per query (face ids, fused scores) best first; with the search and re-rank seconds.
+
+        The forward search (old space) over-fetches ``max(4 * top_k, RERANK_DEPTH)`` candidates
+        with their stored vectors; the backward map runs once on all of them; each query's
+        candidates are re-scored with :func:`service.fusion.candidate_scores` and re-sorted.
+        """
+        map_gallery = mapping.map_gallery
+        if map_gallery is None:
+            raise ServiceUnavailable(f"transformer {mapping.version} has no gallery map")
+        start = time.perf_counter()
+        found = self.search_with_vectors(mapped.vectors, max(top_k * 4, RERANK_DEPTH))
+        search_s = time.perf_counter() - start
+        start = time.perf_counter()
+        stored = [vectors for _, _, vectors in found]
+        gallery_new = (
+            map_gallery(np.concatenate(stored, axis=0)) if sum(len(v) for v in stored) else None
+        )
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        offset = 0
+        for i, (ids, _, vectors) in enumerate(found):
+            m = len(ids)
+            if m == 0 or gallery_new is None:
+                out.append((ids, np.zeros(0, np.float32)))
+                continue
+            scores = candidate_scores(
+                query_old=mapped.vectors[i],
+                query_new=mapped.queries_new[i],
+                candidate_old=vectors,
+                candidate_new=gallery_new[offset : offset + m],
+                weight=mapping.fusion_weight,
+            )
+            offset += m
+            order = np.argsort(-scores, kind="stable")  # ties keep the forward order
+            out.append((ids[order], scores[order]))
+        return out, search_s, time.perf_counter() - start
+
     def verify(
         self,
         *,
@@ -296,19 +369,32 @@ class Pipeline:
         identity_vectors: Callable[[], tuple[np.ndarray, np.ndarray]],
         threshold: float | None,
     ) -> tuple[float, int | None, float, MappedFaces]:
-        """Best cosine between the image and the identity's gallery vectors.
+        """Best score between the image and the identity's gallery vectors: the cosine in the
+        old space, or the fused score for a two-way transformer.
 
         ``identity_vectors()`` returns (face_ids [m], vectors [m, d_old] normalised); it raises
         NotFound for an unknown identity. Returns (score, best face id, threshold, mapped).
         """
         face_ids, vectors = identity_vectors()
-        mapped = self.map_images(images=[image])
+        mapping = self.active_mapping()
+        mapped = self.map_images(images=[image], mapping=mapping)
         decision = self.threshold_for(threshold, mapped.threshold)
         start = time.perf_counter()
         if len(face_ids) == 0:
             score, best = -1.0, None
         else:
-            sims = np.asarray(vectors, dtype=np.float32) @ mapped.vectors[0]
+            map_gallery = mapping.map_gallery if mapping.two_way else None
+            if map_gallery is not None:
+                stored = np.asarray(vectors, dtype=np.float32)
+                sims = fused_scores(
+                    query_old=mapped.vectors[:1],
+                    query_new=mapped.queries_new[:1],
+                    gallery_old=stored,
+                    gallery_new=map_gallery(stored),
+                    weight=mapping.fusion_weight,
+                )[0]
+            else:
+                sims = np.asarray(vectors, dtype=np.float32) @ mapped.vectors[0]
             j = int(np.argmax(sims))
             score, best = float(sims[j]), int(face_ids[j])
         mapped.timings[0].search = time.perf_counter() - start

@@ -26,3 +26,17 @@ def l2_normalize(x: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
     arr = as_float32_matrix(x)
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     return np.ascontiguousarray(arr / np.maximum(norms, eps), dtype=np.float32)
+
+
+def flip_average(plain: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+    """THE flip-averaged embedding: normalise(unit(e(x)) + unit(e(mirror(x)))).
+
+    Used by the backbone for queries (``flip_average_queries``) and by evaluation for pairs that
+    carry ``new_flip``, so both sides average the same way.
+    """
+    a, b = as_float32_matrix(plain), as_float32_matrix(flipped)
+    if a.shape != b.shape:
+        from service.errors import ContractError
+
+        raise ContractError(f"flip_average: shapes differ ({a.shape} vs {b.shape})")
+    return l2_normalize(l2_normalize(a) + l2_normalize(b))

@@ -8,10 +8,16 @@ it); ``demo run`` builds, then serves it at http://127.0.0.1:8000 after printing
   identity, 1-image identities as distractors); backbone = the kit's MobileFaceNet (read in
   place, never copied); transformer fitted on the ``bridge`` split, exported, uploaded and
   activated. Example probes are real aligned eval images of people in the gallery.
+  The service flip-averages its queries by default (``FACEBRIDGE_FLIP_AVERAGE_QUERIES``), so the
+  demo scores the same way: it adds ``new_flip`` (every kit crop mirrored and embedded,
+  :mod:`training.data.flip`) to its copy of the pairs, and the threshold (bridge rows) and the
+  eval metrics come from flip-averaged queries. The mirrored embeddings are cached in
+  ``<data-dir>/cache/`` (kept by rebuilds): only the first build spends those minutes.
 - **No kit** (or ``--synthetic``): a SYNTHETIC data set generated here (coloured-pattern 112x112
   "faces", one pattern family per synthetic person), two randomly initialised iResNet backbones
-  standing in for the old and the new model, then the same real pipeline: pairs extraction,
-  transformer fit + export, gallery import, upload + activation, service.
+  standing in for the old and the new model, then the same real pipeline: pairs extraction (with
+  ``new_flip``, its default), transformer fit + export, gallery import, upload + activation,
+  service.
 
 Before printing anything the demo verifies in-process (the real app, the real HTTP route) that
 its example probes come back as the right person. It never downloads anything.
@@ -50,7 +56,10 @@ from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 
 STATE_FILE = "demo.json"
 # Bump when the layout or the recipe of the demo data changes: an older demo-data is rebuilt.
-STATE_VERSION = 4
+STATE_VERSION = 5
+# Survives rebuilds (--force, another recipe): the kit's mirrored-crop embeddings (new_flip).
+CACHE_DIR = "cache"
+FLIP_CACHE_FILE = "new_flip.npz"
 DEFAULT_DATA_DIR = Path("demo-data")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -171,6 +180,9 @@ class DemoState:
     examples: list[DemoExample]
     verification: dict[str, Any]
     timings: dict[str, float]
+    # new_flip of the pairs: {"rows": N, "computed": rows embedded by this build (the rest came
+    # from the cache)}; empty when the pairs carry none
+    new_flip: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -303,6 +315,8 @@ def _fit_and_export(
         "target_model": meta.target_model,
         "threshold": meta.threshold,
         "fit_seconds": meta.metrics.get("fit_seconds"),
+        # "flip-averaged" when the pairs carry new_flip (how the service queries by default)
+        "queries": getattr(report, "queries", None),
     }
     return info, _report_metrics(report)
 
@@ -320,9 +334,11 @@ def _report_metrics(report: Any) -> dict[str, Any]:
 # Build
 # ---------------------------------------------------------------------------------------------
 def _reset_data_dir(data_dir: Path) -> None:
-    """Remove a previous demo build. Refuses a non-empty directory that is not demo data."""
+    """Remove a previous demo build, except its ``cache/`` (new_flip: minutes to recompute).
+
+    Refuses a non-empty directory that is not demo data."""
     if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / STATE_FILE).exists():
-        owned = {"models", "synthetic", "gallery", "index", "transformers", "pairs.npz"}
+        owned = {"models", "synthetic", "gallery", "index", "transformers", "pairs.npz", CACHE_DIR}
         foreign = [
             p.name
             for p in data_dir.iterdir()
@@ -333,9 +349,95 @@ def _reset_data_dir(data_dir: Path) -> None:
                 f"{data_dir} holds files the demo did not make ({', '.join(sorted(foreign)[:3])}); "
                 "pass an empty or demo directory with --data-dir"
             )
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for entry in data_dir.iterdir():
+        if entry.name == CACHE_DIR and entry.is_dir():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# new_flip: the kit's mirrored crops, embedded once and cached across rebuilds
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FlipCache:
+    """``<data-dir>/cache/new_flip.npz``: new_flip per image path, valid for one backbone (by
+    the sha256 of its ONNX file) and one image folder; anything else is ignored and replaced."""
+
+    path: Path
+    key: str
+
+    @classmethod
+    def for_backbone(
+        cls, *, cache_dir: Path, images_dir: Path, backbone_manifest: Path
+    ) -> FlipCache:
+        manifest, onnx_path = load_backbone_manifest(backbone_manifest)
+        key = json.dumps(
+            {
+                "model_id": manifest.model_id,
+                "onnx_sha256": hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest(),
+                "images_dir": str(images_dir.resolve()),
+            },
+            sort_keys=True,
+        )
+        return cls(path=cache_dir / FLIP_CACHE_FILE, key=key)
+
+    def read(self) -> dict[str, np.ndarray]:
+        """image path -> new_flip row; empty when absent, unreadable or made for another key."""
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                if str(z["key"]) != self.key:
+                    return {}
+                paths, vectors = z["path"].astype(str), z["new_flip"].astype(np.float32)
+        except (OSError, KeyError, ValueError):
+            return {}
+        return dict(zip(paths.tolist(), vectors, strict=True))
+
+    def write(self, rows: dict[str, np.ndarray]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
+        np.savez(
+            tmp,
+            key=np.array(self.key),
+            path=np.array(list(rows), dtype=str),
+            new_flip=np.stack(list(rows.values())).astype(np.float32),
+        )
+        os.replace(tmp, self.path)
+
+
+def cached_new_flip(
+    *,
+    pairs: PairsSet,
+    images_dir: Path,
+    backbone_manifest: Path,
+    cache_dir: Path,
+    progress: bool,
+) -> tuple[np.ndarray, int]:
+    """new_flip for every row of ``pairs`` (``facebridge pairs add-flip``'s computation) and how
+    many rows were embedded now: rows already in the cache are reused, the others computed and
+    added to it."""
+    from service.inference.backbone import OnnxBackbone
+    from training.data.flip import mirrored_embeddings
+
+    if pairs.path is None:
+        raise InvalidInput("the demo needs a 'path' column in the pairs file")
+    cache = FlipCache.for_backbone(
+        cache_dir=cache_dir, images_dir=images_dir, backbone_manifest=backbone_manifest
+    )
+    known = cache.read()
+    paths = pairs.path.astype(str)
+    missing = np.array([i for i, p in enumerate(paths.tolist()) if p not in known], np.int64)
+    if missing.size:
+        backbone = OnnxBackbone(backbone_manifest, intra_op_threads=TORCH_THREADS)
+        computed, _ = mirrored_embeddings(
+            pairs=pairs.take(missing), images_dir=images_dir, backbone=backbone, progress=progress
+        )
+        known.update(zip(paths[missing].tolist(), computed, strict=True))
+        cache.write(known)
+    return np.stack([known[p] for p in paths.tolist()]), int(missing.size)
 
 
 def build_demo(
@@ -417,16 +519,35 @@ def build_demo(
             )
             pairs = _assign_split(load_pairs(pairs_path), splits)
             save_pairs(pairs_path, pairs)
+            flips_computed = len(pairs)  # extraction writes new_flip (its default)
         old_model_id = load_backbone_manifest(old_manifest)[0].model_id
         backbone_manifest = new_manifest
         new_model_id = load_backbone_manifest(new_manifest)[0].model_id
         image_root, photo_root = images_dir, None
     else:
-        pairs_path = kit_pairs_path(kit)
-        pairs = load_pairs(pairs_path)
+        pairs = load_pairs(kit_pairs_path(kit))
         backbone_manifest = kit_backbone_manifest(kit)
         old_model_id, new_model_id = KIT_OLD_MODEL_ID, KIT_NEW_MODEL_ID
         image_root, photo_root = kit / "lfw" / "aligned", kit / "lfw" / "photos"
+        cache_dir = data_dir / CACHE_DIR
+        with steps.step(
+            "new_flip",
+            f"embedding the mirrored crops of the {len(pairs)} kit rows (new_flip: the service "
+            "flip-averages its queries)",
+        ):
+            new_flip, flips_computed = cached_new_flip(
+                pairs=pairs,
+                images_dir=image_root,
+                backbone_manifest=backbone_manifest,
+                cache_dir=cache_dir,
+                progress=progress,
+            )
+        steps.say(
+            f"    {flips_computed} embedded now, {len(pairs) - flips_computed} from {cache_dir}"
+        )
+        pairs = dataclasses.replace(pairs, new_flip=new_flip)
+        pairs_path = save_pairs(data_dir / "pairs.npz", pairs)
+    flip_info = {} if pairs.new_flip is None else {"rows": len(pairs), "computed": flips_computed}
 
     n_bridge = len(pairs.select_split(SPLIT_BRIDGE))
     eval_pairs = pairs.select_split(SPLIT_EVAL)
@@ -442,7 +563,10 @@ def build_demo(
             target_model=old_model_id,
             progress=progress,
         )
-    steps.say("    eval split (PROTOCOL.md): " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    steps.say(
+        f"    eval split (PROTOCOL.md; {transformer.get('queries')} queries): "
+        + ", ".join(f"{k}={v}" for k, v in metrics.items())
+    )
 
     env = service_env(
         data_dir=data_dir, backbone_manifest=backbone_manifest, gallery_model_id=old_model_id
@@ -494,6 +618,7 @@ def build_demo(
         examples=examples,
         verification=verification,
         timings=steps.timings,
+        new_flip=flip_info,
     )
     state.save(data_dir / STATE_FILE)
     return state
@@ -697,7 +822,12 @@ def print_summary(
         f"  transformer: recipe {info.get('recipe')!r}, "
         f"{info.get('source_model')} -> {info.get('target_model')}"
     )
-    echo("  eval split:  " + ", ".join(f"{k}={v}" for k, v in state.evaluation.items()))
+    queries = info.get("queries")
+    echo(
+        "  eval split:  "
+        + (f"({queries} queries) " if queries else "")
+        + ", ".join(f"{k}={v}" for k, v in state.evaluation.items())
+    )
     echo(f"  API key (identify scope, demo only): {state.api_key}")
     echo(f"  docs:        http://{host}:{port}/docs")
     echo("")

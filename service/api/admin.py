@@ -52,6 +52,8 @@ def _transformer(info: registry.TransformerInfo) -> TransformerInfo:
         target_model=info.target_model,
         recipe=info.recipe,
         threshold=info.threshold,
+        fusion_weight=info.fusion_weight,
+        two_way=info.two_way,
         metrics=dict(info.metrics),
         active=info.active,
         uploaded_at=info.created_at,

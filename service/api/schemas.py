@@ -15,8 +15,9 @@ _TIMINGS_EXAMPLE = {
     "embed_ms": 12.4,
     "map_ms": 0.2,
     "search_ms": 0.3,
+    "rerank_ms": 0.1,
     "lookup_ms": 1.1,
-    "total_ms": 15.2,
+    "total_ms": 15.3,
 }
 _CANDIDATE_EXAMPLE = {
     "identity_id": 42,
@@ -62,6 +63,9 @@ class Timings(BaseModel):
     embed_ms: float
     map_ms: float
     search_ms: float
+    rerank_ms: float = Field(
+        description="fused re-scoring of the search's candidates (two-way transformers; else 0)"
+    )
     lookup_ms: float
     total_ms: float
 
@@ -71,7 +75,10 @@ class Candidate(BaseModel):
     identity_id: int
     external_id: str | None
     name: str | None
-    score: float = Field(description="cosine similarity in the old model's space")
+    score: float = Field(
+        description="cosine similarity in the old model's space; for a two-way transformer the "
+        "fused score w * cos(f(query), g) + (1 - w) * cos(query, h(g)), also in [-1, 1]"
+    )
 
 
 class IdentifyResult(BaseModel):
@@ -126,7 +133,10 @@ class VerifyResponse(BaseModel):
         }
     )
     identity_id: int
-    score: float = Field(description="best cosine similarity over the identity's faces")
+    score: float = Field(
+        description="best score over the identity's faces (cosine, or the fused score for a "
+        "two-way transformer, as in identify)"
+    )
     threshold: float
     match: bool = Field(description="score >= threshold")
     face_id: int | None = Field(description="the identity's face that scored best")
@@ -310,6 +320,8 @@ class TransformerInfo(BaseModel):
             "target_model": "dlib-resnet-v1",
             "recipe": "ridge",
             "threshold": 0.5,
+            "fusion_weight": 0.9,
+            "two_way": True,
             "metrics": {"top1": 92.1},
             "active": True,
             "created_at": "2026-01-01T12:00:00Z",
@@ -325,6 +337,15 @@ class TransformerInfo(BaseModel):
     target_model: str
     recipe: str
     threshold: float | None = None
+    fusion_weight: float = Field(
+        default=1.0,
+        description="weight of the old-space score in the fused score; 1 = forward map only",
+    )
+    two_way: bool = Field(
+        default=False,
+        description="the file carries the backward map too (fusion_weight < 1): identify and "
+        "verify report fused scores",
+    )
     metrics: dict[str, Any] = {}
     active: bool
     created_at: str | None = None

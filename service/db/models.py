@@ -146,6 +146,10 @@ class TransformerVersion(Base):
     target_model: Mapped[str] = mapped_column(String(255), nullable=False)
     recipe: Mapped[str] = mapped_column(String(255), nullable=False)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # 1 = forward map only; < 1 = two-way file, scores fused (service.fusion)
+    fusion_weight: Mapped[float] = mapped_column(
+        Float, nullable=False, default=1.0, server_default=text("1.0")
+    )
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default=STATE_INACTIVE)

@@ -41,6 +41,8 @@ class Hits(NamedTuple):
 
     ids: np.ndarray  # int64 face ids
     scores: np.ndarray  # float32 inner products (cosine)
+    # [len(ids), d] stored vectors of those ids, read under the search's lock (with_vectors=True)
+    vectors: np.ndarray | None = None
 
 
 def ids_checksum(ids: Iterable[int]) -> str:
@@ -273,21 +275,38 @@ class GalleryIndex:
         vectors = self._index.index.reconstruct_n(0, int(self._index.ntotal))
         return ids, np.asarray(vectors, dtype=np.float32)
 
-    def search(self, vectors: np.ndarray, *, k: int) -> list[Hits]:
-        """Top-``k`` neighbours per query row, best first, ids = face ids; -1 slots removed."""
+    def search(self, vectors: np.ndarray, *, k: int, with_vectors: bool = False) -> list[Hits]:
+        """Top-``k`` neighbours per query row, best first, ids = face ids; -1 slots removed.
+
+        ``with_vectors``: also return each hit's stored vector, read under the same lock as the
+        search (so a concurrent removal cannot take a hit's vector away in between).
+        """
         if k < 1:
             raise InvalidInput("k must be at least 1")
         queries = as_float32_matrix(vectors, dim=self._dim, name="query vectors")
         with self._lock.read():
             index = self._index
             if index is None or index.ntotal == 0:
-                empty = Hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
+                empty = Hits(
+                    np.zeros(0, np.int64),
+                    np.zeros(0, np.float32),
+                    np.zeros((0, self._dim or 0), np.float32) if with_vectors else None,
+                )
                 return [empty for _ in range(queries.shape[0])]
             scores, ids = index.search(queries, min(k, int(index.ntotal)))
-        out = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            keep = row_ids >= 0
-            out.append(Hits(row_ids[keep].astype(np.int64), row_scores[keep].astype(np.float32)))
+            keep = ids >= 0
+            held = self._reconstruct_locked(ids[keep]) if with_vectors else None
+        out, start = [], 0
+        for row_scores, row_ids, row_keep in zip(scores, ids, keep, strict=True):
+            n = int(row_keep.sum())
+            out.append(
+                Hits(
+                    row_ids[row_keep].astype(np.int64),
+                    row_scores[row_keep].astype(np.float32),
+                    None if held is None else held[start : start + n],
+                )
+            )
+            start += n
         return out
 
     def reconstruct(self, face_id: int) -> np.ndarray:
@@ -296,6 +315,26 @@ class GalleryIndex:
             if face_id not in self._ids:
                 raise KeyError(face_id)
             return np.asarray(self._index.reconstruct(int(face_id)), dtype=np.float32)
+
+    def reconstruct_many(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """The stored vectors [n, d] of ``ids``, in that order, under one read lock (KeyError
+        naming the first id the index does not hold). Works for flat, IVF and HNSW."""
+        wanted = np.asarray(
+            list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64
+        ).reshape(-1)
+        with self._lock.read():
+            missing = [i for i in wanted.tolist() if i not in self._ids]
+            if missing:
+                raise KeyError(missing[0])
+            return self._reconstruct_locked(wanted)
+
+    def _reconstruct_locked(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of ids the index holds. Caller holds the lock."""
+        if ids.size == 0:
+            return np.zeros((0, self._dim or 0), np.float32)
+        # IndexIDMap2 (flat, hnsw) maps ids through its reverse map; IVF through its direct map.
+        out = self._index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     # ------------------------------------------------------------------------------------------
     def sidecar(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The manifest (service.contracts.BackboneManifest) says how to feed the model; on load the model is
 checked against it (input/output names, layout and size, output dim) and a probe image is run
 (output shape, finite values, unit norm when the manifest says normalised). Any mismatch is one
-:class:`ContractError` line. The output is L2-normalised here: the new side's one place.
+:class:`ContractError` line. The output is L2-normalised here: the new side's one place
+(flip-averaged queries go through :func:`service.vectors.flip_average`, which normalises).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from service.contracts import BackboneManifest, load_backbone_manifest
 from service.errors import ContractError, ImageError
 from service.inference.preprocess import preprocess
+from service.vectors import flip_average as average_flips
 from service.vectors import l2_normalize
 
 
@@ -29,6 +31,11 @@ def probe_crops(n: int = 2, *, size: int = 112) -> np.ndarray:
         b = 255 * (0.5 + 0.5 * np.sin(6.0 * (xx + yy) + k))
         crops.append(np.stack([r, g, b], axis=-1))
     return np.clip(np.stack(crops), 0, 255).astype(np.uint8)
+
+
+def mirror_crops(aligned: np.ndarray) -> np.ndarray:
+    """[N, H, W, 3] crops mirrored left-right (along the width axis), C-contiguous."""
+    return np.ascontiguousarray(np.asarray(aligned)[:, :, ::-1, :])
 
 
 def _expected_input_shape(manifest: BackboneManifest) -> tuple[int, int, int]:
@@ -94,8 +101,15 @@ class OnnxBackbone:
     def input_size(self) -> tuple[int, int]:
         return tuple(self.manifest.input_size)  # type: ignore[return-value]
 
-    def embed(self, aligned: np.ndarray) -> np.ndarray:
-        """[N, 112, 112, 3] uint8 RGB aligned crops -> [N, d] L2-normalised float32."""
+    def embed(self, aligned: np.ndarray, *, flip_average: bool = False) -> np.ndarray:
+        """[N, 112, 112, 3] uint8 RGB aligned crops -> [N, d] L2-normalised float32.
+
+        ``flip_average``: each crop and its mirror image (left-right, :func:`mirror_crops`) run
+        in the SAME ORT call, ``max(1, batch_size // 2)`` images (twice as many crops) per call:
+        one call per image on CPU (batch_size 1), where batch 2 costs per image about what
+        batch 1 does and larger batches cost more. Returns :func:`service.vectors.flip_average`
+        of the two halves.
+        """
         batch = np.asarray(aligned)
         if batch.ndim == 3:
             batch = batch[None]
@@ -103,8 +117,17 @@ class OnnxBackbone:
             raise ImageError(f"embed expects [N, H, W, 3] uint8 crops, got shape {batch.shape}")
         if batch.shape[0] == 0:
             return np.empty((0, self.output_dim), dtype=np.float32)
-        raw = self.embed_raw(batch)
-        return l2_normalize(raw)
+        if not flip_average:
+            return l2_normalize(self.embed_raw(batch))
+        step = max(1, self.batch_size // 2)
+        plain, flipped = [], []
+        for i in range(0, batch.shape[0], step):
+            chunk = batch[i : i + step]
+            both = np.concatenate([chunk, mirror_crops(chunk)], axis=0)
+            raw = self.run_tensor(preprocess(both, manifest=self.manifest))
+            plain.append(raw[: chunk.shape[0]])
+            flipped.append(raw[chunk.shape[0] :])
+        return average_flips(np.concatenate(plain), np.concatenate(flipped))
 
     def embed_raw(self, aligned: np.ndarray) -> np.ndarray:
         """The model's own output for [N, H, W, 3] uint8 crops, before normalisation."""

@@ -2,7 +2,14 @@
 
 Torch-free (onnx + onnxruntime). Loading validates the artefact contract (docs/ARCHITECTURE.md,
 "Contracts" 2); anything that breaks it raises :class:`ContractError` with one clear line.
-``map`` is THE place where the mapped side is L2-normalised.
+
+A one-way file has the input ``new_embedding`` and the output ``old_embedding`` (the forward map
+``f``). A two-way file also has the input ``gallery_old_embedding`` and the output
+``gallery_new_embedding`` (the backward map ``h``: old -> new, for fused scoring, see
+:mod:`service.fusion`), both with their own dynamic batch dimension, and metadata
+``facebridge.fusion_weight`` < 1. A caller that needs one head feeds a zero-row array to the
+other input. ``map`` is THE place where the mapped query side is L2-normalised and
+``map_gallery`` THE place where the backward-mapped gallery side is.
 """
 
 from __future__ import annotations
@@ -10,10 +17,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from service.contracts import TRANSFORMER_INPUT, TRANSFORMER_OUTPUT, TransformerMetadata
+from service.contracts import (
+    META_FUSION_WEIGHT,
+    TRANSFORMER_GALLERY_INPUT,
+    TRANSFORMER_GALLERY_OUTPUT,
+    TRANSFORMER_INPUT,
+    TRANSFORMER_OUTPUT,
+    TransformerMetadata,
+)
 from service.errors import ContractError
 from service.vectors import as_float32_matrix, l2_normalize
 
@@ -32,10 +47,25 @@ def _static_dim(value: object) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _check_tensor(source: str, what: str, arg: Any) -> None:
+    """float32, 2-D, dynamic batch (one ContractError line otherwise)."""
+    if arg.type != "tensor(float)":
+        raise ContractError(f"{source}: {what} {arg.name!r} must be float32, got {arg.type}")
+    if len(arg.shape) != 2:
+        raise ContractError(
+            f"{source}: {what} {arg.name!r} must be 2-D [batch, d], got {arg.shape}"
+        )
+    if _static_dim(arg.shape[0]) is not None:
+        raise ContractError(
+            f"{source}: {what} {arg.name!r} needs a dynamic batch dimension, got {arg.shape}"
+        )
+
+
 class TransformerSession:
     """A validated ONNX transformer ready to map new-model embeddings into the old space.
 
-    Thread-safe for concurrent ``map`` calls (one ORT session serves many threads).
+    Thread-safe for concurrent ``map``/``map_gallery`` calls (one ORT session serves many
+    threads).
     """
 
     def __init__(
@@ -75,60 +105,146 @@ class TransformerSession:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             raise ContractError(f"{source}: ONNX Runtime cannot load it ({reason})") from exc
         self.providers: list[str] = list(self._session.get_providers())
+        self._two_way = self._validate_graph(source)
+        self.input_dim: int = self.metadata.input_dim
+        self.output_dim: int = self.metadata.output_dim
 
-        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if len(inputs) != 1 or inputs[0].name != TRANSFORMER_INPUT:
-            names = [i.name for i in inputs]
+    def _validate_graph(self, source: str) -> bool:
+        """Names, types, ranks, batch and static dims of the graph vs the metadata.
+
+        Returns True for a two-way graph.
+        """
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        in_names, out_names = list(inputs), list(outputs)
+        two_way_inputs = [TRANSFORMER_INPUT, TRANSFORMER_GALLERY_INPUT]
+        if in_names not in ([TRANSFORMER_INPUT], two_way_inputs, two_way_inputs[::-1]):
             raise ContractError(
-                f"{source}: expected one input named {TRANSFORMER_INPUT!r}, got {names}"
+                f"{source}: expected one input named {TRANSFORMER_INPUT!r} (plus "
+                f"{TRANSFORMER_GALLERY_INPUT!r} for a two-way transformer), got {in_names}"
             )
-        if len(outputs) < 1 or outputs[0].name != TRANSFORMER_OUTPUT:
-            names = [o.name for o in outputs]
+        if TRANSFORMER_OUTPUT not in outputs:
             raise ContractError(
-                f"{source}: expected output named {TRANSFORMER_OUTPUT!r}, got {names}"
+                f"{source}: expected output named {TRANSFORMER_OUTPUT!r}, got {out_names}"
             )
-        for what, arg in (("input", inputs[0]), ("output", outputs[0])):
-            if arg.type != "tensor(float)":
-                raise ContractError(
-                    f"{source}: {what} {arg.name!r} must be float32, got {arg.type}"
+        has_gallery_in = TRANSFORMER_GALLERY_INPUT in inputs
+        has_gallery_out = TRANSFORMER_GALLERY_OUTPUT in outputs
+        if has_gallery_in != has_gallery_out:
+            have, lack = (
+                (f"input {TRANSFORMER_GALLERY_INPUT!r}", f"output {TRANSFORMER_GALLERY_OUTPUT!r}")
+                if has_gallery_in
+                else (
+                    f"output {TRANSFORMER_GALLERY_OUTPUT!r}",
+                    f"input {TRANSFORMER_GALLERY_INPUT!r}",
                 )
-            if len(arg.shape) != 2:
-                raise ContractError(
-                    f"{source}: {what} {arg.name!r} must be 2-D [batch, d], got {arg.shape}"
-                )
-            if _static_dim(arg.shape[0]) is not None:
-                raise ContractError(
-                    f"{source}: {what} {arg.name!r} needs a dynamic batch dimension, "
-                    f"got {arg.shape}"
-                )
-        graph_in = _static_dim(inputs[0].shape[1])
-        graph_out = _static_dim(outputs[0].shape[1])
+            )
+            raise ContractError(
+                f"{source}: a two-way transformer needs both gallery tensors; it has the "
+                f"{have} but not the {lack}"
+            )
+        two_way = has_gallery_in
+        checked = [("input", inputs[TRANSFORMER_INPUT]), ("output", outputs[TRANSFORMER_OUTPUT])]
+        if two_way:
+            checked += [
+                ("input", inputs[TRANSFORMER_GALLERY_INPUT]),
+                ("output", outputs[TRANSFORMER_GALLERY_OUTPUT]),
+            ]
+        for what, arg in checked:
+            _check_tensor(source, what, arg)
+
+        graph_in = _static_dim(inputs[TRANSFORMER_INPUT].shape[1])
+        graph_out = _static_dim(outputs[TRANSFORMER_OUTPUT].shape[1])
         if graph_in is None or graph_out is None:
-            shapes = f"{inputs[0].shape} -> {outputs[0].shape}"
+            shapes = f"{inputs[TRANSFORMER_INPUT].shape} -> {outputs[TRANSFORMER_OUTPUT].shape}"
             raise ContractError(f"{source}: embedding dimensions must be static, got {shapes}")
-        if (graph_in, graph_out) != (self.metadata.input_dim, self.metadata.output_dim):
+        meta = self.metadata
+        if (graph_in, graph_out) != (meta.input_dim, meta.output_dim):
             raise ContractError(
-                f"{source}: metadata says {self.metadata.input_dim} -> {self.metadata.output_dim} "
+                f"{source}: metadata says {meta.input_dim} -> {meta.output_dim} "
                 f"but the graph maps {graph_in} -> {graph_out}"
             )
-        self.input_dim: int = graph_in
-        self.output_dim: int = graph_out
+        if two_way:
+            g_in, g_out = inputs[TRANSFORMER_GALLERY_INPUT], outputs[TRANSFORMER_GALLERY_OUTPUT]
+            back = (_static_dim(g_in.shape[1]), _static_dim(g_out.shape[1]))
+            if back != (meta.output_dim, meta.input_dim):
+                raise ContractError(
+                    f"{source}: the backward map must take {TRANSFORMER_GALLERY_INPUT!r} "
+                    f"[g, {meta.output_dim}] to {TRANSFORMER_GALLERY_OUTPUT!r} "
+                    f"[g, {meta.input_dim}], got {g_in.shape} -> {g_out.shape}"
+                )
+            batch, gallery_batch = inputs[TRANSFORMER_INPUT].shape[0], g_in.shape[0]
+            if isinstance(batch, str) and batch and batch == gallery_batch:
+                raise ContractError(
+                    f"{source}: {TRANSFORMER_INPUT!r} and {TRANSFORMER_GALLERY_INPUT!r} share the "
+                    f"batch dimension {batch!r}; their batch dimensions must be independent"
+                )
+        if two_way != meta.two_way:
+            weight = (
+                f"{META_FUSION_WEIGHT} = {meta.fusion_weight}"
+                if meta.two_way
+                else f"no {META_FUSION_WEIGHT} < 1"
+            )
+            graph = "two-way (forward and backward map)" if two_way else "one-way (forward only)"
+            raise ContractError(
+                f"{source}: the graph is {graph} but the metadata has {weight}; a two-way file "
+                f"needs both gallery tensors and a fusion weight < 1, a one-way file neither"
+            )
+        return two_way
 
     def __repr__(self) -> str:
         m = self.metadata
+        way = f", two-way w={m.fusion_weight}" if self.two_way else ""
         return (
             f"TransformerSession({self.path.name!r}, {m.source_model} {self.input_dim} -> "
-            f"{m.target_model} {self.output_dim}, recipe={m.recipe!r}, sha256={self.sha256[:12]})"
+            f"{m.target_model} {self.output_dim}, recipe={m.recipe!r}{way}, "
+            f"sha256={self.sha256[:12]})"
         )
 
+    @property
+    def two_way(self) -> bool:
+        """True when the file carries the backward map (fused scoring, service.fusion)."""
+        return self._two_way
+
+    @property
+    def fusion_weight(self) -> float:
+        """Weight of the old-space score in the fused score; 1.0 for a one-way file."""
+        return float(self.metadata.fusion_weight)
+
+    def _run(self, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        (out,) = self._session.run([output], feeds)
+        return np.asarray(out, dtype=np.float32)
+
     def map_raw(self, new: np.ndarray) -> np.ndarray:
-        """The network's output as is (not normalised). For parity checks; prefer ``map``."""
+        """The forward network's output as is (not normalised). For parity checks; prefer
+        ``map``."""
         x = as_float32_matrix(new, dim=self.input_dim, name=TRANSFORMER_INPUT)
         if x.shape[0] == 0:
             return np.zeros((0, self.output_dim), dtype=np.float32)
-        (out,) = self._session.run([TRANSFORMER_OUTPUT], {TRANSFORMER_INPUT: x})
-        return np.asarray(out, dtype=np.float32)
+        feeds = {TRANSFORMER_INPUT: x}
+        if self._two_way:
+            feeds[TRANSFORMER_GALLERY_INPUT] = np.zeros((0, self.output_dim), np.float32)
+        return self._run(TRANSFORMER_OUTPUT, feeds)
 
     def map(self, new: np.ndarray) -> np.ndarray:
         """Map new-model embeddings [n, d_new] to L2-normalised old-space vectors [n, d_old]."""
         return l2_normalize(self.map_raw(new))
+
+    def map_gallery_raw(self, old: np.ndarray) -> np.ndarray:
+        """The backward network's output as is (not normalised); two-way files only."""
+        if not self._two_way:
+            raise ContractError(
+                f"transformer {self.path.name} is one-way: it has no {TRANSFORMER_GALLERY_OUTPUT!r}"
+            )
+        g = as_float32_matrix(old, dim=self.output_dim, name=TRANSFORMER_GALLERY_INPUT)
+        if g.shape[0] == 0:
+            return np.zeros((0, self.input_dim), dtype=np.float32)
+        feeds = {
+            TRANSFORMER_INPUT: np.zeros((0, self.input_dim), np.float32),
+            TRANSFORMER_GALLERY_INPUT: g,
+        }
+        return self._run(TRANSFORMER_GALLERY_OUTPUT, feeds)
+
+    def map_gallery(self, old: np.ndarray) -> np.ndarray:
+        """Map old-model gallery vectors [m, d_old] to L2-normalised new-space vectors
+        [m, d_new] (the backward map ``h`` of fused scoring)."""
+        return l2_normalize(self.map_gallery_raw(old))

@@ -63,10 +63,16 @@ class TransformerInfo:
     created_at: datetime
     note: str | None = None
     created: bool = True
+    fusion_weight: float = 1.0
 
     @property
     def active(self) -> bool:
         return self.state == STATE_ACTIVE
+
+    @property
+    def two_way(self) -> bool:
+        """A two-way file (backward map too): identify and verify use fused scores."""
+        return self.fusion_weight < 1.0
 
     @classmethod
     def from_row(
@@ -89,6 +95,7 @@ class TransformerInfo:
             created_at=row.created_at,
             note=row.note,
             created=created,
+            fusion_weight=float(row.fusion_weight),
         )
 
 
@@ -147,8 +154,12 @@ def load_transformer_session(path: Path, *, settings: ServiceSettings) -> Transf
     )
 
 
-def _score_validation_pairs(session: TransformerSession, path: Path) -> dict[str, float]:
-    """Metrics of the transformer on a pairs file (eval split when present)."""
+def _score_validation_pairs(
+    session: TransformerSession, path: Path, *, flip: bool
+) -> dict[str, float]:
+    """Metrics of the transformer on a pairs file (eval split when present), scored as the
+    service scores: fused for a two-way file; flip-averaged queries when ``flip`` and the file
+    carries ``new_flip``."""
     from service.contracts import SPLIT_EVAL, load_pairs
     from service.vectors import l2_normalize
 
@@ -167,12 +178,19 @@ def _score_validation_pairs(session: TransformerSession, path: Path) -> dict[str
         "validation_mean_cosine": float(np.mean(np.sum(mapped * old, axis=1))),
     }
     try:  # the full protocol when the (torch-free) evaluation module is installed
-        from training.evaluation.protocol import evaluate_mapping
+        from training.evaluation.protocol import evaluate_mapping, map_rows
     except ImportError:
         log.info("training.evaluation.protocol not importable; stored mean cosine only")
         return metrics
     try:
-        report = evaluate_mapping(eval_pairs=pairs, mapped=mapped)
+        rows = map_rows(
+            pairs,
+            forward=session.map,
+            backward=session.map_gallery if session.two_way else None,
+            fusion_weight=session.fusion_weight,
+            flip=flip,
+        )
+        report = evaluate_mapping(eval_pairs=pairs, mapped=rows)
     except Exception as exc:  # e.g. a pairs file without enough identities for the protocol
         log.warning("validation protocol skipped: %s", exc)
         return metrics
@@ -243,10 +261,37 @@ def validate_transformer(
         raise ContractError("transformer outputs NaN/inf on probe vectors")
     if (np.linalg.norm(raw, axis=1) == 0).any():
         raise ContractError("transformer outputs zero vectors on probe vectors")
+    if session.two_way:
+        _probe_backward_map(session, settings=settings, rng=rng)
     metrics: dict[str, float] = {}
     if settings.validation_pairs is not None:
-        metrics.update(_score_validation_pairs(session, settings.validation_pairs))
+        metrics.update(
+            _score_validation_pairs(
+                session, settings.validation_pairs, flip=settings.flip_average_queries
+            )
+        )
     return metrics
+
+
+def _probe_backward_map(
+    session: TransformerSession, *, settings: ServiceSettings, rng: np.random.Generator
+) -> None:
+    """The gallery head of a two-way file: old-space probes -> finite, non-zero [n, d_new]."""
+    probes = l2_normalize(rng.standard_normal((settings.probe_vectors, session.output_dim)))
+    try:
+        raw = session.map_gallery_raw(probes)
+    except Exception as exc:
+        raise ContractError(
+            f"transformer's gallery map fails on probe vectors ({type(exc).__name__})"
+        ) from exc
+    if raw.shape != (probes.shape[0], session.input_dim):
+        raise ContractError(
+            f"transformer's gallery map returned shape {raw.shape} for {probes.shape} probes"
+        )
+    if not np.isfinite(raw).all():
+        raise ContractError("transformer's gallery map outputs NaN/inf on probe vectors")
+    if (np.linalg.norm(raw, axis=1) == 0).any():
+        raise ContractError("transformer's gallery map outputs zero vectors on probe vectors")
 
 
 def _write_atomically(directory: Path, name: str, data: bytes) -> Path:
@@ -346,6 +391,7 @@ def upload_transformer(
             target_model=meta.target_model,
             recipe=meta.recipe,
             threshold=meta.threshold,
+            fusion_weight=session_obj.fusion_weight,
             metrics=all_metrics,
             note=note,
             state=STATE_INACTIVE,

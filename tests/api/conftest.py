@@ -129,6 +129,38 @@ def image_part(seed: int, *, name: str | None = None) -> tuple[str, tuple[str, b
     return ("image", (name or f"face-{seed}.png", png_bytes(seed), "image/png"))
 
 
+def identify_while_swapping(
+    client: TestClient, *, versions: list[str], seeds: list[int], rounds: int = 8
+) -> list[Any]:
+    """Hammer /v1/identify (one thread per seed) while activating ``versions[1]``,
+    ``versions[0]``, ``versions[1]``, ... every 0.1 s (``versions[0]`` active at the start).
+    Returns every response."""
+    import threading
+    import time
+
+    responses: list[Any] = []
+    stop = threading.Event()
+
+    def hammer(seed: int) -> None:
+        while not stop.is_set():
+            responses.append(client.post("/v1/identify", files=[image_part(seed)], headers=ADMIN))
+
+    threads = [threading.Thread(target=hammer, args=(seed,)) for seed in seeds]
+    for thread in threads:
+        thread.start()
+    try:
+        for round_ in range(rounds):
+            time.sleep(0.1)
+            target = versions[(round_ + 1) % len(versions)]
+            swapped = client.post(f"/v1/admin/transformers/{target}/activate", headers=ADMIN)
+            assert swapped.status_code == 200, swapped.text
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return responses
+
+
 @pytest.fixture
 def enrolled(
     client: TestClient, keys: dict[str, dict[str, str]], active_version: str

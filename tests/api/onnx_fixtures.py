@@ -2,7 +2,8 @@
 
 The backbone flattens a 112 x 112 x 3 crop and multiplies it by a fixed random matrix, so
 different images give different embeddings and the same image the same one. A transformer is a
-single MatMul with the facebridge metadata contract.
+single MatMul with the facebridge metadata contract; a two-way one adds a second MatMul (the
+backward map, ``gallery_old_embedding -> gallery_new_embedding``) and a fusion weight < 1.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.contracts import TRANSFORMER_INPUT, TRANSFORMER_OUTPUT, TransformerMetadata
+from service.contracts import (
+    TRANSFORMER_GALLERY_INPUT,
+    TRANSFORMER_GALLERY_OUTPUT,
+    TRANSFORMER_INPUT,
+    TRANSFORMER_OUTPUT,
+    TransformerMetadata,
+)
 
 TINY_BACKBONE_ID = "tiny-backbone-16"
 TINY_OLD_MODEL_ID = "tiny-old-16"
@@ -72,16 +79,49 @@ def write_matrix_transformer(
     target_model: str = TINY_OLD_MODEL_ID,
     recipe: str = "test-matrix",
     threshold: float | None = 0.5,
+    backward: np.ndarray | None = None,
+    fusion_weight: float | None = None,
+    gallery_output: bool = True,
+    gallery_batch: str = "gallery",
 ) -> Path:
-    """A transformer ONNX file computing ``new @ matrix`` with valid facebridge metadata."""
+    """A transformer ONNX file computing ``new @ matrix`` with facebridge metadata.
+
+    ``backward`` [d_old, d_new] makes it two-way: ``gallery_new_embedding = gallery_old_embedding
+    @ backward``, metadata fusion weight ``fusion_weight`` (default 0.9; 1.0 without
+    ``backward``). ``gallery_output=False`` / ``gallery_batch="batch"`` / a one-way file with a
+    weight < 1 build the off-contract files the contract tests need.
+    """
     matrix = np.asarray(matrix, dtype=np.float32)
     d_in, d_out = matrix.shape
+    nodes = [helper.make_node("MatMul", [TRANSFORMER_INPUT, "w"], [TRANSFORMER_OUTPUT])]
+    inputs = [helper.make_tensor_value_info(TRANSFORMER_INPUT, TensorProto.FLOAT, ["batch", d_in])]
+    outputs = [
+        helper.make_tensor_value_info(TRANSFORMER_OUTPUT, TensorProto.FLOAT, ["batch", d_out])
+    ]
+    initializers = [numpy_helper.from_array(matrix, "w")]
+    if backward is not None:
+        back = np.asarray(backward, dtype=np.float32)
+        inputs.append(
+            helper.make_tensor_value_info(
+                TRANSFORMER_GALLERY_INPUT, TensorProto.FLOAT, [gallery_batch, back.shape[0]]
+            )
+        )
+        initializers.append(numpy_helper.from_array(back, "w_back"))
+        if gallery_output:
+            nodes.append(
+                helper.make_node(
+                    "MatMul", [TRANSFORMER_GALLERY_INPUT, "w_back"], [TRANSFORMER_GALLERY_OUTPUT]
+                )
+            )
+            outputs.append(
+                helper.make_tensor_value_info(
+                    TRANSFORMER_GALLERY_OUTPUT, TensorProto.FLOAT, [gallery_batch, back.shape[1]]
+                )
+            )
+    if fusion_weight is None:
+        fusion_weight = 0.9 if backward is not None else 1.0
     graph = helper.make_graph(
-        [helper.make_node("MatMul", [TRANSFORMER_INPUT, "w"], [TRANSFORMER_OUTPUT])],
-        "matrix_transformer",
-        [helper.make_tensor_value_info(TRANSFORMER_INPUT, TensorProto.FLOAT, ["batch", d_in])],
-        [helper.make_tensor_value_info(TRANSFORMER_OUTPUT, TensorProto.FLOAT, ["batch", d_out])],
-        initializer=[numpy_helper.from_array(matrix, "w")],
+        nodes, "matrix_transformer", inputs, outputs, initializer=initializers
     )
     model = helper.make_model(graph, opset_imports=_OPSET)
     model.ir_version = _IR_VERSION
@@ -93,6 +133,7 @@ def write_matrix_transformer(
         recipe=recipe,
         created_at="2026-01-01T00:00:00Z",
         threshold=threshold,
+        fusion_weight=fusion_weight,
     )
     for key, value in meta.to_props().items():
         entry = model.metadata_props.add()

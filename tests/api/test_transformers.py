@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from .conftest import ADMIN, assert_problem, upload_transformer
+from .conftest import ADMIN, assert_problem, identify_while_swapping, upload_transformer
 
 
 def _active(client: TestClient) -> str | None:
@@ -111,36 +111,14 @@ def test_hot_swap_while_identifying_never_fails(
     client: TestClient, transformer_files: dict[str, Path]
 ) -> None:
     """In-process twin of the e2e hot-swap test (runs without the kit)."""
-    import threading
-    import time
-
-    from .conftest import image_part
-
     versions = [
         upload_transformer(client, transformer_files[name], activate=name == "a").json()["version"]
         for name in ("a", "b")
     ]
-    outcomes: list[tuple[int, str | None]] = []
-    stop = threading.Event()
-
-    def hammer(seed: int) -> None:
-        while not stop.is_set():
-            response = client.post("/v1/identify", files=[image_part(seed)], headers=ADMIN)
-            version = response.json()["results"][0]["transformer"] if response.is_success else None
-            outcomes.append((response.status_code, version))
-
-    threads = [threading.Thread(target=hammer, args=(seed,)) for seed in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
-        for round_ in range(8):
-            time.sleep(0.1)
-            target = versions[(round_ + 1) % 2]
-            swapped = client.post(f"/v1/admin/transformers/{target}/activate", headers=ADMIN)
-            assert swapped.status_code == 200
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+    responses = identify_while_swapping(client, versions=versions, seeds=[0, 1, 2])
+    outcomes = [
+        (r.status_code, r.json()["results"][0]["transformer"] if r.is_success else None)
+        for r in responses
+    ]
     assert outcomes and all(status == 200 for status, _ in outcomes), outcomes[:5]
     assert {version for _, version in outcomes} <= set(versions)

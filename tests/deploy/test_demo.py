@@ -10,12 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.contracts import load_pairs
 from training.demo import (
+    CACHE_DIR,
     N_EXAMPLES,
+    STATE_FILE,
     SYNTHETIC_BANNER,
     DemoState,
+    FlipCache,
     SyntheticSpec,
+    _reset_data_dir,
     build_demo,
+    cached_new_flip,
     curl_commands,
     print_summary,
     settings_from_env,
@@ -107,6 +113,11 @@ def test_synthetic_demo_builds_verifies_and_is_idempotent(
     assert state.gallery["imported"] == state.gallery["templates"] + state.gallery["distractors"]
     assert state.gallery["templates"] == SMALL_SPEC.eval_identities
     assert state.gallery["distractors"] == SMALL_SPEC.distractors
+    # Extraction wrote new_flip, so the threshold and the metrics come from flip-averaged queries.
+    pairs = load_pairs(data_dir / "pairs.npz")
+    assert pairs.new_flip is not None
+    assert state.new_flip == {"rows": len(pairs), "computed": len(pairs)}
+    assert state.transformer["queries"] == "flip-averaged"
     _check_examples(state, recheck=False)  # the kit test re-checks through the app
 
     # The summary says SYNTHETIC and prints ready-to-paste curl commands with the demo key.
@@ -133,14 +144,88 @@ def test_demo_refuses_a_foreign_directory(tmp_path: Path) -> None:
     assert (tmp_path / "precious.txt").is_file()
 
 
+def test_rebuild_keeps_the_flip_cache(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo-data"
+    (data_dir / CACHE_DIR).mkdir(parents=True)
+    (data_dir / CACHE_DIR / "new_flip.npz").write_bytes(b"kept")
+    (data_dir / "models").mkdir()
+    (data_dir / "models" / "transformer.onnx").write_bytes(b"old build")
+    (data_dir / STATE_FILE).write_text("{}")
+    _reset_data_dir(data_dir)
+    assert [p.name for p in data_dir.iterdir()] == [CACHE_DIR]
+    assert (data_dir / CACHE_DIR / "new_flip.npz").read_bytes() == b"kept"
+
+
+def _mirror_reference(manifest: Path, images: Path, paths: list[str]) -> np.ndarray:
+    """Naive reference: each crop mirrored by hand and embedded alone."""
+    from service.inference.backbone import OnnxBackbone
+    from service.inference.images import read_image_file
+
+    backbone = OnnxBackbone(manifest)
+    return np.concatenate(
+        [backbone.embed(read_image_file(images / p)[:, ::-1].copy()) for p in paths]
+    )
+
+
+@pytest.mark.kit
+def test_flip_cache_computes_only_missing_rows(kit_dir: Path, tmp_path: Path) -> None:
+    from service.kit import kit_backbone_manifest, kit_pairs_path
+
+    kit = load_pairs(kit_pairs_path(kit_dir)).take(np.arange(0, 6939, 1000))  # 7 rows
+    images, manifest = kit_dir / "lfw" / "aligned", kit_backbone_manifest(kit_dir)
+    options = {"images_dir": images, "backbone_manifest": manifest, "progress": False}
+    first, computed = cached_new_flip(pairs=kit.take(np.arange(4)), cache_dir=tmp_path, **options)
+    assert computed == 4
+    both, computed = cached_new_flip(pairs=kit, cache_dir=tmp_path, **options)
+    assert computed == 3  # the first four came from the cache
+    np.testing.assert_array_equal(both[:4], first)
+    assert kit.path is not None
+    reference = _mirror_reference(manifest, images, kit.path.tolist())
+    assert (both * reference).sum(1).min() > 0.9999
+    # Another image folder (or backbone) is another key: nothing is reused.
+    other = tmp_path / "other-images"
+    for path in kit.path.tolist():
+        (other / path).parent.mkdir(parents=True, exist_ok=True)
+        (other / path).write_bytes((images / path).read_bytes())
+    _, computed = cached_new_flip(pairs=kit, cache_dir=tmp_path, **{**options, "images_dir": other})
+    assert computed == len(kit)
+
+
 @pytest.mark.kit
 @pytest.mark.slow
 def test_kit_demo_examples_come_back_as_the_right_person(
     kit_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The kit demo (default recipe, as `make demo` runs it): real eval probes -> right person."""
-    state = build_demo(data_dir=tmp_path / "demo-data", progress=False, quiet=True)
+    """The kit demo (default recipe, as `make demo` runs it): real eval probes -> right person.
+
+    new_flip of all 6,939 kit crops takes minutes: the test seeds the demo's cache with
+    STAND-INS (the plain vectors) for all but every 100th row, so the demo embeds only those
+    (the cached path and the computing path both run; the figures are then plain-query ones)."""
+    from service.kit import kit_backbone_manifest, kit_pairs_path
+
+    data_dir = tmp_path / "demo-data"
+    kit = load_pairs(kit_pairs_path(kit_dir))
+    assert kit.path is not None
+    fresh = np.zeros(len(kit), bool)
+    fresh[::100] = True
+    images = kit_dir / "lfw" / "aligned"
+    cache = FlipCache.for_backbone(
+        cache_dir=data_dir / CACHE_DIR,
+        images_dir=images,
+        backbone_manifest=kit_backbone_manifest(kit_dir),
+    )
+    cache.write(dict(zip(kit.path[~fresh].tolist(), kit.new[~fresh], strict=True)))
+    state = build_demo(data_dir=data_dir, progress=False, quiet=True)
     assert state.source == "kit"
+    assert state.new_flip == {"rows": len(kit), "computed": int(fresh.sum())}
+    assert state.transformer["queries"] == "flip-averaged"
+    demo_pairs = load_pairs(data_dir / "pairs.npz")
+    assert demo_pairs.new_flip is not None
+    np.testing.assert_array_equal(demo_pairs.path, kit.path)
+    np.testing.assert_array_equal(demo_pairs.new_flip[~fresh], kit.new[~fresh])
+    some = np.flatnonzero(fresh)[:3]
+    reference = _mirror_reference(kit_backbone_manifest(kit_dir), images, kit.path[some].tolist())
+    assert (demo_pairs.new_flip[some] * reference).sum(1).min() > 0.9999
     assert state.gallery["templates"] == 414 and state.gallery["distractors"] == 1017
     for example in state.examples:
         folder = "aligned" if example.kind == "aligned" else "photos"

@@ -207,11 +207,15 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
     import numpy as np
 
     pytest.importorskip("torch", reason="fitting the e2e transformers needs the train extra")
+    from dataclasses import replace
+
     from api.onnx_fixtures import random_rotation, write_matrix_transformer
 
     from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
+    from service.inference.backbone import OnnxBackbone
     from service.inference.transformer import TransformerSession
-    from training.evaluation.protocol import build_gallery_and_probes, evaluate_mapping
+    from training.data.flip import mirrored_embeddings
+    from training.evaluation.protocol import build_gallery_and_probes, evaluate_mapping, map_rows
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_transformer
 
@@ -230,15 +234,38 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
         name=names[gallery_rows],
         path=evaluation.path[gallery_rows],
     )
-    fitted = fit_transformer(pairs=bridge, recipe="ridge", progress=False)
-    ridge = root / "ridge.onnx"
+    manifest = kit_dir / "models" / "mobilefacenet.json"
+    # The service flip-averages queries by default: the offline side needs e(mirror(crop)) of the
+    # probes. Only probe rows are queries; the other rows keep new_flip = new (never read).
+    probe_flip, _ = mirrored_embeddings(
+        pairs=evaluation.take(probe_rows),
+        images_dir=kit_dir / "lfw" / "aligned",
+        backbone=OnnxBackbone(manifest),
+        progress=False,
+    )
+    new_flip = np.array(evaluation.new, dtype=np.float32)
+    new_flip[probe_rows] = probe_flip
+    evaluation = replace(evaluation, new_flip=new_flip)
+    # The default recipe: two-way (forward + backward map), scored fused by the service.
+    fitted = fit_transformer(pairs=bridge, recipe="default", progress=False)
+    default = root / "default.onnx"
     metadata = default_metadata(
         fitted, source_model=KIT_NEW_MODEL_ID, target_model=KIT_OLD_MODEL_ID
     )
-    export_transformer(fitted, ridge, metadata=metadata)
+    export_transformer(fitted, default, metadata=metadata)
+    session = TransformerSession(default)
+    assert session.two_way
     report = evaluate_mapping(
-        eval_pairs=evaluation, mapped=TransformerSession(ridge).map(evaluation.new)
+        eval_pairs=evaluation,
+        mapped=map_rows(
+            evaluation,
+            forward=session.map,
+            backward=session.map_gallery,
+            fusion_weight=session.fusion_weight,
+            flip=True,
+        ),
     )
+    assert report.queries == "flip-averaged"
     # A second valid version for the hot-swap test only (its accuracy is irrelevant there).
     rotation = write_matrix_transformer(
         root / "rotation.onnx",
@@ -247,10 +274,10 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
         target_model=KIT_OLD_MODEL_ID,
         recipe="random-rotation",
     )
-    transformers = {"ridge": ridge, "rotation": rotation}
-    offline_top1 = {"ridge": float(report.row("mapped").top1)}
+    transformers = {"default": default, "rotation": rotation}
+    offline_top1 = {"default": float(report.row("mapped").top1)}
     return KitAssets(
-        manifest=kit_dir / "models" / "mobilefacenet.json",
+        manifest=manifest,
         aligned_dir=kit_dir / "lfw" / "aligned",
         gallery_npz=gallery_npz,
         gallery_size=len(gallery_rows),
@@ -272,7 +299,7 @@ def kit_server(
     kit_assets: KitAssets, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KitServer]:
     """One server on SQLite with the kit backbone, the eval gallery imported over HTTP, and both
-    transformers uploaded (ridge active). Shared by the kit tests."""
+    transformers uploaded (default active). Shared by the kit tests."""
     from service.contracts import KIT_OLD_MODEL_ID
 
     workdir = tmp_path_factory.mktemp("kit-server")
@@ -286,7 +313,7 @@ def kit_server(
             report = import_gallery(client, kit_assets.gallery_npz)
             assert report["faces_added"] == kit_assets.gallery_size
             versions = {
-                recipe: upload_transformer(client, path, activate=recipe == "ridge")["version"]
+                recipe: upload_transformer(client, path, activate=recipe == "default")["version"]
                 for recipe, path in kit_assets.transformers.items()
             }
         yield KitServer(server=server, versions=versions)

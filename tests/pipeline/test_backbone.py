@@ -120,3 +120,48 @@ def test_kit_mobilefacenet_reproduces_the_kit_new_vectors(
     bad.write_text(json.dumps(wrong))
     with pytest.raises(ContractError, match="manifest says NCHW"):
         OnnxBackbone(bad)
+
+
+class _CountingSession:
+    """Wraps an ORT session and records the batch size of every ``run``."""
+
+    def __init__(self, session: object) -> None:
+        self._session = session
+        self.batches: list[int] = []
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.batches.extend(v.shape[0] for v in feeds.values())
+        return self._session.run(output_names, feeds)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._session, name)
+
+
+@pytest.mark.parametrize(("n", "batch_size", "runs"), [(1, 1, [2]), (3, 8, [6]), (3, 4, [4, 2])])
+def test_flip_average_matches_a_naive_reference_in_shared_runs(
+    tmp_path: Path, tiny_backbone: TinyBackboneFactory, n: int, batch_size: int, runs: list[int]
+) -> None:
+    """Each crop and its left-right mirror go through the SAME ORT run (one run for a single
+    image); the result is normalise(unit(e(x)) + unit(e(mirror x)))."""
+    manifest_path = tiny_backbone(layout="NHWC", dim=8)
+    weight = build_tiny_backbone(tmp_path / "tiny.onnx", layout="NHWC", dim=8)
+    backbone = OnnxBackbone(manifest_path, batch_size=batch_size)
+    counting = _CountingSession(backbone._session)
+    backbone._session = counting  # type: ignore[assignment]
+    batch = crops(n, seed=5)
+
+    def naive_unit(images: np.ndarray) -> np.ndarray:
+        x = (images.astype(np.float32) - 127.5) / 127.5
+        pooled = x.reshape(len(images), 28, 4, 28, 4, 3).mean(axis=(2, 4))
+        out = pooled.transpose(0, 3, 1, 2).reshape(len(images), -1) @ weight
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    mirrored = batch[:, :, ::-1, :]  # [N, H, W, 3]: mirror along the width axis
+    summed = naive_unit(batch) + naive_unit(mirrored)
+    expected = summed / np.linalg.norm(summed, axis=1, keepdims=True)
+    got = backbone.embed(batch, flip_average=True)
+    assert counting.batches == runs
+    assert got.shape == (n, 8) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(got, backbone.embed(batch), atol=1e-3)  # the mirror changes it
+    assert backbone.embed(np.empty((0, 112, 112, 3), np.uint8), flip_average=True).shape == (0, 8)

@@ -59,11 +59,23 @@ def test_mixed_adds_and_removals_stay_consistent(index_type):
             assert index.search(q, k=5)[0].ids.tolist() == brute_force(reference, q, 5)
     for face_id in list(reference)[:5]:  # every index returns a stored vector as its own top-1
         assert index.search(reference[face_id], k=1)[0].ids.tolist() == [face_id]
+    # What fused re-scoring reads: the stored vectors of given ids / of the search's hits.
+    some = sorted(reference)[::7]
+    held = index.reconstruct_many(some)
+    np.testing.assert_allclose(held, np.stack([reference[i] for i in some]), atol=1e-6)
+    for hits in index.search(unit_vectors(3, DIM, seed=4), k=20, with_vectors=True):
+        assert hits.vectors is not None and hits.vectors.shape == (len(hits.ids), DIM)
+        expected = np.stack([reference[int(i)] for i in hits.ids])
+        np.testing.assert_allclose(hits.vectors, expected, atol=1e-6)
+    with pytest.raises(KeyError):
+        index.reconstruct_many([some[0], int(gone[0])])
 
 
 def test_search_filters_padding_when_k_exceeds_ntotal():
     index = GalleryIndex(dim=DIM)
     assert index.search(unit_vectors(2, DIM), k=3)[0].ids.size == 0  # empty gallery
+    empty = index.search(unit_vectors(2, DIM), k=3, with_vectors=True)[0]
+    assert empty.vectors is not None and empty.vectors.shape == (0, DIM)
     index.add(ids=[5, 6], vectors=unit_vectors(2, DIM))
     hits = index.search(unit_vectors(1, DIM, seed=3), k=10)[0]
     assert sorted(hits.ids.tolist()) == [5, 6] and np.isfinite(hits.scores).all()
@@ -82,6 +94,9 @@ def test_save_and_load_round_trip(tmp_path, index_type):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     loaded = GalleryIndex.load(path, index_type=index_type)
     assert loaded.ids() == index.ids() and loaded.ntotal == 197
+    np.testing.assert_array_equal(
+        loaded.reconstruct_many([200, 1, 6]), unit_vectors(200, DIM)[[199, 0, 5]]
+    )
     with pytest.raises(ContractError):
         GalleryIndex.load(path, index_type="flat" if index_type != "flat" else "hnsw")
 

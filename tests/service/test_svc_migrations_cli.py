@@ -26,7 +26,7 @@ def test_migrated_schema_matches_the_models(env):
     with env.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0001"
+        assert context.get_current_revision() == "0002"
         assert set(sa.inspect(conn).get_table_names()) >= TABLES
         generation = conn.execute(sa.text("select generation from registry_state")).scalar()
     assert generation == 0
@@ -50,6 +50,29 @@ def test_alembic_cli_reads_the_url_from_settings(tmp_path):
     finally:
         engine.dispose()
     upgrade_database(url=f"sqlite:///{db}")  # idempotent: already at head
+
+
+def test_upgrade_keeps_stored_transformers_one_way(tmp_path):
+    """0001 -> 0002 adds transformer_versions.fusion_weight; rows stored before are one-way."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade_database(url=url, revision="0001")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO transformer_versions (version, sha256, file_name, size_bytes, "
+                    "input_dim, output_dim, source_model, target_model, recipe, metrics, state, "
+                    "created_at) VALUES ('t-1', 'ab', 'ab.onnx', 1, 4, 3, 'n', 'o', 'ridge', "
+                    "'{}', 'inactive', '2026-01-01 00:00:00')"
+                )
+            )
+        upgrade_database(url=url)
+        with engine.connect() as conn:
+            weight = conn.execute(sa.text("select fusion_weight from transformer_versions"))
+            assert weight.scalar_one() == 1.0
+    finally:
+        engine.dispose()
 
 
 def test_cli_commands_work_on_the_database(tmp_path, monkeypatch, capsys):

@@ -50,6 +50,14 @@ def extract_command(
         int, typer.Option(help="dlib detector upsampling (0 = as the kit; 1 finds small faces)")
     ] = 0,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    new_flip: Annotated[
+        bool,
+        typer.Option(
+            "--new-flip/--no-new-flip",
+            help="also store new_flip: the new model's embedding of each crop mirrored "
+            "(same backbone call; for flip-averaged queries)",
+        ),
+    ] = True,
 ) -> None:
     """Embed every image with both models; resumable (rerun the same command after a stop)."""
     from training.data.extract import extract_pairs
@@ -71,6 +79,7 @@ def extract_command(
         eval_fraction=eval_fraction,
         detector_upsample=upsample,
         progress=progress,
+        new_flip=new_flip,
     )
     if result.chunks_done_before:
         typer.echo(f"resumed: {result.chunks_done_before} chunk(s) were already done")
@@ -82,3 +91,49 @@ def extract_command(
         typer.echo(f"skipped {len(result.skipped)} image(s), e.g.:")
         for relpath, reason in result.skipped[:5]:
             typer.echo(f"  {relpath}: {reason}")
+
+
+@app.command("add-flip")
+def add_flip_command(
+    pairs: Annotated[Path, typer.Option(help="an existing pairs file (never written to)")],
+    images: Annotated[
+        Path,
+        typer.Option(help="the images of its rows: DIR/<path> (112x112 crops, or photos)"),
+    ],
+    backbone: Annotated[
+        Path, typer.Option(help="the NEW model's backbone manifest (.json), the one that made new")
+    ],
+    output: Annotated[Path, typer.Option(help="pairs file to write: NAME.npz or a directory")],
+    split: Annotated[
+        str,
+        typer.Option(help="which rows to keep and embed: bridge, eval or all"),
+    ] = "all",
+    batch: Annotated[int, typer.Option(help="images per ONNX Runtime call")] = 64,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Write OUTPUT = the (selected) rows of PAIRS + new_flip (each image mirrored, embedded)."""
+    from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL
+    from service.errors import InvalidInput
+    from training.data.flip import add_flip
+
+    choices = {"all": None, SPLIT_BRIDGE: SPLIT_BRIDGE, SPLIT_EVAL: SPLIT_EVAL}
+    if split not in choices:
+        raise InvalidInput(f"--split must be one of {', '.join(choices)}, got {split!r}")
+    result = add_flip(
+        pairs_path=pairs,
+        images_dir=images,
+        backbone_manifest=backbone,
+        output=output,
+        split=choices[split],
+        batch_size=batch,
+        threads=threads,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    note = " (the input's new_flip was recomputed)" if result.replaced else ""
+    typer.echo(
+        f"wrote {result.rows} rows with new_flip to {result.output}{note} "
+        f"in {result.seconds:.1f} s ({result.rows_per_second:.1f} images/s)"
+    )

@@ -8,13 +8,17 @@ or ``dlib`` (the face_recognition library's descriptor, which needs the photo + 
 - ``aligned=True``: the images are already 112 x 112 crops (the kit's ``aligned/``) and go
   straight to ONNX sides. A dlib side then needs the photos: ``photos_dir`` with the same
   relative paths (the kit's ``photos/``).
+- ``new_flip=True`` (default): every row also gets ``new_flip``, the new backbone's embedding of
+  the row's crop mirrored left-right, from the same backbone call as ``new``
+  (:func:`training.data.flip.embed_with_mirror`); see service.contracts.PairsSet.
 
 Work is done in chunks of images written atomically to ``<output>.chunks/``; a restarted run
-skips finished chunks (no duplicated rows) and refuses to mix settings. When all chunks exist
-they are joined and written with :func:`service.contracts.save_pairs` (``.npz`` for a path ending
-in .npz, else a directory of ``.npy``). Vectors are stored as the models give them: ONNX sides
-come from :class:`OnnxBackbone` (normalised there, its one place), dlib raw (norm ~1.4); training
-normalises both sides once at load. Torch-free.
+skips finished chunks (no duplicated rows) and refuses to mix settings (a run started without
+``new_flip`` is finished with ``new_flip=False``, never mixed with chunks that have it). When all
+chunks exist they are joined and written with :func:`service.contracts.save_pairs` (``.npz`` for
+a path ending in .npz, else a directory of ``.npy``). Vectors are stored as the models give
+them: ONNX sides come from :class:`OnnxBackbone` (normalised there, its one place), dlib raw
+(norm ~1.4); training normalises both sides once at load. Torch-free.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, save_pairs
+from service.contracts import PAIRS_NEW_FLIP, SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, save_pairs
 from service.errors import ContractError, FacebridgeError, ImageError, InvalidInput
 from service.inference.align import ARCFACE_SIZE, alignment_matrix, warp_affine
 from service.inference.backbone import OnnxBackbone
 from service.inference.detect import DetectedFace, DlibDetector
 from service.inference.faces import is_aligned_crop
 from service.inference.images import read_image_file
+from training.data.flip import embed_with_mirror
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 AUGMENTATIONS = ("flip", "shift")
@@ -151,6 +156,10 @@ class OnnxSide:
         if not samples:
             return np.empty((0, self.output_dim), np.float32)
         return self.backbone.embed(np.stack([s.crop for s in samples]))
+
+    def embed_samples_with_mirror(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+        """(e(crop), e(mirror(crop))): one backbone call for both (``new_flip``)."""
+        return embed_with_mirror(self.backbone, np.stack([s.crop for s in samples]))
 
 
 class DlibSide:
@@ -337,6 +346,17 @@ def _check_or_write_state(chunk_dir: Path, state: dict[str, Any]) -> None:
         previous = json.loads(path.read_text())
         if previous != state:
             diff = sorted(k for k in set(previous) | set(state) if previous.get(k) != state.get(k))
+            if diff == [PAIRS_NEW_FLIP]:  # one line that says exactly what to do
+                how = (
+                    "started with new_flip: finish it with --new-flip"
+                    if previous.get(PAIRS_NEW_FLIP)
+                    else "started without new_flip (chunks never mix): finish it with "
+                    "--no-new-flip, then add new_flip with `facebridge pairs add-flip`"
+                )
+                raise ContractError(
+                    f"{chunk_dir} holds an interrupted run {how}; or delete that folder to "
+                    "start over"
+                )
             raise ContractError(
                 f"{chunk_dir} holds an interrupted run with different settings "
                 f"({', '.join(diff)}); rerun with the same options, or delete that folder "
@@ -391,6 +411,7 @@ def _embed_chunk(
     batch_size: int,
     with_faces: bool,
     eval_fraction: float,
+    new_flip: bool = False,
 ) -> dict[str, np.ndarray]:
 
     def embed(side: Side, role: str) -> np.ndarray:
@@ -404,9 +425,27 @@ def _embed_chunk(
         ]
         return np.concatenate(parts)
 
+    def embed_with_flip(side: OnnxSide) -> tuple[np.ndarray, np.ndarray]:
+        """Each batch's crops and their mirrors in one backbone call."""
+        if not samples:
+            empty = np.empty((0, side.output_dim), np.float32)
+            return empty, empty.copy()
+        parts = [
+            side.embed_samples_with_mirror(samples[start : start + batch_size])
+            for start in range(0, len(samples), batch_size)
+        ]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([f for _, f in parts])
+
+    flip_arrays: dict[str, np.ndarray] = {}
+    if new_flip:
+        assert isinstance(new, OnnxSide)  # checked in extract_pairs
+        new_vectors, flip_arrays[PAIRS_NEW_FLIP] = embed_with_flip(new)
+    else:
+        new_vectors = embed(new, "new")
     arrays: dict[str, np.ndarray] = {
         "old": embed(old, "old"),
-        "new": embed(new, "new"),
+        "new": new_vectors,
+        **flip_arrays,
         "label": np.array([s.record.label for s in samples], dtype=np.int64),
         "name": np.array([s.record.identity for s in samples], dtype=str),
         "path": np.array([s.record.relpath for s in samples], dtype=str),
@@ -444,8 +483,12 @@ def extract_pairs(
     detector_upsample: int = 0,
     progress: bool = True,
     stop_after_chunks: int | None = None,
+    new_flip: bool = True,
 ) -> ExtractionResult:
     """Extract old/new pairs for every image under ``images_dir`` (see module docstring).
+
+    ``new_flip`` also stores the new model's embedding of every row's crop mirrored (the new side
+    must be an ONNX backbone); it costs one more backbone run per row on the new side.
 
     ``stop_after_chunks`` stops after writing that many NEW chunks (to test resumption) and
     returns without joining. Raises :class:`InvalidInput` / :class:`ContractError` on bad options.
@@ -465,6 +508,11 @@ def extract_pairs(
         raise InvalidInput(
             "dlib embeds photos with its own alignment, not 112x112 crops: with --aligned pass "
             "--photos DIR (the photos under the same relative paths, e.g. the kit's photos/)"
+        )
+    if new_flip and new == DLIB_SPEC:
+        raise InvalidInput(
+            "new_flip embeds the mirrored 112x112 crop with the new ONNX backbone; the new side "
+            "is dlib: pass --no-new-flip"
         )
     records = list_image_folder(images_root, limit=limit)
     detector: DlibDetector | None = None
@@ -501,6 +549,8 @@ def extract_pairs(
         "shift_fraction": SHIFT_FRACTION,
         "eval_fraction": eval_fraction,
     }
+    if new_flip:  # absent when off, so a run started before new_flip existed still resumes
+        settings[PAIRS_NEW_FLIP] = True
     state = _state(records, settings)
     _check_or_write_state(chunk_dir, state)
     n_chunks = (len(records) + chunk_size - 1) // chunk_size
@@ -539,6 +589,7 @@ def extract_pairs(
                 batch_size=batch_size,
                 with_faces=with_faces,
                 eval_fraction=eval_fraction,
+                new_flip=new_flip,
             )
             if skipped:
                 with skipped_file.open("a") as fh:
@@ -579,8 +630,17 @@ def extract_pairs(
 
 def _join_chunks(chunk_dir: Path, n_chunks: int) -> PairsSet:
     parts: dict[str, list[np.ndarray]] = {}
+    keys: set[str] | None = None
     for k in range(n_chunks):
-        with np.load(_chunk_path(chunk_dir, k), allow_pickle=False) as z:
+        path = _chunk_path(chunk_dir, k)
+        with np.load(path, allow_pickle=False) as z:
+            if keys is not None and set(z.files) != keys:
+                odd = sorted(keys ^ set(z.files))
+                raise ContractError(
+                    f"{path} differs from the earlier chunks in {', '.join(odd)}: chunks of "
+                    f"different runs are never mixed; delete {chunk_dir} and extract again"
+                )
+            keys = set(z.files)
             for key in z.files:
                 parts.setdefault(key, []).append(z[key])
     arrays = {key: np.concatenate(values) for key, values in parts.items()}
@@ -588,7 +648,7 @@ def _join_chunks(chunk_dir: Path, n_chunks: int) -> PairsSet:
         raise ImageError(
             f"no usable image: every image was skipped (see {chunk_dir / 'skipped.jsonl'})"
         )
-    named = ("old", "new", "label", "name", "path", "split")
+    named = ("old", "new", "label", "name", "path", "split", PAIRS_NEW_FLIP)
     return PairsSet(
         old=arrays["old"],
         new=arrays["new"],
@@ -597,6 +657,7 @@ def _join_chunks(chunk_dir: Path, n_chunks: int) -> PairsSet:
         path=arrays["path"],
         split=arrays.get("split"),
         extra={k: v for k, v in arrays.items() if k not in named},
+        new_flip=arrays.get(PAIRS_NEW_FLIP),
     )
 
 

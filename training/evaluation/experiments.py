@@ -81,6 +81,8 @@ class ExperimentConfig(BaseModel):
     device: str = "cpu"
     threads: int = Field(DEFAULT_THREADS, ge=1)
     closed_set: bool = True
+    # flip-averaged queries when the pairs carry new_flip (what the service sends); False = plain
+    flip: bool = True
     base: dict[str, Any] = {}
     runs: list[RunConfig] = Field(min_length=1)
     notes: list[str] = []
@@ -250,7 +252,6 @@ def _run_all(
     )
     reference = evaluate_mapping(eval_pairs=data.evaluation, mapped=None)
     train = normalized_pairs(data.bridge)
-    eval_new = normalized_pairs(data.evaluation).new
     jobs = [(run, seed) for run in config.runs for seed in config.seeds]
     results: list[RunResult] = []
     bar = tqdm(jobs, desc=f"experiments {config.name}", unit="run", disable=not progress)
@@ -266,9 +267,15 @@ def _run_all(
                 progress=False,
                 threads=config.threads,
             )
-            report = evaluate_mapping(eval_pairs=data.evaluation, mapped=fitted.transform(eval_new))
+            # scored as the service scores: the run's queries, two-way fused when fitted so
+            report = evaluate_mapping(
+                eval_pairs=data.evaluation,
+                mapped=fitted.map_rows(data.evaluation, flip=config.flip),
+            )
             closed = (
-                closed_set_report(fit_pairs=data.bridge, mapped=fitted.transform(train.new))
+                closed_set_report(
+                    fit_pairs=data.bridge, mapped=fitted.map_rows(data.bridge, flip=config.flip)
+                )
                 if config.closed_set
                 else None
             )
@@ -349,6 +356,8 @@ def summarise(results: ExperimentResults) -> list[dict[str, Any]]:
             return float(np.mean(kept)) if kept else None
 
         reports: list[EvaluationReport] = [r.report for r in ok if r.report is not None]
+        row["queries"] = reports[0].queries if reports else None
+        row["scoring"] = reports[0].scoring if reports else None
         for metric in ("top1", "top5", "tar_at_far_1e3"):
             row[metric] = mean([getattr(rep.row(ROW_MAPPED), metric) for rep in reports])
         top1s = [rep.row(ROW_MAPPED).top1 for rep in reports]

@@ -6,14 +6,22 @@
   top-1, top-5, TAR@FAR=1e-3 (percent), the compatibility criterion and the gap closed.
 - :func:`closed_set_report` is the same computation on the identities a transformer was fitted
   on: the original study's (optimistic) figure, labelled as such, never the headline.
+- :func:`map_rows` runs a transformer over an evaluated set the way the service scores it: the
+  queries (:func:`query_vectors`: flip-averaged when the set carries ``new_flip``, unless the
+  caller says ``flip=False``) and, for a two-way transformer, the backward map of the gallery.
 
-All vectors are L2-normalised here in exactly one place (:func:`_unit`); similarity is the
-inner product, searched exactly with FAISS ``IndexFlatIP``.
+The mapped row scores what the service scores: forward only (``<f(q), g>``) or two-way fused
+(``w * <f(q), g> + (1 - w) * <q, h(g)>``, :mod:`service.fusion`), searched exactly as inner
+products of :func:`service.fusion.comparison_vectors`. The old/old, new/new and raw cross rows
+always use the plain vectors. All vectors are L2-normalised here in exactly one place
+(:func:`_unit`; flip-averaged queries by :func:`service.vectors.flip_average`); similarity is
+the inner product, searched exactly with FAISS ``IndexFlatIP``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +29,8 @@ import numpy as np
 
 from service.contracts import PairsSet
 from service.errors import InvalidInput
-from service.vectors import l2_normalize
+from service.fusion import comparison_vectors
+from service.vectors import flip_average, l2_normalize
 from training.evaluation.metrics import (
     compatibility,
     gap_closed,
@@ -42,6 +51,68 @@ PROTOCOL_CLOSED_SET = (
     "CLOSED-SET (study-style, optimistic): evaluated on the identities the transformer was "
     "fitted on; not the headline figure"
 )
+QUERIES_PLAIN = "plain"
+QUERIES_FLIP = "flip-averaged"
+SCORING_FORWARD = "forward"
+VectorMap = Callable[[np.ndarray], np.ndarray]
+
+
+def scoring_name(fusion_weight: float) -> str:
+    """``"forward"`` or ``"two-way fused, w=0.9"`` (how the mapped row was scored)."""
+    w = float(fusion_weight)
+    return SCORING_FORWARD if w == 1.0 else f"two-way fused, w={w:g}"
+
+
+def query_vectors(pairs: PairsSet, *, flip: bool = True) -> tuple[np.ndarray, str]:
+    """The unit new-model query vector of every row and its kind (:data:`QUERIES_PLAIN` or
+    :data:`QUERIES_FLIP`): flip-averaged (:func:`service.vectors.flip_average`) when the set
+    carries ``new_flip`` and ``flip`` is on, else the plain new vector."""
+    new_flip = getattr(pairs, "new_flip", None)
+    if flip and new_flip is not None:
+        return flip_average(pairs.new, new_flip), QUERIES_FLIP
+    return _unit(pairs.new), QUERIES_PLAIN
+
+
+@dataclass(frozen=True)
+class MappedRows:
+    """A transformer's output for every row of an evaluated pairs set (what the service scores).
+
+    ``forward`` = f(q) [n, d_old] for the query vectors ``queries`` [n, d_new] (unit);
+    ``backward`` = h(unit old) [n, d_new], two-way only (``fusion_weight`` < 1). Forward and
+    backward may be raw or unit: they are normalised here.
+    """
+
+    forward: np.ndarray
+    queries: np.ndarray
+    query_kind: str = QUERIES_PLAIN
+    backward: np.ndarray | None = None
+    fusion_weight: float = 1.0
+
+    @property
+    def scoring(self) -> str:
+        return scoring_name(self.fusion_weight)
+
+
+def map_rows(
+    pairs: PairsSet,
+    *,
+    forward: VectorMap,
+    backward: VectorMap | None = None,
+    fusion_weight: float = 1.0,
+    flip: bool = True,
+) -> MappedRows:
+    """Run a transformer's maps over ``pairs`` the way the service does: ``forward`` on the
+    query vectors (:func:`query_vectors`), ``backward`` (two-way) on the unit old vectors."""
+    if (backward is None) != (float(fusion_weight) == 1.0):
+        raise InvalidInput("a backward map goes with a fusion weight < 1 and only with it")
+    queries, kind = query_vectors(pairs, flip=flip)
+    return MappedRows(
+        forward=forward(queries),
+        queries=queries,
+        query_kind=kind,
+        backward=None if backward is None else backward(_unit(pairs.old)),
+        fusion_weight=float(fusion_weight),
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +194,9 @@ class EvaluationReport:
     compatible: bool | None
     gap_closed: float | None
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    # the mapped row's queries (QUERIES_*) and scoring (scoring_name); None without a mapping
+    queries: str | None = None
+    scoring: str | None = None
 
     def row(self, name: str) -> RowMetrics:
         try:
@@ -138,6 +212,8 @@ class EvaluationReport:
             "rows": {name: asdict(row) for name, row in self.rows.items()},
             "compatible": self.compatible,
             "gap_closed": self.gap_closed,
+            "mapped_queries": self.queries,
+            "mapped_scoring": self.scoring,
         }
 
     def to_json(self) -> str:
@@ -156,6 +232,8 @@ class EvaluationReport:
                 f"| {row.name} | {row.probe} | {row.gallery} | {format_percent(row.top1)} | "
                 f"{format_percent(row.top5)} | {format_percent(row.tar_at_far_1e3)} |"
             )
+        if self.queries is not None:
+            lines += ["", f"Mapped row: {self.queries} queries; scoring: {self.scoring}."]
         if self.compatible is not None:
             verdict = "met" if self.compatible else "NOT met"
             lines += [
@@ -239,15 +317,55 @@ def _score_row(
     )
 
 
-def _evaluate(*, pairs: PairsSet, mapped: np.ndarray | None, protocol: str) -> EvaluationReport:
+def _as_mapped_rows(pairs: PairsSet, mapped: np.ndarray | MappedRows | None) -> MappedRows | None:
+    """Check shapes; a bare array is f(unit(new)): plain queries, forward scoring."""
+    if mapped is None:
+        return None
+    if not isinstance(mapped, MappedRows):
+        mapped = MappedRows(forward=np.asarray(mapped), queries=_unit(pairs.new))
     n = len(pairs)
-    if mapped is not None:
-        mapped = np.asarray(mapped)
-        if mapped.ndim != 2 or mapped.shape != (n, pairs.old_dim):
+    expected = [("mapped vectors", mapped.forward, pairs.old_dim, "old")]
+    expected.append(("query vectors", mapped.queries, pairs.new_dim, "new"))
+    if mapped.fusion_weight != 1.0:
+        if mapped.backward is None:
+            raise InvalidInput("two-way scoring (fusion weight < 1) needs the backward vectors")
+        expected.append(("backward vectors", mapped.backward, pairs.new_dim, "new"))
+    for what, array, dim, side in expected:
+        shape = np.shape(array)
+        if len(shape) != 2 or shape != (n, dim):
             raise InvalidInput(
-                f"mapped vectors must be [{n}, {pairs.old_dim}] (one per pairs row, old-model "
-                f"dimension), got {mapped.shape}"
+                f"{what} must be [{n}, {dim}] (one per pairs row, {side}-model dimension), "
+                f"got {shape}"
             )
+    return mapped
+
+
+def _mapped_vectors(
+    mapped: MappedRows, split: GalleryAndProbes, old_gallery: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probe, gallery) vectors whose inner products are the mapped row's scores."""
+    probe_rows, gallery_rows = split.probe_rows, split.gallery_rows
+    forward = _unit(mapped.forward[probe_rows])
+    if mapped.fusion_weight == 1.0:
+        return forward, old_gallery
+    assert mapped.backward is not None  # checked in _as_mapped_rows
+    probes = comparison_vectors(
+        old_part=forward,
+        new_part=_unit(mapped.queries[probe_rows]),
+        weight=mapped.fusion_weight,
+    )
+    gallery = comparison_vectors(
+        old_part=old_gallery,
+        new_part=_unit(mapped.backward[gallery_rows]),
+        weight=mapped.fusion_weight,
+    )
+    return probes, gallery
+
+
+def _evaluate(
+    *, pairs: PairsSet, mapped: np.ndarray | MappedRows | None, protocol: str
+) -> EvaluationReport:
+    mapped = _as_mapped_rows(pairs, mapped)
     split = build_gallery_and_probes(pairs)
     if split.probe_rows.size == 0 or split.template_rows.size == 0:
         raise InvalidInput(
@@ -296,14 +414,16 @@ def _evaluate(*, pairs: PairsSet, mapped: np.ndarray | None, protocol: str) -> E
             note=f"n/a: dims differ (new {pairs.new_dim}, old {pairs.old_dim})",
         )
     if mapped is not None:
+        probe_vectors, gallery_vectors = _mapped_vectors(mapped, split, old_gallery)
         rows[ROW_MAPPED] = _score_row(
             name=ROW_MAPPED,
             probe="transformer(new)",
             gallery="old model",
-            probe_vectors=_unit(mapped[probe_rows]),
-            gallery_vectors=old_gallery,
+            probe_vectors=probe_vectors,
+            gallery_vectors=gallery_vectors,
             **common,
         )
+        rows[ROW_MAPPED].note = f"{mapped.query_kind} queries; {mapped.scoring}"
     else:
         rows[ROW_MAPPED] = RowMetrics(
             name=ROW_MAPPED, probe="transformer(new)", gallery="old model", note="no mapping given"
@@ -328,19 +448,28 @@ def _evaluate(*, pairs: PairsSet, mapped: np.ndarray | None, protocol: str) -> E
         if mapped_top1 is None
         else gap_closed(mapped=mapped_top1, old=old_top1, new=new_top1),
         scores=scores,
+        queries=None if mapped is None else mapped.query_kind,
+        scoring=None if mapped is None else mapped.scoring,
     )
 
 
-def evaluate_mapping(*, eval_pairs: PairsSet, mapped: np.ndarray | None) -> EvaluationReport:
+def evaluate_mapping(
+    *, eval_pairs: PairsSet, mapped: np.ndarray | MappedRows | None
+) -> EvaluationReport:
     """The four-row report of PROTOCOL.md on ``eval_pairs`` (identities unseen in fitting).
 
-    ``mapped`` = the transformer's output for every row of ``eval_pairs`` ([n, d_old]; it is
-    normalised here, so normalised or raw input gives the same figures), or None.
+    ``mapped`` = the transformer's output for every row of ``eval_pairs``: :class:`MappedRows`
+    from :func:`map_rows` (queries as the service sends them, two-way fused scoring), or a bare
+    array [n, d_old] = f(unit(new)) (plain queries, forward scoring), or None. Raw or unit
+    vectors give the same figures (they are normalised here).
     """
     return _evaluate(pairs=eval_pairs, mapped=mapped, protocol=PROTOCOL_OPEN_SET)
 
 
-def closed_set_report(*, fit_pairs: PairsSet, mapped: np.ndarray | None) -> EvaluationReport:
+def closed_set_report(
+    *, fit_pairs: PairsSet, mapped: np.ndarray | MappedRows | None
+) -> EvaluationReport:
     """The study-style closed-set figure: the protocol run on the very rows the transformer was
-    fitted on (``mapped`` = its output for ``fit_pairs``). Labelled CLOSED-SET everywhere."""
+    fitted on (``mapped`` = its output for ``fit_pairs``, as in :func:`evaluate_mapping`).
+    Labelled CLOSED-SET everywhere."""
     return _evaluate(pairs=fit_pairs, mapped=mapped, protocol=PROTOCOL_CLOSED_SET)

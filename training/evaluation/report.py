@@ -20,6 +20,7 @@ from training.evaluation.protocol import (
     ROW_NEW_NEW,
     ROW_OLD_OLD,
     ROW_RAW_CROSS,
+    SCORING_FORWARD,
     format_percent,
     format_ratio,
 )
@@ -57,8 +58,11 @@ def results_table(results: ExperimentResults) -> str:
         delta = None if row["top1"] is None or old_top1 is None else row["top1"] - old_top1
         compatible = {None: "n/a", True: "yes", False: "no"}[row["compatible"]]
         epochs = "-" if row["model"] in ("identity", "ridge", "procrustes") else row["epochs"]
+        recipe = row["recipe"]
+        if row["scoring"] not in (None, SCORING_FORWARD):
+            recipe += f" ({row['scoring']})"
         lines.append(
-            f"| {row['label']} | {row['recipe']} | {epochs} | "
+            f"| {row['label']} | {recipe} | {epochs} | "
             f"{format_percent(row['study_top1'])} | {top1} | {format_percent(row['top5'])} | "
             f"{format_percent(row['tar_at_far_1e3'])} | {_signed(delta)} | "
             f"{format_ratio(row['gap_closed'])} | {compatible} | "
@@ -99,6 +103,12 @@ def render_markdown(results: ExperimentResults, *, command: str | None, plots: l
         + ", ".join(f"{k} {v}" for k, v in results.environment.items())
         + ".",
     ]
+    queries = sorted({r["queries"] for r in summarise(results) if r["queries"]})
+    if queries:
+        out.append(
+            f"- Mapped-row queries: {', '.join(queries)} (flip-averaged when the pairs carry "
+            "new_flip and the config's `flip` is on); other rows use plain vectors."
+        )
     if command:
         out.append(f"- Command: `{command}`")
     if config.base:

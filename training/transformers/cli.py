@@ -20,6 +20,13 @@ PairsOpt = Annotated[Path, typer.Option("--pairs", help="pairs file (.npz or dir
 AllRowsOpt = Annotated[
     bool, typer.Option("--all-rows", help="ignore the split column and use every row")
 ]
+FlipOpt = Annotated[
+    bool,
+    typer.Option(
+        "--flip/--no-flip",
+        help="flip-averaged queries when the pairs carry new_flip (--no-flip: plain queries)",
+    ),
+]
 
 
 def _load_split(path: Path, split: str, all_rows: bool) -> Any:
@@ -45,9 +52,11 @@ def _resolve_recipe(recipe: str | None, config: Path | None) -> Any:
     return get_recipe(recipe or "default")
 
 
-def _evaluation_metrics(pairs_path: Path, transformer: Path) -> dict[str, float]:
+def _evaluation_metrics(pairs_path: Path, transformer: Path, *, flip: bool) -> dict[str, float]:
     """Eval-split metrics of an exported transformer via the protocol (mapped row only)."""
-    report = evaluate_artefact(pairs_path=pairs_path, transformer_path=transformer, all_rows=False)
+    report = evaluate_artefact(
+        pairs_path=pairs_path, transformer_path=transformer, all_rows=False, flip=flip
+    )
     mapped = report.row("mapped")
     return {
         "eval_top1": round(float(mapped.top1), 2),
@@ -56,11 +65,16 @@ def _evaluation_metrics(pairs_path: Path, transformer: Path) -> dict[str, float]
     }
 
 
-def evaluate_artefact(*, pairs_path: Path, transformer_path: Path, all_rows: bool) -> Any:
-    """Run an exported ONNX through ``TransformerSession`` on the eval rows -> EvaluationReport."""
+def evaluate_artefact(
+    *, pairs_path: Path, transformer_path: Path, all_rows: bool, flip: bool = True
+) -> Any:
+    """Run an exported ONNX through ``TransformerSession`` on the eval rows -> EvaluationReport.
+
+    Scored as the service scores: two-way fused when the file is two-way; flip-averaged queries
+    when the pairs carry ``new_flip`` and ``flip`` is on.
+    """
     from service.inference.transformer import TransformerSession
-    from training.evaluation.protocol import evaluate_mapping
-    from training.transformers.data import normalized_pairs
+    from training.evaluation.protocol import evaluate_mapping, map_rows
 
     pairs = _load_split(pairs_path, SPLIT_EVAL, all_rows)
     session = TransformerSession(transformer_path, intra_op_threads=2)
@@ -69,7 +83,13 @@ def evaluate_artefact(*, pairs_path: Path, transformer_path: Path, all_rows: boo
             f"transformer maps {session.input_dim} -> {session.output_dim} but the pairs are "
             f"new {pairs.new_dim} / old {pairs.old_dim}"
         )
-    mapped = session.map(normalized_pairs(pairs).new)
+    mapped = map_rows(
+        pairs,
+        forward=session.map,
+        backward=session.map_gallery if session.two_way else None,
+        fusion_weight=session.fusion_weight,
+        flip=flip,
+    )
     return evaluate_mapping(eval_pairs=pairs, mapped=mapped)
 
 
@@ -92,6 +112,7 @@ def fit_command(
     ] = KIT_OLD_MODEL_ID,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     threads: Annotated[int, typer.Option("--threads", help="torch intra-op threads", min=1)] = 1,
+    flip: FlipOpt = True,
 ) -> None:
     """Fit on the bridge rows (all rows with --all-rows), export ONNX, validate, checksum."""
     from service.contracts import load_pairs
@@ -108,9 +129,10 @@ def fit_command(
     fitted = fit_normalized(
         train=train, recipe=resolved, device=device, seed=seed, progress=progress
     )
-    # Recommended threshold: the protocol's cosine at FAR=1e-3, mapped probes vs old templates,
-    # on the rows it was fitted on (closed-set); eval rows never decide it.
-    closed = closed_set_report(fit_pairs=fit_pairs, mapped=fitted.transform(train.new))
+    # Recommended threshold: the protocol's score at FAR=1e-3, mapped probes vs old templates
+    # scored as the service scores them (fused when two-way), on the rows it was fitted on
+    # (closed-set); eval rows never decide it.
+    closed = closed_set_report(fit_pairs=fit_pairs, mapped=fitted.map_rows(fit_pairs, flip=flip))
     threshold = closed.row(ROW_MAPPED).threshold_at_far_1e3
     meta = default_metadata(
         fitted, source_model=source_model, target_model=target_model, threshold=threshold
@@ -120,7 +142,7 @@ def fit_command(
     has_eval = all_pairs.split is not None and bool((all_pairs.split == SPLIT_EVAL).any())
     if has_eval and not all_rows:
         # Evaluate the exported file itself, then write it again with the figures inside.
-        metrics = _evaluation_metrics(pairs, output)
+        metrics = _evaluation_metrics(pairs, output, flip=flip)
         metrics["fit_seconds"] = round(fitted.fit_seconds, 2)
         meta = default_metadata(
             fitted,
@@ -131,12 +153,17 @@ def fit_command(
         )
         report = export_transformer(fitted, output, metadata=meta)
     typer.echo(
-        f"fitted in {fitted.fit_seconds:.1f} s; threshold (FAR=1e-3, fit rows) "
+        f"fitted in {fitted.fit_seconds:.1f} s; threshold (FAR=1e-3, fit rows, "
+        f"{closed.queries} queries, {closed.scoring}) "
         + ("n/a" if threshold is None else f"{threshold:.4f}")
     )
     if metrics:
         typer.echo("eval split: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     parity = ", ".join(f"b{k}={v:.6f}" for k, v in report.parity.items())
+    if report.parity_backward:
+        parity += "; backward " + ", ".join(
+            f"b{k}={v:.6f}" for k, v in report.parity_backward.items()
+        )
     typer.echo(f"parity (min cosine torch vs ORT): {parity}")
     typer.echo(f"wrote {report.path} ({report.size_bytes} bytes) sha256 {report.sha256}")
 
@@ -147,9 +174,12 @@ def evaluate_command(
     transformer: Annotated[Path, typer.Option("--transformer", help="exported ONNX")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     all_rows: AllRowsOpt = False,
+    flip: FlipOpt = True,
 ) -> None:
     """Evaluate an exported transformer on the eval rows (all rows with --all-rows)."""
-    report = evaluate_artefact(pairs_path=pairs, transformer_path=transformer, all_rows=all_rows)
+    report = evaluate_artefact(
+        pairs_path=pairs, transformer_path=transformer, all_rows=all_rows, flip=flip
+    )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:

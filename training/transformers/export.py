@@ -1,10 +1,13 @@
 """Export a fitted transformer as the ONNX artefact of the contract, validated, not trusted.
 
 One file (no external data), input ``new_embedding`` [batch, d_new], output ``old_embedding``
-[batch, d_old], symbolic batch, ``metadata_props`` from :class:`TransformerMetadata`. After
-writing: onnx.checker, a fresh :class:`TransformerSession` (names, dims, metadata), and cosine
-parity torch vs ONNX Runtime >= 0.9999 at batch 1, 7 and 256 on every export. The file's sha256
-goes into the report and into ``FILE.onnx.sha256`` beside it.
+[batch, d_old], symbolic batch, ``metadata_props`` from :class:`TransformerMetadata`. A two-way
+fitted transformer (``fusion_weight`` < 1) also gets the input ``gallery_old_embedding``
+[gallery, d_old] and the output ``gallery_new_embedding`` [gallery, d_new] (the backward map,
+its own symbolic batch) and ``facebridge.fusion_weight`` in the metadata. After writing:
+onnx.checker, a fresh :class:`TransformerSession` (names, dims, metadata), and cosine parity
+torch vs ONNX Runtime >= 0.9999 at batch 1, 7 and 256 on every export, for each head. The
+file's sha256 goes into the report and into ``FILE.onnx.sha256`` beside it.
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.contracts import TRANSFORMER_INPUT, TRANSFORMER_OUTPUT, TransformerMetadata
+from service.contracts import (
+    TRANSFORMER_GALLERY_INPUT,
+    TRANSFORMER_GALLERY_OUTPUT,
+    TRANSFORMER_INPUT,
+    TRANSFORMER_OUTPUT,
+    TransformerMetadata,
+)
 from service.errors import ContractError
 from service.inference.transformer import TransformerSession, file_sha256
 from service.vectors import l2_normalize
 from training.transformers.fit import FittedTransformer
+from training.transformers.models import TwoWayMap
 
 PARITY_BATCHES = (1, 7, 256)
 PARITY_MIN_COSINE = 0.9999
@@ -37,19 +47,24 @@ class ExportReport:
     path: Path
     sha256: str
     sha256_path: Path
-    parity: dict[int, float]  # batch size -> minimum row cosine torch vs ORT
+    parity: dict[int, float]  # batch size -> minimum row cosine torch vs ORT (forward head)
     metadata: TransformerMetadata
     size_bytes: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # two-way only: batch size -> minimum row cosine of the backward head
+    parity_backward: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "path": str(self.path),
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,
             "parity_min_cosine": {str(k): v for k, v in self.parity.items()},
             "metadata": self.metadata.to_props(),
         }
+        if self.parity_backward:
+            out["parity_backward_min_cosine"] = {str(k): v for k, v in self.parity_backward.items()}
+        return out
 
 
 def default_metadata(
@@ -69,6 +84,7 @@ def default_metadata(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         threshold=threshold,
         metrics=dict(metrics or {}),
+        fusion_weight=fitted.fusion_weight,
     )
 
 
@@ -97,15 +113,55 @@ def _export_graph(module: torch.nn.Module, d_new: int, out_path: Path) -> None:
         )
 
 
+def _export_two_way_graph(fitted: FittedTransformer, out_path: Path) -> None:
+    """Both maps in one graph: two inputs, two outputs, independent symbolic batch dims
+    (same exporter as :func:`_export_graph`)."""
+    assert fitted.backward is not None
+    module = TwoWayMap(copy.deepcopy(fitted.module), copy.deepcopy(fitted.backward))
+    module = module.to("cpu").eval()
+    example = (torch.zeros(2, fitted.input_dim), torch.zeros(3, fitted.output_dim))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            str(out_path),
+            dynamo=False,
+            input_names=[TRANSFORMER_INPUT, TRANSFORMER_GALLERY_INPUT],
+            output_names=[TRANSFORMER_OUTPUT, TRANSFORMER_GALLERY_OUTPUT],
+            dynamic_axes={
+                TRANSFORMER_INPUT: {0: "batch"},
+                TRANSFORMER_OUTPUT: {0: "batch"},
+                TRANSFORMER_GALLERY_INPUT: {0: "gallery"},
+                TRANSFORMER_GALLERY_OUTPUT: {0: "gallery"},
+            },
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+
+
+def _min_row_cosine(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(np.sum(l2_normalize(ref) * l2_normalize(got), axis=1).min())
+
+
 def _parity(fitted: FittedTransformer, session: TransformerSession, seed: int) -> dict[int, float]:
     rng = np.random.default_rng(seed)
     result: dict[int, float] = {}
     for batch in PARITY_BATCHES:
         x = l2_normalize(rng.standard_normal((batch, fitted.input_dim)).astype(np.float32))
         ref = fitted.transform(x)
-        got = session.map_raw(x)
-        cos = np.sum(l2_normalize(ref) * l2_normalize(got), axis=1)
-        result[batch] = float(cos.min())
+        result[batch] = _min_row_cosine(ref, session.map_raw(x))
+    return result
+
+
+def _parity_backward(
+    fitted: FittedTransformer, session: TransformerSession, seed: int
+) -> dict[int, float]:
+    rng = np.random.default_rng(seed + 1)
+    result: dict[int, float] = {}
+    for batch in PARITY_BATCHES:
+        y = l2_normalize(rng.standard_normal((batch, fitted.output_dim)).astype(np.float32))
+        result[batch] = _min_row_cosine(fitted.transform_gallery(y), session.map_gallery_raw(y))
     return result
 
 
@@ -122,12 +178,20 @@ def export_transformer(
             f"metadata dims {metadata.input_dim} -> {metadata.output_dim} do not match the "
             f"fitted transformer's {fitted.input_dim} -> {fitted.output_dim}"
         )
+    if metadata.fusion_weight != fitted.fusion_weight:
+        raise ContractError(
+            f"metadata fusion_weight {metadata.fusion_weight} does not match the fitted "
+            f"transformer's {fitted.fusion_weight}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _export_graph(fitted.module, fitted.input_dim, tmp)
+        if fitted.two_way:
+            _export_two_way_graph(fitted, tmp)
+        else:
+            _export_graph(fitted.module, fitted.input_dim, tmp)
         model = onnx.load(str(tmp))
         del model.metadata_props[:]
         onnx.helper.set_model_props(model, metadata.to_props())
@@ -135,12 +199,16 @@ def export_transformer(
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         session = TransformerSession(tmp, intra_op_threads=1)  # names, dims, symbolic batch
         parity = _parity(fitted, session, seed=fitted.seed)
-        worst = min(parity.values())
-        if worst < PARITY_MIN_COSINE:
-            raise ContractError(
-                f"export parity failed: torch vs ONNX Runtime cosine {worst:.6f} < "
-                f"{PARITY_MIN_COSINE} (per batch: {parity})"
-            )
+        parity_backward = (
+            _parity_backward(fitted, session, seed=fitted.seed) if fitted.two_way else {}
+        )
+        for head, values in (("forward", parity), ("backward", parity_backward)):
+            worst = min(values.values(), default=1.0)
+            if worst < PARITY_MIN_COSINE:
+                raise ContractError(
+                    f"export parity failed ({head} head): torch vs ONNX Runtime cosine "
+                    f"{worst:.6f} < {PARITY_MIN_COSINE} (per batch: {values})"
+                )
         digest = file_sha256(tmp)
         os.replace(tmp, path)
     finally:
@@ -154,4 +222,5 @@ def export_transformer(
         parity=parity,
         metadata=metadata,
         size_bytes=path.stat().st_size,
+        parity_backward=parity_backward,
     )

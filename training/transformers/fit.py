@@ -21,6 +21,7 @@ from torch import nn
 from service.contracts import PairsSet
 from service.errors import InvalidInput
 from service.vectors import l2_normalize
+from training.evaluation.protocol import MappedRows, map_rows
 from training.transformers.closed_form import procrustes_map, ridge_map
 from training.transformers.data import TrainingPairs, normalized_pairs
 from training.transformers.interpolation import make_synthetic
@@ -36,7 +37,11 @@ EpochCallback = Callable[[int, nn.Module], dict[str, float]]
 
 @dataclass
 class FittedTransformer:
-    """A fitted mapping network (torch, eval mode) and how it was made."""
+    """A fitted mapping network (torch, eval mode) and how it was made.
+
+    Two-way (``fusion_weight`` < 1): ``backward`` maps old-model vectors into the new space
+    (service.fusion); ``module`` is always the forward map new -> old.
+    """
 
     module: nn.Module
     recipe: Recipe
@@ -46,22 +51,83 @@ class FittedTransformer:
     device: str = "cpu"
     fit_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    backward: nn.Module | None = None
+    fusion_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fusion_weight <= 1.0:
+            raise InvalidInput(f"fusion_weight must lie in (0, 1], got {self.fusion_weight}")
+        if (self.backward is None) != (self.fusion_weight == 1.0):
+            raise InvalidInput("a backward map goes with fusion_weight < 1 and only with it")
+
+    @property
+    def two_way(self) -> bool:
+        return self.backward is not None
 
     def transform(self, new: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
         """Map L2-normalised new-model vectors [n, d_new] -> old space [n, d_old] (unnormalised,
         exactly what the exported ONNX returns; the consumer normalises)."""
-        x = np.ascontiguousarray(new, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise InvalidInput(f"expected [n, {self.input_dim}] new-model vectors, got {x.shape}")
-        self.module.eval()
-        out = []
-        with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                chunk = torch.from_numpy(x[start : start + batch_size]).to(self.device)
-                out.append(self.module(chunk).cpu().numpy())
-        if not out:
-            return np.zeros((0, self.output_dim), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return _run(
+            self.module,
+            new,
+            d_in=self.input_dim,
+            d_out=self.output_dim,
+            device=self.device,
+            batch_size=batch_size,
+            what="new-model",
+        )
+
+    def transform_gallery(self, old: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
+        """The backward map: L2-normalised old-model vectors [n, d_old] -> new space
+        [n, d_new] (unnormalised, = the ONNX's ``gallery_new_embedding``). Two-way only."""
+        if self.backward is None:
+            raise InvalidInput(f"recipe {self.recipe.name!r} has no backward map (one-way)")
+        return _run(
+            self.backward,
+            old,
+            d_in=self.output_dim,
+            d_out=self.input_dim,
+            device=self.device,
+            batch_size=batch_size,
+            what="old-model",
+        )
+
+    def map_rows(self, pairs: PairsSet, *, flip: bool = True) -> MappedRows:
+        """Both maps over an evaluated pairs set, as the service scores it (see
+        :func:`training.evaluation.protocol.map_rows`): flip-averaged queries when ``pairs``
+        carries ``new_flip`` (unless ``flip=False``), the backward map when two-way."""
+        return map_rows(
+            pairs,
+            forward=self.transform,
+            backward=self.transform_gallery if self.two_way else None,
+            fusion_weight=self.fusion_weight,
+            flip=flip,
+        )
+
+
+def _run(
+    module: nn.Module,
+    vectors: np.ndarray,
+    *,
+    d_in: int,
+    d_out: int,
+    device: str,
+    batch_size: int,
+    what: str,
+) -> np.ndarray:
+    """A torch module over a float32 matrix in batches, no grad -> float32 [n, d_out]."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != d_in:
+        raise InvalidInput(f"expected [n, {d_in}] {what} vectors, got {x.shape}")
+    module.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            chunk = torch.from_numpy(x[start : start + batch_size]).to(device)
+            out.append(module(chunk).cpu().numpy())
+    if not out:
+        return np.zeros((0, d_out), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
 
 
 def _check_device(device: str) -> torch.device:
@@ -189,6 +255,17 @@ def _train_stage(
         bar.set_postfix(loss=f"{record['total']:.4f}")
 
 
+def _fit_backward(recipe: Recipe, train: TrainingPairs, dev: torch.device) -> nn.Module:
+    """The backward map old -> new: closed-form ridge on the (real) training pairs, output
+    re-inflated around the new-space training mean by ``backward_scale``."""
+    weight, bias = ridge_map(train.old, train.new, lam=recipe.backward_lambda)
+    model = build_model("ridge", d_new=train.old_dim, d_old=train.new_dim)
+    linear_part(model).set_weights(weight, bias)  # type: ignore[union-attr]
+    if recipe.backward_scale != 1.0:
+        model = ScaledAroundMean(model, mean=train.new.mean(axis=0), scale=recipe.backward_scale)
+    return model.to(dev).eval()
+
+
 @torch.no_grad()
 def _rescale_output(
     model: nn.Module, train: TrainingPairs, scale: float, dev: torch.device
@@ -250,6 +327,7 @@ def _fit(
         if recipe.model != "identity":
             weight, bias = _closed_form(recipe, train)
             linear_part(model).set_weights(weight, bias)  # type: ignore[union-attr]
+        model.to(dev)  # transform() feeds the fitted device (the default is closed-form)
     else:
         if recipe.init != "none":
             target = linear_part(model)
@@ -322,6 +400,7 @@ def _fit(
     model.eval()
     if recipe.output_scale != 1.0 and recipe.model != "identity":
         model = _rescale_output(model, train, recipe.output_scale, dev)
+    backward = _fit_backward(recipe, train, dev) if recipe.two_way else None
     return FittedTransformer(
         module=model,
         recipe=recipe,
@@ -331,6 +410,8 @@ def _fit(
         device=str(dev),
         fit_seconds=time.perf_counter() - started,
         history=history,
+        backward=backward,
+        fusion_weight=recipe.fusion_weight,
     )
 
 
@@ -358,10 +439,16 @@ def fit_transformer(
 def describe(fitted: FittedTransformer) -> dict[str, Any]:
     """A small JSON-able summary for reports."""
     params = sum(p.numel() for p in fitted.module.parameters())
+    backward = (
+        0 if fitted.backward is None else sum(p.numel() for p in fitted.backward.parameters())
+    )
     return {
         "recipe": fitted.recipe.name,
         "model": fitted.recipe.model,
         "parameters": int(params),
+        "two_way": fitted.two_way,
+        "fusion_weight": fitted.fusion_weight,
+        "backward_parameters": int(backward),
         "fit_seconds": round(fitted.fit_seconds, 3),
         "seed": fitted.seed,
         "device": fitted.device,

@@ -160,6 +160,22 @@ class ScaledAroundMean(nn.Module):
         return self.mean + self.scale * (self.inner(new_embedding) - self.mean)
 
 
+class TwoWayMap(nn.Module):
+    """Forward map new -> old and backward map old -> new side by side, for a two-way export:
+    ``(new_embedding [b, d_new], gallery_old_embedding [g, d_old]) -> (f(new), h(gallery))``.
+    The two batches are independent."""
+
+    def __init__(self, forward_map: nn.Module, backward_map: nn.Module) -> None:
+        super().__init__()
+        self.forward_map = forward_map
+        self.backward_map = backward_map
+
+    def forward(
+        self, new_embedding: torch.Tensor, gallery_old_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_map(new_embedding), self.backward_map(gallery_old_embedding)
+
+
 def build_model(
     name: str,
     *,

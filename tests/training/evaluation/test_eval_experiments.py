@@ -46,6 +46,11 @@ def test_smoke_config_writes_report(tmp_path: Path) -> None:
         assert f"| {run['label']} |" in report
     # The base overrides reached the learned runs, not the closed-form ones.
     by_label = {r["label"]: r for r in data["runs"]}
+    # A two-way recipe runs in the grid and is scored fused; the others forward only.
+    scoring = {r["label"]: r["open_set"]["mapped_scoring"] for r in data["runs"]}
+    assert scoring.pop("two-way ridge (default)") == "two-way fused, w=0.9"
+    assert set(scoring.values()) == {"forward"}
+    assert "default (two-way fused, w=0.9)" in report
     assert by_label["FC no interpolation"]["recipe"]["epochs"] == config.base["epochs"]
     pngs = sorted(p.name for p in output.glob("*.png"))
     assert "top1_vs_interpolation.png" in pngs and len(pngs) == 1 + len(config.runs)

@@ -10,7 +10,12 @@ import onnx
 import pytest
 import torch
 
-from service.contracts import TRANSFORMER_INPUT, TRANSFORMER_OUTPUT, PairsSet
+from service.contracts import (
+    TRANSFORMER_GALLERY_INPUT,
+    TRANSFORMER_INPUT,
+    TRANSFORMER_OUTPUT,
+    PairsSet,
+)
 from service.errors import ContractError, InvalidInput
 from service.inference.transformer import TransformerSession
 from training.transformers.data import normalized_pairs
@@ -24,7 +29,8 @@ def _quick(name: str, **overrides):
 
 
 @pytest.mark.parametrize(
-    "name", ["ridge", "procrustes", "study-fc", "mlp", "msresnet", "rbt", "default"]
+    "name",
+    ["ridge", "procrustes", "study-fc", "mlp", "msresnet", "rbt", "mlp-scaled", "default"],
 )
 def test_fit_export_parity_and_contract(name: str, pairs: PairsSet, tmp_path: Path) -> None:
     fitted = fit_transformer(pairs=pairs, recipe=_quick(name), progress=False)
@@ -38,7 +44,8 @@ def test_fit_export_parity_and_contract(name: str, pairs: PairsSet, tmp_path: Pa
     assert report.sha256_path.read_text().split()[0] == report.sha256
     model = onnx.load(str(out))
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    assert [i.name for i in model.graph.input] == [TRANSFORMER_INPUT]
+    two_way = [TRANSFORMER_GALLERY_INPUT] if fitted.two_way else []  # default: test_tf_two_way
+    assert [i.name for i in model.graph.input] == [TRANSFORMER_INPUT, *two_way]
     assert model.graph.output[0].name == TRANSFORMER_OUTPUT
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
 
