@@ -65,8 +65,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 SYNTHETIC_BANNER = "SYNTHETIC DATA"
 
-# The demo fits the project's `default` recipe, as `facebridge transformer fit` does: about 7 s
-# on the kit's 3,811 bridge rows with one torch thread (`--recipe ridge`: about 1 s).
+# The demo fits the project's `default` recipe (two-way ridge), as `facebridge transformer fit`
+# does: under a second on the kit's 3,811 bridge rows.
 DEMO_RECIPE = "default"
 DEMO_SEED = 0
 N_EXAMPLES = 3

@@ -178,18 +178,12 @@ def _score_validation_pairs(
         "validation_mean_cosine": float(np.mean(np.sum(mapped * old, axis=1))),
     }
     try:  # the full protocol when the (torch-free) evaluation module is installed
-        from training.evaluation.protocol import evaluate_mapping, map_rows
+        from training.evaluation.protocol import evaluate_mapping, session_rows
     except ImportError:
         log.info("training.evaluation.protocol not importable; stored mean cosine only")
         return metrics
     try:
-        rows = map_rows(
-            pairs,
-            forward=session.map,
-            backward=session.map_gallery if session.two_way else None,
-            fusion_weight=session.fusion_weight,
-            flip=flip,
-        )
+        rows = session_rows(pairs, session=session, flip=flip)
         report = evaluate_mapping(eval_pairs=pairs, mapped=rows)
     except Exception as exc:  # e.g. a pairs file without enough identities for the protocol
         log.warning("validation protocol skipped: %s", exc)

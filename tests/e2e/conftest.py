@@ -215,7 +215,11 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
     from service.inference.backbone import OnnxBackbone
     from service.inference.transformer import TransformerSession
     from training.data.flip import mirrored_embeddings
-    from training.evaluation.protocol import build_gallery_and_probes, evaluate_mapping, map_rows
+    from training.evaluation.protocol import (
+        build_gallery_and_probes,
+        evaluate_mapping,
+        session_rows,
+    )
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_transformer
 
@@ -257,13 +261,7 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
     assert session.two_way
     report = evaluate_mapping(
         eval_pairs=evaluation,
-        mapped=map_rows(
-            evaluation,
-            forward=session.map,
-            backward=session.map_gallery,
-            fusion_weight=session.fusion_weight,
-            flip=True,
-        ),
+        mapped=session_rows(evaluation, session=session, flip=True),
     )
     assert report.queries == "flip-averaged"
     # A second valid version for the hot-swap test only (its accuracy is irrelevant there).

@@ -115,6 +115,19 @@ def map_rows(
     )
 
 
+def session_rows(pairs: PairsSet, *, session: Any, flip: bool = True) -> MappedRows:
+    """:func:`map_rows` with an ONNX transformer runner
+    (:class:`service.inference.transformer.TransformerSession`: ``map``, ``map_gallery``,
+    ``two_way``, ``fusion_weight``), the way the service uses it."""
+    return map_rows(
+        pairs,
+        forward=session.map,
+        backward=session.map_gallery if session.two_way else None,
+        fusion_weight=session.fusion_weight,
+        flip=flip,
+    )
+
+
 @dataclass(frozen=True)
 class GalleryAndProbes:
     """Row indices into the evaluated pairs set (each array sorted ascending).

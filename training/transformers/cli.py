@@ -74,7 +74,7 @@ def evaluate_artefact(
     when the pairs carry ``new_flip`` and ``flip`` is on.
     """
     from service.inference.transformer import TransformerSession
-    from training.evaluation.protocol import evaluate_mapping, map_rows
+    from training.evaluation.protocol import evaluate_mapping, session_rows
 
     pairs = _load_split(pairs_path, SPLIT_EVAL, all_rows)
     session = TransformerSession(transformer_path, intra_op_threads=2)
@@ -83,13 +83,7 @@ def evaluate_artefact(
             f"transformer maps {session.input_dim} -> {session.output_dim} but the pairs are "
             f"new {pairs.new_dim} / old {pairs.old_dim}"
         )
-    mapped = map_rows(
-        pairs,
-        forward=session.map,
-        backward=session.map_gallery if session.two_way else None,
-        fusion_weight=session.fusion_weight,
-        flip=flip,
-    )
+    mapped = session_rows(pairs, session=session, flip=flip)
     return evaluate_mapping(eval_pairs=pairs, mapped=mapped)
 
 
