@@ -290,6 +290,7 @@ _TRANSFORMER_COLUMNS = [
     "version",
     "state",
     "recipe",
+    "fusion_weight",
     "input_dim",
     "output_dim",
     "source_model",

@@ -101,6 +101,7 @@ def test_cli_commands_work_on_the_database(tmp_path, monkeypatch, capsys):
     assert run("transformers", "upload", str(tmp_path / "t2.onnx"), "--activate")[0] == 0
     code, out, _ = run("transformers", "list")
     assert code == 0 and out.count("active") == 2 and out.count("inactive") == 1
+    assert "fusion_weight" in out.splitlines()[0]  # one-way vs two-way shows in the listing
     assert run("transformers", "rollback")[0] == 0
     version = out.splitlines()[1].split()[0]  # the first uploaded, active again after rollback
     code, _, err = run("transformers", "delete", version)
