@@ -12,7 +12,8 @@ With a pairs file that carries ``new_flip`` (``facebridge pairs add-flip``), eve
 scored with plain AND flip-averaged queries (what the service sends by default).
 
     .venv/bin/python bench/recipe_cv.py --pairs /tmp/kit_flip.npz \
-        [--recipes default,ridge-scaled,mlp-scaled,two-way-mlp] [--folds 4] [--fold-seeds 0,1,2]
+        [--recipes default,ridge-scaled,mlp-scaled,two-way-mlp] [--folds 4] [--fold-seeds 0,1,2] \
+        [--swapped]
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def main() -> None:
     parser.add_argument("--recipes", default=DEFAULT_RECIPES)
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--fold-seeds", default="0,1,2")
+    parser.add_argument(
+        "--swapped",
+        action="store_true",
+        help="also fit on the eval people and test on the bridge people (roles swapped)",
+    )
     args = parser.parse_args()
 
     if args.pairs is None:
@@ -107,6 +113,28 @@ def main() -> None:
             )
     old = evaluate_mapping(eval_pairs=evaluation, mapped=None).row(ROW_OLD_OLD)
     print(f"\nold/old on eval: top-1 {old.top1:.2f}, TAR {old.tar_at_far_1e3:.2f}")
+    if args.swapped:
+        print("\nroles swapped: fitted on the eval people, tested on the bridge people")
+        print(
+            "| recipe | queries | top-1 | TAR | old/old top-1 | old/old TAR "
+            "| only mapped / only old/old right | McNemar p |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for recipe in args.recipes.split(","):
+            fitted = fit_transformer(pairs=evaluation, recipe=recipe, progress=False)
+            for flip in query_kinds:
+                report = evaluate_mapping(
+                    eval_pairs=bridge, mapped=fitted.map_rows(bridge, flip=flip)
+                )
+                rows = figures(report)
+                (m1, mt), (o1, ot) = rows[ROW_MAPPED], rows[ROW_OLD_OLD]
+                paired = report.paired
+                assert paired is not None
+                print(
+                    f"| {recipe} | {'flip-averaged' if flip else 'plain'} | {m1:.2f} | {mt:.2f} "
+                    f"| {o1:.2f} | {ot:.2f} | {paired.only_a} / {paired.only_b} "
+                    f"| {paired.p_value:.3f} |"
+                )
 
 
 if __name__ == "__main__":

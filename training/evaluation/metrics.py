@@ -20,6 +20,7 @@ Conventions
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,14 +28,14 @@ import numpy as np
 from service.errors import InvalidInput
 
 
-def top_k_accuracy(
+def top_k_hits(
     *,
     ranked_ids: np.ndarray,
     gallery_labels: np.ndarray,
     probe_labels: np.ndarray,
     k: int,
-) -> float:
-    """Percent of probes whose identity appears among their first ``k`` results."""
+) -> np.ndarray:
+    """Per probe [n_probes] bool: its identity appears among its first ``k`` results."""
     ranked = np.asarray(ranked_ids)
     probes = np.asarray(probe_labels)
     gallery = np.asarray(gallery_labels)
@@ -49,8 +50,54 @@ def top_k_accuracy(
     head = ranked[:, :k]
     valid = head >= 0
     labels = gallery[np.where(valid, head, 0)]
-    hits = (valid & (labels == probes[:, None])).any(axis=1)
+    return (valid & (labels == probes[:, None])).any(axis=1)
+
+
+def top_k_accuracy(
+    *,
+    ranked_ids: np.ndarray,
+    gallery_labels: np.ndarray,
+    probe_labels: np.ndarray,
+    k: int,
+) -> float:
+    """Percent of probes whose identity appears among their first ``k`` results."""
+    hits = top_k_hits(
+        ranked_ids=ranked_ids, gallery_labels=gallery_labels, probe_labels=probe_labels, k=k
+    )
     return float(100.0 * hits.mean())
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two systems scored on the SAME probes: how many only ``a`` / only ``b`` got right, and the
+    two-sided exact McNemar p-value (binomial test of the discordant probes, p = 1/2)."""
+
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+def mcnemar_exact(*, hits_a: np.ndarray, hits_b: np.ndarray) -> PairedComparison:
+    """Exact McNemar test: is ``a``'s per-probe hit rate different from ``b``'s?
+
+    Only discordant probes count: with ``n = only_a + only_b`` and ``m = min(only_a, only_b)``,
+    ``p = min(1, 2 * P(X <= m))`` for ``X ~ Binomial(n, 1/2)``; ``p = 1`` when ``n = 0``.
+    """
+    a, b = np.asarray(hits_a, dtype=bool).ravel(), np.asarray(hits_b, dtype=bool).ravel()
+    if a.shape != b.shape:
+        raise InvalidInput(f"hits must be paired per probe, got {a.shape} vs {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n, m = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return PairedComparison(only_a=0, only_b=0, p_value=1.0)
+    # log-space binomial terms: n can be thousands (2**n overflows a float)
+    log_terms = [
+        math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2.0)
+        for k in range(m + 1)
+    ]
+    top = max(log_terms)
+    tail = math.exp(top) * sum(math.exp(t - top) for t in log_terms)
+    return PairedComparison(only_a=only_a, only_b=only_b, p_value=min(1.0, 2.0 * tail))
 
 
 def accepted_count_at_far(n_impostors: int, far: float) -> int:

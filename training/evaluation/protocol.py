@@ -32,11 +32,13 @@ from service.errors import InvalidInput
 from service.fusion import comparison_vectors
 from service.vectors import flip_average, l2_normalize
 from training.evaluation.metrics import (
+    PairedComparison,
     compatibility,
     gap_closed,
     genuine_impostor_scores,
+    mcnemar_exact,
     tar_at_far,
-    top_k_accuracy,
+    top_k_hits,
 )
 
 FAR_TARGET = 1e-3
@@ -210,6 +212,8 @@ class EvaluationReport:
     # the mapped row's queries (QUERIES_*) and scoring (scoring_name); None without a mapping
     queries: str | None = None
     scoring: str | None = None
+    # mapped vs old/old top-1 on the same probes (a = mapped, b = old/old); None without mapping
+    paired: PairedComparison | None = None
 
     def row(self, name: str) -> RowMetrics:
         try:
@@ -227,6 +231,13 @@ class EvaluationReport:
             "gap_closed": self.gap_closed,
             "mapped_queries": self.queries,
             "mapped_scoring": self.scoring,
+            "mapped_vs_old_old": None
+            if self.paired is None
+            else {
+                "only_mapped_right": self.paired.only_a,
+                "only_old_old_right": self.paired.only_b,
+                "mcnemar_p": self.paired.p_value,
+            },
         }
 
     def to_json(self) -> str:
@@ -253,6 +264,13 @@ class EvaluationReport:
                 "",
                 f"Compatibility criterion (mapped top-1 > old/old top-1): {verdict}; "
                 f"gap closed: {format_ratio(self.gap_closed)}.",
+            ]
+        if self.paired is not None:
+            lines += [
+                "",
+                f"Paired with old/old (top-1, same probes): {self.paired.only_a} probes only "
+                f"mapped gets right, {self.paired.only_b} only old/old; exact McNemar "
+                f"p = {self.paired.p_value:.3f}.",
             ]
         return "\n".join(lines) + "\n"
 
@@ -294,13 +312,14 @@ def _score_row(
     split: GalleryAndProbes,
     labels: np.ndarray,
     scores_out: dict[str, tuple[np.ndarray, np.ndarray]],
+    hits_out: dict[str, np.ndarray],
 ) -> RowMetrics:
     """Identification (probes vs the whole gallery) and verification (probes vs templates)."""
     gallery_rows = split.gallery_rows
     probe_labels = labels[split.probe_rows]
     ranked = exact_search(gallery=gallery_vectors, probes=probe_vectors, k=TOP_K)
-    top = {
-        k: top_k_accuracy(
+    hits = {
+        k: top_k_hits(
             ranked_ids=ranked,
             gallery_labels=labels[gallery_rows],
             probe_labels=probe_labels,
@@ -308,6 +327,7 @@ def _score_row(
         )
         for k in (1, TOP_K)
     }
+    top = {k: float(100.0 * h.mean()) for k, h in hits.items()}
     templates = gallery_vectors[: split.template_rows.size]  # templates come first
     genuine, impostor = genuine_impostor_scores(
         scores=probe_vectors @ templates.T,
@@ -315,6 +335,7 @@ def _score_row(
         template_labels=labels[split.template_rows],
     )
     scores_out[name] = (genuine, impostor)
+    hits_out[name] = hits[1]
     verification = tar_at_far(genuine=genuine, impostor=impostor, far=FAR_TARGET)
     return RowMetrics(
         name=name,
@@ -391,7 +412,8 @@ def _evaluate(
     old_probes = _unit(pairs.old[probe_rows])
     new_probes = _unit(pairs.new[probe_rows])
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    common = {"split": split, "labels": labels, "scores_out": scores}
+    hits: dict[str, np.ndarray] = {}  # per-probe top-1 hits, for the paired test
+    common = {"split": split, "labels": labels, "scores_out": scores, "hits_out": hits}
     rows = {
         ROW_OLD_OLD: _score_row(
             name=ROW_OLD_OLD,
@@ -463,6 +485,9 @@ def _evaluate(
         scores=scores,
         queries=None if mapped is None else mapped.query_kind,
         scoring=None if mapped is None else mapped.scoring,
+        paired=None
+        if ROW_MAPPED not in hits
+        else mcnemar_exact(hits_a=hits[ROW_MAPPED], hits_b=hits[ROW_OLD_OLD]),
     )
 
 

@@ -211,3 +211,18 @@ def test_report_says_which_queries_and_scoring() -> None:
     assert (plain.queries, plain.scoring) == ("plain", "forward")
     nothing = evaluate_mapping(eval_pairs=pairs, mapped=None)
     assert nothing.queries is None and "Mapped row" not in nothing.to_markdown()
+
+
+def test_report_pairs_mapped_with_old_old_on_the_same_probes() -> None:
+    pairs, forward, backward = informative_pairs()
+    queries, _ = query_vectors(pairs)
+    mapped = MappedRows(forward=forward, queries=queries, backward=backward, fusion_weight=0.9)
+    report = evaluate_mapping(eval_pairs=pairs, mapped=mapped)
+    paired = report.paired
+    assert paired is not None and paired.only_a + paired.only_b > 0
+    # the discordant counts ARE the top-1 difference: (only mapped - only old/old) / probes
+    difference = report.row(ROW_MAPPED).top1 - report.row("old/old").top1
+    assert 100.0 * (paired.only_a - paired.only_b) / report.probes == pytest.approx(difference)
+    assert report.to_dict()["mapped_vs_old_old"]["mcnemar_p"] == paired.p_value
+    assert "McNemar" in report.to_markdown()
+    assert evaluate_mapping(eval_pairs=pairs, mapped=None).paired is None

@@ -13,8 +13,10 @@ from training.evaluation.metrics import (
     compatibility,
     gap_closed,
     genuine_impostor_scores,
+    mcnemar_exact,
     tar_at_far,
     top_k_accuracy,
+    top_k_hits,
 )
 
 
@@ -137,3 +139,55 @@ def test_compatibility_and_gap_closed() -> None:
     assert gap_closed(mapped=95.0, old=90.0, new=100.0) == pytest.approx(0.5)
     assert gap_closed(mapped=85.0, old=90.0, new=100.0) == pytest.approx(-0.5)
     assert gap_closed(mapped=85.0, old=90.0, new=90.0) is None
+
+
+def naive_mcnemar(hits_a, hits_b):
+    """Loop counts; the two-sided exact p as the doubled smaller binomial tail, in exact
+    fractions (no floating point until the end)."""
+    from fractions import Fraction
+
+    only_a = sum(1 for a, b in zip(hits_a, hits_b, strict=True) if a and not b)
+    only_b = sum(1 for a, b in zip(hits_a, hits_b, strict=True) if b and not a)
+    n, m = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return only_a, only_b, 1.0
+    tail = sum(Fraction(math.comb(n, k), 2**n) for k in range(m + 1))
+    return only_a, only_b, float(min(Fraction(1), 2 * tail))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mcnemar_matches_naive(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    a = rng.random(n) < rng.uniform(0.5, 0.99)
+    b = np.where(rng.random(n) < 0.8, a, rng.random(n) < 0.9)
+    got = mcnemar_exact(hits_a=a, hits_b=b)
+    only_a, only_b, p = naive_mcnemar(a.tolist(), b.tolist())
+    assert (got.only_a, got.only_b) == (only_a, only_b)
+    assert got.p_value == pytest.approx(p, rel=1e-9, abs=1e-12)
+
+
+def test_mcnemar_edges() -> None:
+    same = np.array([True, False, True])
+    assert mcnemar_exact(hits_a=same, hits_b=same).p_value == 1.0
+    # 10 discordant, all one way: p = 2 / 2**10
+    a, b = np.ones(10, bool), np.zeros(10, bool)
+    assert mcnemar_exact(hits_a=a, hits_b=b).p_value == pytest.approx(2 / 1024)
+    # thousands of discordant probes stay finite (log-space terms)
+    big = mcnemar_exact(hits_a=np.arange(3000) % 2 == 0, hits_b=np.arange(3000) % 2 == 1)
+    assert big.p_value == pytest.approx(1.0)
+    with pytest.raises(InvalidInput):
+        mcnemar_exact(hits_a=np.ones(3, bool), hits_b=np.ones(4, bool))
+
+
+def test_top_k_hits_agree_with_accuracy_per_probe() -> None:
+    rng = np.random.default_rng(9)
+    gallery_labels = rng.integers(0, 4, size=6)
+    probe_labels = rng.integers(0, 5, size=30)
+    ranked = np.stack([rng.permutation(6)[:3] for _ in range(30)])
+    hits = top_k_hits(
+        ranked_ids=ranked, gallery_labels=gallery_labels, probe_labels=probe_labels, k=2
+    )
+    for i in range(30):
+        expected = naive_top_k(ranked[i : i + 1], gallery_labels, probe_labels[i : i + 1], 2)
+        assert hits[i] == (expected == 100.0)
