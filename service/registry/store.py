@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -244,19 +245,23 @@ def validate_transformer(
     if meta.threshold is not None and not -1.0 <= meta.threshold <= 1.0:
         raise ContractError(f"transformer threshold {meta.threshold} is not a cosine in [-1, 1]")
     rng = np.random.default_rng(PROBE_SEED)
-    probes = l2_normalize(rng.standard_normal((settings.probe_vectors, session.input_dim)))
-    try:
-        raw = session.map_raw(probes)
-    except Exception as exc:
-        raise ContractError(f"transformer fails on probe vectors ({type(exc).__name__})") from exc
-    if raw.shape != (probes.shape[0], session.output_dim):
-        raise ContractError(f"transformer returned shape {raw.shape} for {probes.shape} probes")
-    if not np.isfinite(raw).all():
-        raise ContractError("transformer outputs NaN/inf on probe vectors")
-    if (np.linalg.norm(raw, axis=1) == 0).any():
-        raise ContractError("transformer outputs zero vectors on probe vectors")
+    _probe_map(
+        session.map_raw,
+        what="transformer",
+        d_in=session.input_dim,
+        d_out=session.output_dim,
+        n=settings.probe_vectors,
+        rng=rng,
+    )
     if session.two_way:
-        _probe_backward_map(session, settings=settings, rng=rng)
+        _probe_map(
+            session.map_gallery_raw,
+            what="transformer's gallery map",
+            d_in=session.output_dim,
+            d_out=session.input_dim,
+            n=settings.probe_vectors,
+            rng=rng,
+        )
     metrics: dict[str, float] = {}
     if settings.validation_pairs is not None:
         metrics.update(
@@ -267,25 +272,27 @@ def validate_transformer(
     return metrics
 
 
-def _probe_backward_map(
-    session: TransformerSession, *, settings: ServiceSettings, rng: np.random.Generator
+def _probe_map(
+    run: Callable[[np.ndarray], np.ndarray],
+    *,
+    what: str,
+    d_in: int,
+    d_out: int,
+    n: int,
+    rng: np.random.Generator,
 ) -> None:
-    """The gallery head of a two-way file: old-space probes -> finite, non-zero [n, d_new]."""
-    probes = l2_normalize(rng.standard_normal((settings.probe_vectors, session.output_dim)))
+    """One head of a transformer on ``n`` random unit probes: runs, [n, d_out], finite, non-zero."""
+    probes = l2_normalize(rng.standard_normal((n, d_in)))
     try:
-        raw = session.map_gallery_raw(probes)
+        raw = run(probes)
     except Exception as exc:
-        raise ContractError(
-            f"transformer's gallery map fails on probe vectors ({type(exc).__name__})"
-        ) from exc
-    if raw.shape != (probes.shape[0], session.input_dim):
-        raise ContractError(
-            f"transformer's gallery map returned shape {raw.shape} for {probes.shape} probes"
-        )
+        raise ContractError(f"{what} fails on probe vectors ({type(exc).__name__})") from exc
+    if raw.shape != (probes.shape[0], d_out):
+        raise ContractError(f"{what} returned shape {raw.shape} for {probes.shape} probes")
     if not np.isfinite(raw).all():
-        raise ContractError("transformer's gallery map outputs NaN/inf on probe vectors")
+        raise ContractError(f"{what} outputs NaN/inf on probe vectors")
     if (np.linalg.norm(raw, axis=1) == 0).any():
-        raise ContractError("transformer's gallery map outputs zero vectors on probe vectors")
+        raise ContractError(f"{what} outputs zero vectors on probe vectors")
 
 
 def _write_atomically(directory: Path, name: str, data: bytes) -> Path:
