@@ -17,13 +17,15 @@ import numpy as np
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.api import admin, gallery, health, identify, identities
+from service.api import admin, gallery, health, identify, identities, operator, rollout
+from service.api.docs import install_docs
 from service.api.problems import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
     install_problem_handlers,
 )
 from service.api.state import InferencePool, ServiceState
+from service.console import install_console
 from service.db.session import make_engine, make_session_factory, upgrade_database
 from service.errors import ServiceUnavailable
 from service.gallery.index import GalleryIndex
@@ -35,6 +37,7 @@ from service.keys import bootstrap_admin_key
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.pipeline import ActiveMapping, GalleryHit, Pipeline
 from service.registry.holder import ActiveTransformerHolder, Poller
+from service.registry.shadow import ShadowEvaluator
 from service.settings import ServiceSettings
 
 log = logging.getLogger("facebridge.app")
@@ -44,7 +47,11 @@ OPENAPI_TAGS = [
     {"name": "identify", "description": "Identify and verify faces against the gallery."},
     {"name": "identities", "description": "People and their enrolled faces."},
     {"name": "gallery", "description": "Bulk import of legacy vectors; gallery statistics."},
-    {"name": "admin", "description": "Transformer versions and API keys (admin scope)."},
+    {
+        "name": "admin",
+        "description": "Transformer versions, shadow evaluation, the audit history and API keys "
+        "(admin scope).",
+    },
     {"name": "health", "description": "Liveness, readiness, Prometheus metrics."},
 ]
 # Queue depth per inference thread before the service answers 503 instead of queueing more.
@@ -90,11 +97,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         summary="Face identification across an embedding-model upgrade, without re-enrolment.",
         openapi_tags=OPENAPI_TAGS,
         lifespan=lifespan,
+        docs_url=None,  # served offline by service.api.docs
+        redoc_url=None,
     )
     app.state.facebridge = None
     install_problem_handlers(app)
-    for module in (identify, identities, gallery, admin, health):
+    for module in (identify, identities, gallery, admin, rollout, operator, health):
         app.include_router(module.router)
+    install_docs(app)
+    install_console(app)
     # Added last = outermost: the request id exists before anything else runs.
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -151,16 +162,6 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
     holder.refresh()
     holder.start_polling()
     stack.callback(holder.stop_polling)
-    # Faces written by other workers/replicas (or the CLI) reach this process's FAISS index.
-    gallery_sync = GallerySync(session_factory=session_factory, index=index)
-    gallery_sync.refresh()
-    gallery_poller = Poller(
-        interval_seconds=settings.generation_poll_seconds,
-        tasks=[gallery_sync.refresh],
-        name="facebridge-gallery-poller",
-    )
-    gallery_poller.start()
-    stack.callback(gallery_poller.stop)
     pool = InferencePool(
         threads=settings.inference_threads,
         max_pending=settings.inference_threads * PENDING_PER_THREAD,
@@ -177,6 +178,28 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
         index=index,
         session_factory=session_factory,
     )
+    shadow = ShadowEvaluator(
+        session_factory=session_factory,
+        settings=settings,
+        rank=pipeline.rank_vectors,
+        metrics=metrics,
+        thread_initializer=lambda: set_faiss_threads(settings.faiss_threads),
+    )
+    shadow.refresh()
+    shadow.start()
+    stack.callback(shadow.stop)
+    pipeline.after_identify = shadow.offer
+    # Faces written by other workers/replicas (or the CLI) reach this process's FAISS index;
+    # a shadow run started through another worker reaches this one.
+    gallery_sync = GallerySync(session_factory=session_factory, index=index)
+    gallery_sync.refresh()
+    gallery_poller = Poller(
+        interval_seconds=settings.generation_poll_seconds,
+        tasks=[gallery_sync.refresh, shadow.refresh],
+        name="facebridge-gallery-poller",
+    )
+    gallery_poller.start()
+    stack.callback(gallery_poller.stop)
     state = ServiceState(
         settings=settings,
         metrics=metrics,
@@ -188,6 +211,7 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
         index=index,
         pipeline=pipeline,
         gallery_poller=gallery_poller,
+        shadow=shadow,
     )
     state.refresh_gauges()
     return state
@@ -225,12 +249,8 @@ def _build_pipeline(
         session = active.session
         if active.version is None or session is None:
             return None
-        return ActiveMapping(
-            version=active.version,
-            map=session.map,
-            threshold=active.threshold,
-            fusion_weight=session.fusion_weight,
-            map_gallery=session.map_gallery if session.two_way else None,
+        return ActiveMapping.from_session(
+            version=active.version, session=session, threshold=active.threshold
         )
 
     def search(vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session
 
 from service.db.models import ApiKey, utcnow
 from service.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from service.registry import audit
+from service.registry.audit import LOCAL_ACTOR, SYSTEM_ACTOR, Actor
 
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
@@ -99,9 +101,14 @@ def generate_key() -> str:
 
 
 def create_key(
-    *, session: Session, scopes: Iterable[str], name: str | None = None
+    *,
+    session: Session,
+    scopes: Iterable[str],
+    name: str | None = None,
+    actor: Actor = LOCAL_ACTOR,
+    reason: str | None = None,
 ) -> tuple[ApiKeyInfo, str]:
-    """A new key. Returns its record and the plaintext, which is never stored nor shown again."""
+    """A new key (audited). Returns its record and the plaintext, never stored nor shown again."""
     chosen = _normalize_scopes(scopes)
     plaintext = generate_key()
     row = ApiKey(
@@ -111,16 +118,32 @@ def create_key(
         scopes=",".join(chosen),
     )
     session.add(row)
+    session.flush()
+    audit.record_event(
+        session,
+        action=audit.ACTION_KEY_CREATE,
+        actor=actor,
+        subject=_key_subject(row),
+        to_value=row.scopes,
+        reason=reason,
+    )
     session.commit()
     return ApiKeyInfo.from_row(row), plaintext
 
 
-def verify_key(*, session: Session, key: str | None, scope: str, touch: bool = True) -> ApiKeyInfo:
-    """The key's record when it is valid and allows ``scope``.
+def _key_subject(row: ApiKey) -> str:
+    """How the audit history names a key: id, name and prefix (never the secret)."""
+    return f"key {row.id}" + (f" ({row.name})" if row.name else "") + f" {row.prefix}"
+
+
+def verify_key(
+    *, session: Session, key: str | None, scope: str | None, touch: bool = True
+) -> ApiKeyInfo:
+    """The key's record when it is valid and allows ``scope`` (None: any valid key).
 
     Unauthorized: missing, unknown or revoked. Forbidden: valid but lacking the scope.
     """
-    if scope not in SCOPES:
+    if scope is not None and scope not in SCOPES:
         raise InvalidInput(f"unknown scope {scope!r}")
     if not key:
         raise Unauthorized(f"missing API key (header {API_KEY_HEADER})")
@@ -135,7 +158,7 @@ def verify_key(*, session: Session, key: str | None, scope: str, touch: bool = T
     if match is None or match.revoked_at is not None:
         raise Unauthorized("unknown or revoked API key")
     info = ApiKeyInfo.from_row(match)
-    if not info.allows(scope):
+    if scope is not None and not info.allows(scope):
         raise Forbidden(f"this API key lacks the {scope!r} scope")
     if touch:
         match.last_used_at = utcnow()
@@ -155,13 +178,24 @@ def list_keys(*, session: Session, include_revoked: bool = True) -> list[ApiKeyI
     return [ApiKeyInfo.from_row(r) for r in session.scalars(stmt)]
 
 
-def revoke_key(*, session: Session, key_id: int) -> ApiKeyInfo:
-    """Revoke a key (idempotent). NotFound for an unknown id."""
+def revoke_key(
+    *, session: Session, key_id: int, actor: Actor = LOCAL_ACTOR, reason: str | None = None
+) -> ApiKeyInfo:
+    """Revoke a key (idempotent; audited once). NotFound for an unknown id."""
     row = session.get(ApiKey, key_id)
     if row is None:
         raise NotFound(f"API key {key_id} not found")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        audit.record_event(
+            session,
+            action=audit.ACTION_KEY_REVOKE,
+            actor=actor,
+            subject=_key_subject(row),
+            from_value="active",
+            to_value="revoked",
+            reason=reason,
+        )
         session.commit()
     return ApiKeyInfo.from_row(row)
 
@@ -179,17 +213,38 @@ def bootstrap_admin_key(*, session: Session, settings: ServiceSettings) -> ApiKe
     previous = session.scalars(
         select(ApiKey).where(ApiKey.name == BOOTSTRAP_KEY_NAME, ApiKey.revoked_at.is_(None))
     ).all()
+    created = False
     for row in previous:
         if row.key_hash != digest:
             row.revoked_at = utcnow()
+            audit.record_event(
+                session,
+                action=audit.ACTION_KEY_REVOKE,
+                actor=SYSTEM_ACTOR,
+                subject=_key_subject(row),
+                from_value="active",
+                to_value="revoked",
+                reason="FACEBRIDGE_ADMIN_KEY changed",
+            )
     if existing is None:
         existing = ApiKey(
             name=BOOTSTRAP_KEY_NAME, prefix=key_prefix(plaintext), key_hash=digest, scopes="admin"
         )
         session.add(existing)
+        created = True
     elif existing.revoked_at is not None and existing.name == BOOTSTRAP_KEY_NAME:
         existing.revoked_at = None  # the operator put the key back in the environment
     try:
+        if created:
+            session.flush()
+            audit.record_event(
+                session,
+                action=audit.ACTION_KEY_BOOTSTRAP,
+                actor=SYSTEM_ACTOR,
+                subject=_key_subject(existing),
+                to_value="admin",
+                reason="stored from FACEBRIDGE_ADMIN_KEY",
+            )
         session.commit()
     except IntegrityError:  # another worker stored it at the same moment
         session.rollback()

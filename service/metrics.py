@@ -6,14 +6,21 @@ Nothing is registered at import: :class:`ServiceMetrics` is created in ``create_
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.registry.shadow_stats import Decision, change_kind
+
+if TYPE_CHECKING:
+    from service.pipeline import IdentifyOutcome
+
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+_SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class ServiceMetrics:
@@ -59,7 +66,62 @@ class ServiceMetrics:
             ("version",),
             registry=self.registry,
         )
+        self.identify_decisions = Counter(
+            "facebridge_identify_decisions_total",
+            "Identify outcomes per image: match, no_match (top candidate below the threshold or "
+            "no candidate), no_face (the request was refused: no face found).",
+            ("decision",),
+            registry=self.registry,
+        )
+        self.shadow_images = Counter(
+            "facebridge_shadow_images_total",
+            "Images a shadow run compared, by candidate version and top-1 agreement with the "
+            "active version (agree, disagree, none = one side had no candidate).",
+            ("candidate", "top1"),
+            registry=self.registry,
+        )
+        self.shadow_decisions = Counter(
+            "facebridge_shadow_decisions_total",
+            "Shadow-compared images by how the reply's decision would change with the candidate "
+            "(unchanged, match_to_no_match, no_match_to_match, match_to_other).",
+            ("candidate", "change"),
+            registry=self.registry,
+        )
+        self.shadow_scores = Histogram(
+            "facebridge_shadow_top1_score",
+            "Top-1 scores of shadow-compared images, for the active version and the candidate.",
+            ("candidate", "role"),
+            buckets=_SCORE_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_dropped = Counter(
+            "facebridge_shadow_dropped_total",
+            "Sampled replies the shadow thread had no room for (its queue was full).",
+            ("candidate",),
+            registry=self.registry,
+        )
         self._active_version: str | None = None
+
+    def count_decisions(self, outcomes: list[IdentifyOutcome]) -> None:
+        matched = sum(1 for outcome in outcomes if outcome.match is not None)
+        if matched:
+            self.identify_decisions.labels(decision="match").inc(matched)
+        if len(outcomes) > matched:
+            self.identify_decisions.labels(decision="no_match").inc(len(outcomes) - matched)
+
+    def observe_shadow(self, *, candidate: str, active: Decision, shadow: Decision) -> None:
+        if active.top1_identity is None or shadow.top1_identity is None:
+            top1 = "none"
+        else:
+            top1 = "agree" if active.top1_identity == shadow.top1_identity else "disagree"
+        self.shadow_images.labels(candidate=candidate, top1=top1).inc()
+        change = change_kind(active, shadow) or "unchanged"
+        self.shadow_decisions.labels(candidate=candidate, change=change).inc()
+        for role, decision in (("active", active), ("candidate", shadow)):
+            if decision.top1_score is not None:
+                self.shadow_scores.labels(candidate=candidate, role=role).observe(
+                    decision.top1_score
+                )
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(stage=stage).observe(seconds)

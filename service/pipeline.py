@@ -19,6 +19,7 @@ backbone call.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,10 +31,11 @@ import numpy as np
 from service.errors import FacebridgeError, InvalidInput, ServiceUnavailable
 from service.fusion import RERANK_DEPTH, candidate_scores, fused_scores
 from service.inference.detect import FaceDetector
-from service.inference.faces import aligned_faces
+from service.inference.faces import FaceCrop, aligned_faces, face_crops
 from service.inference.images import decode_image
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,33 @@ class ActiveMapping:
     @property
     def two_way(self) -> bool:
         return self.map_gallery is not None and self.fusion_weight < 1.0
+
+    @classmethod
+    def from_session(
+        cls, *, version: str, session: TransformerRunner, threshold: float | None
+    ) -> ActiveMapping:
+        """The mapping of a loaded transformer session (active, or a shadow candidate)."""
+        return cls(
+            version=version,
+            map=session.map,
+            threshold=threshold,
+            fusion_weight=session.fusion_weight,
+            map_gallery=session.map_gallery if session.two_way else None,
+        )
+
+
+class TransformerRunner(Protocol):
+    """What a mapping needs of ``service.inference.transformer.TransformerSession``."""
+
+    @property
+    def fusion_weight(self) -> float: ...
+
+    @property
+    def two_way(self) -> bool: ...
+
+    def map(self, vectors: np.ndarray) -> np.ndarray: ...
+
+    def map_gallery(self, vectors: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -146,6 +175,21 @@ LookupFn = Callable[[Sequence[int]], dict[int, GalleryHit]]
 SnapshotFn = Callable[[], ActiveMapping | None]
 
 
+@dataclass(frozen=True)
+class IdentifyReply:
+    """What an identify reply was made of: handed to ``after_identify`` (the shadow
+    evaluation) once the reply is computed; it must never change the reply."""
+
+    queries_new: np.ndarray  # [n, d_new] the backbone's unit vectors
+    outcomes: list[IdentifyOutcome]
+    top_k: int
+    threshold: float | None  # as requested (None: each version's own)
+    transformer: str
+
+
+AfterIdentifyFn = Callable[[IdentifyReply], None]
+
+
 class Pipeline:
     """Blocking request orchestration. Thread-safe: call it from the worker threads."""
 
@@ -163,6 +207,7 @@ class Pipeline:
         default_threshold: float,
         flip_average_queries: bool = False,
         observe: Callable[[str, float], None] | None = None,
+        after_identify: AfterIdentifyFn | None = None,
     ) -> None:
         self.backbone = backbone
         self.detector = detector
@@ -175,6 +220,7 @@ class Pipeline:
         self.max_image_pixels = int(max_image_pixels)
         self.default_threshold = float(default_threshold)
         self._observe = observe or (lambda stage, seconds: None)
+        self.after_identify = after_identify
         # dlib's detector objects are not documented as thread-safe: one detection at a time.
         self._detector_lock = threading.Lock()
 
@@ -221,6 +267,19 @@ class Pipeline:
             self._observe("align", t.align)
         return np.stack(crops), times
 
+    def detect(self, *, image: ImageUpload) -> tuple[tuple[int, int], list[FaceCrop]]:
+        """(width, height) of the decoded image and its aligned faces, the one identify uses
+        first; an aligned 112 x 112 crop passes through (no detection)."""
+        decoded = decode_image(
+            image.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
+        )
+        if self.detector is None:
+            crops = face_crops(decoded, detector=None)
+        else:
+            with self._detector_lock:
+                crops = face_crops(decoded, detector=self.detector, all_faces=True)
+        return (int(decoded.shape[1]), int(decoded.shape[0])), crops
+
     def map_images(
         self, *, images: Sequence[ImageUpload], mapping: ActiveMapping | None = None
     ) -> MappedFaces:
@@ -264,6 +323,65 @@ class Pipeline:
         """Candidates per image, in upload order; returns them with the threshold applied."""
         mapping = self.active_mapping()
         mapped = self.map_images(images=images, mapping=mapping)
+        outcomes, decision = self.rank(
+            mapped=mapped,
+            mapping=mapping,
+            top_k=top_k,
+            threshold=threshold,
+            filenames=[image.filename for image in images],
+        )
+        if self.after_identify is not None:
+            reply = IdentifyReply(
+                queries_new=mapped.queries_new,
+                outcomes=outcomes,
+                top_k=top_k,
+                threshold=threshold,
+                transformer=mapping.version,
+            )
+            try:
+                self.after_identify(reply)
+            except Exception:  # an observer never changes a reply
+                log.exception("after_identify observer failed")
+        return outcomes, decision
+
+    def rank_vectors(
+        self,
+        *,
+        queries_new: np.ndarray,
+        mapping: ActiveMapping,
+        top_k: int,
+        threshold: float | None,
+    ) -> tuple[list[IdentifyOutcome], float]:
+        """Identify from the backbone's unit vectors with ``mapping`` (a shadow candidate): the
+        same search, scoring and decision as :meth:`identify`, no stage metrics recorded."""
+        start = time.perf_counter()
+        old = mapping.map(queries_new)
+        n = int(queries_new.shape[0])
+        times = [StageTimes(map=(time.perf_counter() - start) / n) for _ in range(n)]
+        mapped = MappedFaces(
+            vectors=old,
+            queries_new=queries_new,
+            backbone=self.backbone.model_id,
+            transformer=mapping.version,
+            threshold=mapping.threshold,
+            timings=times,
+        )
+        return self.rank(
+            mapped=mapped, mapping=mapping, top_k=top_k, threshold=threshold, record=False
+        )
+
+    def rank(
+        self,
+        *,
+        mapped: MappedFaces,
+        mapping: ActiveMapping,
+        top_k: int,
+        threshold: float | None,
+        filenames: Sequence[str | None] | None = None,
+        record: bool = True,
+    ) -> tuple[list[IdentifyOutcome], float]:
+        """Search, (fused) scoring, identities and the decision for already mapped queries."""
+        observe = self._observe if record else (lambda stage, seconds: None)
         n = mapped.vectors.shape[0]
         decision = self.threshold_for(threshold, mapped.threshold)
 
@@ -274,7 +392,7 @@ class Pipeline:
             hits_per_query, search_s, rerank_s = self._fused_hits(
                 mapped=mapped, mapping=mapping, top_k=top_k
             )
-            self._observe("rerank", rerank_s)
+            observe("rerank", rerank_s)
         else:
             start = time.perf_counter()
             hits_per_query = self.search(mapped.vectors, top_k * 4)
@@ -283,8 +401,8 @@ class Pipeline:
         wanted = sorted({int(f) for ids, _ in hits_per_query for f in ids if f >= 0})
         hits = self.lookup(wanted) if wanted else {}
         lookup_s = time.perf_counter() - start
-        self._observe("search", search_s)
-        self._observe("lookup", lookup_s)
+        observe("search", search_s)
+        observe("lookup", lookup_s)
 
         outcomes: list[IdentifyOutcome] = []
         for i in range(n):
@@ -313,7 +431,7 @@ class Pipeline:
             outcomes.append(
                 IdentifyOutcome(
                     index=i,
-                    filename=images[i].filename,
+                    filename=filenames[i] if filenames is not None else None,
                     candidates=candidates,
                     match=top if top is not None and top.score >= decision else None,
                     backbone=mapped.backbone,

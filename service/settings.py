@@ -182,6 +182,20 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description="How often each worker polls the database for a transformer activation.",
     )
+    shadow_sample_rate: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description="Share of identify replies a shadow run compares with its candidate "
+        "transformer, unless the start request names another (`sample_rate`). The comparison "
+        "runs off the request path and never changes a reply.",
+    )
+    shadow_queue_size: int = Field(
+        default=64,
+        ge=1,
+        description="Sampled replies waiting for the shadow thread; when full, further samples "
+        "are dropped (counted), so a shadow run never slows identify down.",
+    )
     admin_key: SecretStr | None = Field(
         default=None,
         description="Bootstrap admin API key (at least 16 characters; stored hashed at start). "

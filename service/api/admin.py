@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Path, Response, UploadFile, status
+from fastapi import APIRouter, Body, Depends, File, Form, Path, Query, Response, UploadFile, status
 
 from service import keys
 from service.api.deps import (
     SCOPE_ADMIN,
+    AdminActor,
     DbSession,
     MultipartBody,
     StateDep,
     require_scope,
 )
+from service.api.rollout_schemas import ChangeReason
 from service.api.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -30,6 +32,7 @@ from service.api.schemas import (
 from service.api.state import ServiceState
 from service.api.uploads import check_media_type
 from service.errors import InvalidInput
+from service.registry import audit
 from service.registry import store as registry
 
 router = APIRouter(
@@ -40,6 +43,22 @@ router = APIRouter(
 
 Version = Annotated[str, Path(min_length=1, max_length=64, description="transformer version")]
 ONNX_MEDIA_TYPES = frozenset({"application/onnx", "application/x-onnx", "application/protobuf"})
+# Optional everywhere: a change without a reason is still recorded (who, when, from -> to).
+ReasonBody = Annotated[
+    ChangeReason | None,
+    Body(
+        description="optional: why (kept in the audit history)",
+        openapi_examples={"reason": {"value": {"reason": "shadow agreement 99.2%"}}},
+    ),
+]
+ReasonQuery = Annotated[
+    str | None,
+    Query(max_length=audit.MAX_REASON_LENGTH, description="why (kept in the audit history)"),
+]
+
+
+def _reason(body: ChangeReason | None) -> str | None:
+    return None if body is None else body.reason
 
 
 def _transformer(info: registry.TransformerInfo) -> TransformerInfo:
@@ -62,8 +81,10 @@ def _transformer(info: registry.TransformerInfo) -> TransformerInfo:
 
 
 async def _refresh_holder(state: ServiceState) -> None:
-    """Make THIS worker serve the new active version now (others follow via the poller)."""
+    """Make THIS worker serve the new active version now (others follow via the poller); a
+    switch also ends a shadow run, which this worker then stops sampling."""
     await state.pool.run(state.holder.refresh)
+    await state.pool.run(state.shadow.refresh)
 
 
 @router.post(
@@ -79,6 +100,7 @@ async def _refresh_holder(state: ServiceState) -> None:
 )
 async def upload_transformer(
     state: StateDep,
+    actor: AdminActor,
     response: Response,
     _multipart: MultipartBody,
     file: Annotated[UploadFile, File(description="the transformer ONNX file")],
@@ -98,6 +120,7 @@ async def upload_transformer(
         data=data,
         activate=activate,
         note=note,
+        actor=actor,
     )
     if activate:
         await _refresh_holder(state)
@@ -119,7 +142,9 @@ def list_transformers(state: StateDep, session: DbSession) -> TransformerList:
         for info in registry.list_transformers(session=session, settings=state.settings)
     ]
     active = next((item.version for item in items if item.active), None)
-    return TransformerList(items=items, active=active)
+    return TransformerList(
+        items=items, active=active, rollback_target=audit.rollback_target(session, active=active)
+    )
 
 
 @router.get(
@@ -138,15 +163,21 @@ def get_transformer(version: Version, state: StateDep, session: DbSession) -> Tr
 @router.post(
     "/transformers/rollback",
     operation_id="rollbackTransformer",
-    summary="Re-activate the previously active version",
+    summary="Re-activate the version before the current one in the activation history",
     response_model=TransformerInfo,
     responses=problem_responses(403, 409),
 )
-async def rollback_transformer(state: StateDep) -> TransformerInfo:
+async def rollback_transformer(
+    state: StateDep, actor: AdminActor, body: ReasonBody = None
+) -> TransformerInfo:
+    """The history is a stack: after activating A, B, C three rollbacks give B, A, then 409
+    (nothing older), never a toggle between the last two."""
     info = await state.pool.run(
         registry.rollback_transformer,
         session_factory=state.session_factory,
         settings=state.settings,
+        actor=actor,
+        reason=_reason(body),
     )
     await _refresh_holder(state)
     return _transformer(info)
@@ -159,14 +190,19 @@ async def rollback_transformer(state: StateDep) -> TransformerInfo:
     response_model=TransformerInfo,
     responses=problem_responses(403, 404, 409, 422),
 )
-async def activate_transformer(version: Version, state: StateDep) -> TransformerInfo:
+async def activate_transformer(
+    version: Version, state: StateDep, actor: AdminActor, body: ReasonBody = None
+) -> TransformerInfo:
     """In-flight requests finish on the version they started with; other workers follow
-    within ``generation_poll_seconds``."""
+    within ``generation_poll_seconds``. The audit record keeps the candidate's latest shadow
+    figures, if it was shadowed."""
     info = await state.pool.run(
         registry.activate_transformer,
         session_factory=state.session_factory,
         settings=state.settings,
         version=version,
+        actor=actor,
+        reason=_reason(body),
     )
     await _refresh_holder(state)
     return _transformer(info)
@@ -180,11 +216,18 @@ async def activate_transformer(version: Version, state: StateDep) -> Transformer
     response_class=Response,
     responses=problem_responses(403, 404, 409),
 )
-def delete_transformer(version: Version, state: StateDep) -> Response:
-    """Never the active one (409)."""
+def delete_transformer(
+    version: Version, state: StateDep, actor: AdminActor, reason: ReasonQuery = None
+) -> Response:
+    """Never the active one (409). It leaves the rollback history; its shadow run stops."""
     registry.delete_transformer(
-        session_factory=state.session_factory, settings=state.settings, version=version
+        session_factory=state.session_factory,
+        settings=state.settings,
+        version=version,
+        actor=actor,
+        reason=reason,
     )
+    state.shadow.refresh()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -207,8 +250,14 @@ def _key(info: keys.ApiKeyInfo) -> ApiKeyInfo:
     response_model=ApiKeyCreated,
     responses=problem_responses(403, 422),
 )
-def create_api_key(body: ApiKeyCreate, session: DbSession) -> ApiKeyCreated:
-    info, secret = keys.create_key(session=session, scopes=list(body.scopes), name=body.name)
+def create_api_key(body: ApiKeyCreate, session: DbSession, actor: AdminActor) -> ApiKeyCreated:
+    info, secret = keys.create_key(
+        session=session,
+        scopes=list(body.scopes),
+        name=body.name,
+        actor=actor,
+        reason=body.reason,
+    )
     return ApiKeyCreated(**_key(info).model_dump(), key=secret)
 
 
@@ -232,9 +281,13 @@ def list_api_keys(session: DbSession) -> ApiKeyList:
     responses=problem_responses(403, 404),
 )
 def revoke_api_key(
-    key_id: Annotated[int, Path(ge=1)], state: StateDep, session: DbSession
+    key_id: Annotated[int, Path(ge=1)],
+    state: StateDep,
+    session: DbSession,
+    actor: AdminActor,
+    reason: ReasonQuery = None,
 ) -> Response:
     """Effective at once in this worker; other workers forget cached keys within seconds."""
-    keys.revoke_key(session=session, key_id=key_id)
+    keys.revoke_key(session=session, key_id=key_id, actor=actor, reason=reason)
     state.verified_keys.clear()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -7,6 +7,7 @@ the only scope accepted under /v1/admin). Keys and scope rules live in :mod:`ser
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from service.api.state import ServiceState, VerifiedKeys
 from service.errors import Forbidden, ServiceUnavailable, UnsupportedMediaType
 from service.keys import ApiKeyInfo, hash_key, verify_key
+from service.registry.audit import Actor
 from service.settings import ServiceSettings
 
 API_KEY_HEADER = "X-API-Key"
@@ -64,11 +66,15 @@ def get_db(state: StateDep) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_db)]
 
 
-def require_scope(scope: str) -> Callable[..., Any]:
-    """A dependency admitting keys with ``scope`` (401 without a known key, 403 without scope).
+@functools.cache
+def require_scope(scope: str | None) -> Callable[..., Any]:
+    """A dependency admitting keys with ``scope`` (401 without a known key, 403 without scope);
+    ``None`` admits any valid key. One callable per scope, so FastAPI runs it once per request
+    even when a route and its router both depend on it.
 
     Scope rules (admin implies all) live in :mod:`service.keys`; a cache miss verifies the key
-    against SQL in a worker thread, off the event loop.
+    against SQL in a worker thread, off the event loop. The verified key's record is kept on
+    ``request.state.api_key`` (who made a change: :func:`admin_actor`).
     """
 
     async def check(
@@ -86,17 +92,34 @@ def require_scope(scope: str) -> Callable[..., Any]:
 
             info = await run_in_threadpool(verify)
             cache.put(key_hash, info)
-        elif not info.allows(scope):
+        elif scope is not None and not info.allows(scope):
             raise Forbidden(f"this API key lacks the {scope!r} scope")
-        return scope
+        request.state.api_key = info
+        return scope or "any"
 
-    check.__name__ = f"require_{scope}"
+    check.__name__ = f"require_{scope or 'any_key'}"
     return check
 
 
 IdentifyScope = Annotated[str, Depends(require_scope(SCOPE_IDENTIFY))]
 EnrolScope = Annotated[str, Depends(require_scope(SCOPE_ENROL))]
 AdminScope = Annotated[str, Depends(require_scope(SCOPE_ADMIN))]
+AnyKey = Annotated[str, Depends(require_scope(None))]
+
+
+async def verified_key(request: Request, _auth: AnyKey) -> ApiKeyInfo:
+    """The caller's key record (any valid key)."""
+    return request.state.api_key  # type: ignore[no-any-return]
+
+
+async def admin_actor(request: Request, _auth: AdminScope) -> Actor:
+    """Who makes an admin change, for the audit history: the admin key's id and name."""
+    info: ApiKeyInfo = request.state.api_key
+    return Actor.for_key(key_id=info.id, name=info.name)
+
+
+CallerKey = Annotated[ApiKeyInfo, Depends(verified_key)]
+AdminActor = Annotated[Actor, Depends(admin_actor)]
 
 
 async def require_multipart(request: Request) -> None:

@@ -16,6 +16,7 @@ from service.api.schemas import (
     problem_responses,
 )
 from service.api.uploads import read_images
+from service.errors import NoFaceFound
 from service.pipeline import Candidate as PipelineCandidate
 from service.pipeline import IdentifyOutcome
 
@@ -75,10 +76,15 @@ async def identify(
 ) -> IdentifyResponse:
     """Nearest identities in the gallery for each image (new backbone -> active transformer)."""
     uploads = await read_images(image, max_images=state.settings.max_batch_images)
-    outcomes, decision = await state.pool.run(
-        state.pipeline.identify, images=uploads, top_k=top_k, threshold=threshold
-    )
+    try:
+        outcomes, decision = await state.pool.run(
+            state.pipeline.identify, images=uploads, top_k=top_k, threshold=threshold
+        )
+    except NoFaceFound:
+        state.metrics.identify_decisions.labels(decision="no_face").inc()
+        raise
     state.metrics.images.labels(operation="identify").inc(len(outcomes))
+    state.metrics.count_decisions(outcomes)
     return IdentifyResponse(results=[_result(o) for o in outcomes], top_k=top_k, threshold=decision)
 
 

@@ -358,16 +358,25 @@ class TransformerList(BaseModel):
         {
             "items": [TransformerInfo.model_config["json_schema_extra"]["examples"][0]],  # type: ignore[index]
             "active": "tf-20260101-ab12cd34",
+            "rollback_target": "tf-20251201-0f9e8d7c",
         }
     )
     items: list[TransformerInfo]
     active: str | None
+    rollback_target: str | None = Field(
+        default=None,
+        description="what POST .../rollback would re-activate (the activation history is a "
+        "stack); None: nothing older",
+    )
 
 
 class ApiKeyCreate(BaseModel):
     model_config = _example({"name": "kiosk-3", "scopes": ["identify"]})
     name: str = Field(min_length=1, max_length=100)
     scopes: list[Scope] = Field(min_length=1)
+    reason: str | None = Field(
+        default=None, max_length=2000, description="why (kept in the audit history)"
+    )
 
 
 class ApiKeyInfo(BaseModel):

@@ -27,6 +27,7 @@ from service.keys import ApiKeyInfo
 from service.metrics import ServiceMetrics
 from service.pipeline import Pipeline
 from service.registry.holder import ActiveTransformerHolder, Poller
+from service.registry.shadow import ShadowEvaluator
 from service.settings import ServiceSettings
 
 T = TypeVar("T")
@@ -115,6 +116,7 @@ class ServiceState:
     index: GalleryIndex
     pipeline: Pipeline
     gallery_poller: Poller
+    shadow: ShadowEvaluator
     verified_keys: VerifiedKeys = field(
         default_factory=lambda: VerifiedKeys(ttl_seconds=KEY_CACHE_SECONDS)
     )

@@ -187,3 +187,85 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class AuditEvent(Base):
+    """One change an operator made (migration ``0003``): who (key id), when, what, from -> to, why.
+
+    Append-only. Transformer rows replay it as the activation history that rollback walks
+    (:mod:`service.registry.audit`); key changes and shadow runs are recorded here too. No
+    foreign keys: a record outlives the version or key it names.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    actor_key_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    from_value: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    to_value: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+
+
+SHADOW_STATES = ("running", "stopped")
+SHADOW_RUNNING = "running"
+SHADOW_STOPPED = "stopped"
+
+
+class ShadowRun(Base):
+    """A candidate transformer evaluated beside the active one on sampled live traffic.
+
+    At most one run is ``running`` (partial unique index, as for the active transformer); every
+    worker polls for it. Results live per worker in :class:`ShadowResult` and are summed on read.
+    """
+
+    __tablename__ = "shadow_runs"
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'stopped')", name="status"),
+        CheckConstraint("sample_rate > 0 AND sample_rate <= 1", name="sample_rate"),
+        Index(
+            "uq_shadow_runs_one_running",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    candidate_version: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    baseline_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    sample_rate: Mapped[float] = mapped_column(Float, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=SHADOW_RUNNING)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_by_key_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    results: Mapped[list[ShadowResult]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ShadowResult(Base):
+    """One worker's cumulative statistics for one shadow run (the worker rewrites its own row)."""
+
+    __tablename__ = "shadow_results"
+    __table_args__ = (UniqueConstraint("run_id", "worker", name="uq_shadow_results_run_worker"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("shadow_runs.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    )
+    worker: Mapped[str] = mapped_column(String(128), nullable=False)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    run: Mapped[ShadowRun] = relationship(back_populates="results")

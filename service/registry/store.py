@@ -34,6 +34,8 @@ from service.db.models import (
 )
 from service.errors import Conflict, ContractError, InvalidInput, NotFound, PayloadTooLarge
 from service.gallery.store import gallery_dim, gallery_model_id, registry_row
+from service.registry import audit, shadow_store
+from service.registry.audit import LOCAL_ACTOR, Actor
 from service.vectors import l2_normalize
 
 if TYPE_CHECKING:
@@ -326,8 +328,9 @@ def upload_transformer(
     data: bytes,
     activate: bool = False,
     note: str | None = None,
+    actor: Actor = LOCAL_ACTOR,
 ) -> TransformerInfo:
-    """Validate and store an ONNX transformer; optionally activate it.
+    """Validate and store an ONNX transformer (audited); optionally activate it.
 
     Garbage, wrong dims or wrong model ids raise ContractError with nothing stored and the
     active version unchanged. The same bytes uploaded again return the existing version
@@ -359,7 +362,11 @@ def upload_transformer(
     if info is not None:
         if activate and not info.active:
             return activate_transformer(
-                session_factory=session_factory, settings=settings, version=info.version
+                session_factory=session_factory,
+                settings=settings,
+                version=info.version,
+                actor=actor,
+                reason=note,
             )
         return info
 
@@ -399,6 +406,16 @@ def upload_transformer(
         )
         session.add(row)
         try:
+            session.flush()
+            audit.record_event(
+                session,
+                action=audit.ACTION_UPLOAD,
+                actor=actor,
+                subject=version,
+                to_value=version,
+                reason=note,
+                details={"recipe": meta.recipe, "sha256": sha256},
+            )
             session.commit()
         except IntegrityError:  # the same file uploaded concurrently
             session.rollback()
@@ -409,7 +426,11 @@ def upload_transformer(
     log.info("stored transformer %s (%s)", version, meta.recipe)
     if activate:
         return activate_transformer(
-            session_factory=session_factory, settings=settings, version=version
+            session_factory=session_factory,
+            settings=settings,
+            version=version,
+            actor=actor,
+            reason=note,
         )
     return info
 
@@ -480,18 +501,41 @@ def _switch_active(session: Session, *, target: TransformerVersion | None) -> st
 
 
 def activate_transformer(
-    *, session_factory: sessionmaker[Session], settings: ServiceSettings, version: str
+    *,
+    session_factory: sessionmaker[Session],
+    settings: ServiceSettings,
+    version: str,
+    actor: Actor = LOCAL_ACTOR,
+    reason: str | None = None,
 ) -> TransformerInfo:
-    """Make ``version`` the active transformer (atomic; bumps the generation).
+    """Make ``version`` the active transformer (atomic; bumps the generation; audited).
 
     The file is re-validated against the current backbone and gallery before the switch.
-    Activating the active version again is a no-op (no generation bump).
+    Activating the active version again is a no-op (no generation bump, no event).
     """
     with session_factory() as session:
         row = _row(session, version)
         if row.state == STATE_ACTIVE:
             return TransformerInfo.from_row(row, directory=settings.transformers_path)
-        info = TransformerInfo.from_row(row, directory=settings.transformers_path)
+    validate_stored_version(session_factory=session_factory, settings=settings, version=version)
+    return _commit_switch(
+        session_factory=session_factory,
+        settings=settings,
+        version=version,
+        action=audit.ACTION_ACTIVATE,
+        actor=actor,
+        reason=reason,
+    )
+
+
+def validate_stored_version(
+    *, session_factory: sessionmaker[Session], settings: ServiceSettings, version: str
+) -> None:
+    """A stored version's file is intact and still fits the backbone and the gallery."""
+    with session_factory() as session:
+        info = TransformerInfo.from_row(
+            _row(session, version), directory=settings.transformers_path
+        )
         expected_dim = gallery_dim(session=session, settings=settings)
         expected_model = gallery_model_id(session=session, settings=settings)
     _check_stored_file(info)
@@ -501,17 +545,63 @@ def activate_transformer(
         expected_output_dim=expected_dim,
         expected_target_model=expected_model,
     )
+
+
+def _commit_switch(
+    *,
+    session_factory: sessionmaker[Session],
+    settings: ServiceSettings,
+    version: str,
+    action: str,
+    actor: Actor,
+    reason: str | None,
+    expected_target: str | None = None,
+) -> TransformerInfo:
+    """One transaction: switch to ``version``, record the event, stop shadow runs (their
+    baseline is gone), point ``previous_version`` at the new rollback target.
+
+    ``expected_target`` (rollback): the history must still name ``version`` once the registry
+    row is locked, else another change won the race (409, retry).
+    """
     with session_factory() as session:
         try:
             row = _row(session, version)
-            _switch_active(session, target=row)
+            registry_row(session, for_update=True)
+            if expected_target is not None:
+                active = session.scalars(
+                    select(TransformerVersion.version).where(
+                        TransformerVersion.state == STATE_ACTIVE
+                    )
+                ).first()
+                if audit.rollback_target(session, active=active) != expected_target:
+                    raise Conflict("the activation history changed meanwhile; retry the rollback")
+            previous = _switch_active(session, target=row)
+            details = shadow_store.summary_for_promotion(session, version=version)
+            audit.record_event(
+                session,
+                action=action,
+                actor=actor,
+                subject=version,
+                from_value=previous,
+                to_value=version,
+                reason=reason,
+                details={"shadow": details} if details else None,
+            )
+            shadow_store.stop_running(session, reason=f"{action} of {version}", actor=actor)
+            _point_previous_at_rollback_target(session, active=version)
             session.commit()
         except IntegrityError as exc:
             session.rollback()
             raise Conflict("another activation happened at the same time; retry") from exc
         session.refresh(row)
-        log.info("activated transformer %s", version)
+        log.info("%s: transformer %s -> %s (%s)", action, previous, version, actor.label)
         return TransformerInfo.from_row(row, directory=settings.transformers_path)
+
+
+def _point_previous_at_rollback_target(session: Session, *, active: str | None) -> None:
+    """``registry_state.previous_version`` = what a rollback would re-activate now."""
+    state = registry_row(session)
+    state.previous_version = audit.rollback_target(session, active=active)
 
 
 def _check_stored_file(info: TransformerInfo) -> None:
@@ -523,43 +613,88 @@ def _check_stored_file(info: TransformerInfo) -> None:
 
 
 def rollback_transformer(
-    *, session_factory: sessionmaker[Session], settings: ServiceSettings
+    *,
+    session_factory: sessionmaker[Session],
+    settings: ServiceSettings,
+    actor: Actor = LOCAL_ACTOR,
+    reason: str | None = None,
 ) -> TransformerInfo:
-    """Re-activate the previously active version. Conflict when there is none."""
+    """Re-activate the version before the current one in the activation history (a stack:
+    three rollbacks after activating A, B, C, D give C, B, A). Conflict when nothing is older."""
     with session_factory() as session:
-        previous = registry_state(session=session).previous_version
-    if previous is None:
-        raise Conflict("no previous transformer version to roll back to")
-    try:
-        return activate_transformer(
-            session_factory=session_factory, settings=settings, version=previous
+        active = registry_state(session=session).active_version
+        target = audit.rollback_target(session, active=active)
+    if target is None:
+        raise Conflict(
+            "nothing older to roll back to: the activation history holds no earlier version"
+            + (f" than {active}" if active else "")
         )
-    except NotFound as exc:
-        raise Conflict(f"previous version {previous!r} no longer exists") from exc
+    validate_stored_version(session_factory=session_factory, settings=settings, version=target)
+    return _commit_switch(
+        session_factory=session_factory,
+        settings=settings,
+        version=target,
+        action=audit.ACTION_ROLLBACK,
+        actor=actor,
+        reason=reason,
+        expected_target=target,
+    )
 
 
 def deactivate_transformer(
-    *, session_factory: sessionmaker[Session], settings: ServiceSettings
+    *,
+    session_factory: sessionmaker[Session],
+    settings: ServiceSettings,
+    actor: Actor = LOCAL_ACTOR,
+    reason: str | None = None,
 ) -> str | None:
     """Leave no version active (identify then answers 503). Returns the version deactivated."""
     with session_factory() as session:
         previous = _switch_active(session, target=None)
+        if previous is not None:
+            audit.record_event(
+                session,
+                action=audit.ACTION_DEACTIVATE,
+                actor=actor,
+                subject=previous,
+                from_value=previous,
+                reason=reason,
+            )
+            shadow_store.stop_running(session, reason="no active version", actor=actor)
+        _point_previous_at_rollback_target(session, active=None)
         session.commit()
     return previous
 
 
 def delete_transformer(
-    *, session_factory: sessionmaker[Session], settings: ServiceSettings, version: str
+    *,
+    session_factory: sessionmaker[Session],
+    settings: ServiceSettings,
+    version: str,
+    actor: Actor = LOCAL_ACTOR,
+    reason: str | None = None,
 ) -> None:
-    """Delete an inactive version and its file. Conflict for the active version."""
+    """Delete an inactive version and its file (audited; it leaves the rollback history and
+    any shadow run of it stops). Conflict for the active version."""
     with session_factory() as session:
         row = _row(session, version)
         if row.state == STATE_ACTIVE:
             raise Conflict(f"{version} is the active transformer; activate another one first")
         path = settings.transformers_path / row.file_name
-        state = registry_row(session, for_update=True)
-        if state.previous_version == version:
-            state.previous_version = None
+        registry_row(session, for_update=True)
+        shadow_store.stop_running(
+            session, reason=f"candidate {version} deleted", actor=actor, candidate=version
+        )
         session.delete(row)
+        audit.record_event(
+            session,
+            action=audit.ACTION_DELETE,
+            actor=actor,
+            subject=version,
+            from_value=version,
+            reason=reason,
+        )
+        active = registry_state(session=session).active_version
+        _point_previous_at_rollback_target(session, active=active)
         session.commit()
     path.unlink(missing_ok=True)  # after the commit: a crash leaves an orphan file, not a row

@@ -19,14 +19,23 @@ from service.db.models import Base
 from service.db.session import upgrade_database
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"identities", "faces", "transformer_versions", "registry_state", "api_keys"}
+TABLES = {
+    "identities",
+    "faces",
+    "transformer_versions",
+    "registry_state",
+    "api_keys",
+    "audit_events",
+    "shadow_runs",
+    "shadow_results",
+}
 
 
 def test_migrated_schema_matches_the_models(env):
     with env.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0002"
+        assert context.get_current_revision() == "0003"
         assert set(sa.inspect(conn).get_table_names()) >= TABLES
         generation = conn.execute(sa.text("select generation from registry_state")).scalar()
     assert generation == 0
