@@ -565,8 +565,8 @@ def _commit_switch(
     """
     with session_factory() as session:
         try:
+            _lock_registry(session)
             row = _row(session, version)
-            registry_row(session, for_update=True)
             if expected_target is not None:
                 active = session.scalars(
                     select(TransformerVersion.version).where(
@@ -596,6 +596,18 @@ def _commit_switch(
         session.refresh(row)
         log.info("%s: transformer %s -> %s (%s)", action, previous, version, actor.label)
         return TransformerInfo.from_row(row, directory=settings.transformers_path)
+
+
+def _lock_registry(session: Session) -> None:
+    """Take the registry_state row's write lock FIRST in the transaction: a no-op UPDATE locks
+    the row on Postgres and, as the first write, takes SQLite's database write lock, so what
+    the transaction reads afterwards (the active row, the history) is current."""
+    registry_row(session)
+    session.execute(
+        update(RegistryState)
+        .where(RegistryState.id == REGISTRY_STATE_ID)
+        .values(generation=RegistryState.generation)
+    )
 
 
 def _point_previous_at_rollback_target(session: Session, *, active: str | None) -> None:
