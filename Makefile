@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= train,detect,dev
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench clean browser
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,17 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Debian's Chromium + chromedriver for the console's browser tests (as root: CI and the dev
+# machines). Installed from the distribution's packages; nothing downloads a browser at run time.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromium-driver present"; \
+	else \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver; \
+	fi
 
 demo: setup
 	$(BIN)/facebridge demo run

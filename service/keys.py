@@ -131,6 +131,20 @@ def create_key(
     return ApiKeyInfo.from_row(row), plaintext
 
 
+def _revoke(session: Session, row: ApiKey, *, actor: Actor, reason: str | None) -> None:
+    """Within the caller's transaction: revoke ``row`` and record who did it and why."""
+    row.revoked_at = utcnow()
+    audit.record_event(
+        session,
+        action=audit.ACTION_KEY_REVOKE,
+        actor=actor,
+        subject=_key_subject(row),
+        from_value="active",
+        to_value="revoked",
+        reason=reason,
+    )
+
+
 def _key_subject(row: ApiKey) -> str:
     """How the audit history names a key: id, name and prefix (never the secret)."""
     return f"key {row.id}" + (f" ({row.name})" if row.name else "") + f" {row.prefix}"
@@ -186,16 +200,7 @@ def revoke_key(
     if row is None:
         raise NotFound(f"API key {key_id} not found")
     if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        audit.record_event(
-            session,
-            action=audit.ACTION_KEY_REVOKE,
-            actor=actor,
-            subject=_key_subject(row),
-            from_value="active",
-            to_value="revoked",
-            reason=reason,
-        )
+        _revoke(session, row, actor=actor, reason=reason)
         session.commit()
     return ApiKeyInfo.from_row(row)
 
@@ -216,16 +221,7 @@ def bootstrap_admin_key(*, session: Session, settings: ServiceSettings) -> ApiKe
     created = False
     for row in previous:
         if row.key_hash != digest:
-            row.revoked_at = utcnow()
-            audit.record_event(
-                session,
-                action=audit.ACTION_KEY_REVOKE,
-                actor=SYSTEM_ACTOR,
-                subject=_key_subject(row),
-                from_value="active",
-                to_value="revoked",
-                reason="FACEBRIDGE_ADMIN_KEY changed",
-            )
+            _revoke(session, row, actor=SYSTEM_ACTOR, reason="FACEBRIDGE_ADMIN_KEY changed")
     if existing is None:
         existing = ApiKey(
             name=BOOTSTRAP_KEY_NAME, prefix=key_prefix(plaintext), key_hash=digest, scopes="admin"

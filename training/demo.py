@@ -56,7 +56,7 @@ from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 
 STATE_FILE = "demo.json"
 # Bump when the layout or the recipe of the demo data changes: an older demo-data is rebuilt.
-STATE_VERSION = 5
+STATE_VERSION = 6
 # Survives rebuilds (--force, another recipe): the kit's mirrored-crop embeddings (new_flip).
 CACHE_DIR = "cache"
 FLIP_CACHE_FILE = "new_flip.npz"
@@ -183,6 +183,8 @@ class DemoState:
     # new_flip of the pairs: {"rows": N, "computed": rows embedded by this build (the rest came
     # from the cache)}; empty when the pairs carry none
     new_flip: dict[str, int] = dataclasses.field(default_factory=dict)
+    # an admin key for the operator console at /console (demo data only; git-ignored)
+    console_key: str = ""
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -281,6 +283,31 @@ def _init_backbone(*, output: Path, spec: SyntheticSpec, seed: int, role: str) -
     return Path(report.manifest_path)
 
 
+def fit_recipe(
+    *,
+    pairs_path: Path,
+    output: Path,
+    recipe: str,
+    source_model: str = KIT_NEW_MODEL_ID,
+    target_model: str = KIT_OLD_MODEL_ID,
+    progress: bool = False,
+) -> Path:
+    """``facebridge transformer fit`` as the demo runs it: fit ``recipe`` on the bridge rows,
+    threshold at FAR=1e-3 on them, export, validate (and the eval-split metrics inside)."""
+    from training.transformers.cli import fit_command
+
+    fit_command(
+        pairs=pairs_path,
+        output=output,
+        recipe=recipe,
+        seed=DEMO_SEED,
+        source_model=source_model,
+        target_model=target_model,
+        progress=progress,
+    )
+    return output
+
+
 def _fit_and_export(
     *,
     pairs_path: Path,
@@ -293,13 +320,12 @@ def _fit_and_export(
     """``facebridge transformer fit`` (fit on the bridge rows, threshold, export, validate),
     then the protocol's evaluation of the exported ONNX on the eval rows (docs/PROTOCOL.md)."""
     from service.inference.transformer import TransformerSession
-    from training.transformers.cli import evaluate_artefact, fit_command
+    from training.transformers.cli import evaluate_artefact
 
-    fit_command(
-        pairs=pairs_path,
+    fit_recipe(
+        pairs_path=pairs_path,
         output=output,
         recipe=recipe,
-        seed=DEMO_SEED,
         source_model=source_model,
         target_model=target_model,
         progress=progress,
@@ -574,7 +600,7 @@ def build_demo(
     with steps.step(
         "service", "creating the database, importing the gallery, uploading the transformer"
     ):
-        api_key, gallery_counts, probes = _prepare_service(
+        api_key, console_key, gallery_counts, probes = _prepare_service(
             env=env, data_dir=data_dir, eval_pairs=eval_pairs, transformer_path=transformer_path
         )
 
@@ -612,6 +638,7 @@ def build_demo(
         data_dir=str(data_dir),
         env=env,
         api_key=api_key,
+        console_key=console_key,
         transformer=transformer,
         evaluation=metrics,
         gallery=gallery_counts,
@@ -674,10 +701,10 @@ def gallery_and_probes(pairs: PairsSet) -> tuple[PairsSet, dict[str, int], list[
 
 def _prepare_service(
     *, env: dict[str, str], data_dir: Path, eval_pairs: PairsSet, transformer_path: Path
-) -> tuple[str, dict[str, int], list[tuple[str, str]]]:
+) -> tuple[str, str, dict[str, int], list[tuple[str, str]]]:
     """Migrate the database, import the gallery, upload + activate the transformer and create
-    an identify key: the functions behind `facebridge db upgrade`, `gallery import`,
-    `transformers upload --activate` and `keys create`."""
+    an identify key and an admin key (the console's): the functions behind `facebridge db
+    upgrade`, `gallery import`, `transformers upload --activate` and `keys create`."""
     from service.commands import db_upgrade, gallery_import, keys_create, transformers_upload
 
     settings = settings_from_env(env)
@@ -699,8 +726,9 @@ def _prepare_service(
         path=transformer_path, settings=settings, activate=True, note="facebridge demo"
     )
     _, api_key = keys_create(scopes=["identify"], name="demo", settings=settings)
+    _, console_key = keys_create(scopes=["admin"], name="demo console", settings=settings)
     counts["imported"] = int(report.rows)
-    return api_key, counts, probes
+    return api_key, console_key, counts, probes
 
 
 def _first_correct(
@@ -829,7 +857,9 @@ def print_summary(
         + ", ".join(f"{k}={v}" for k, v in state.evaluation.items())
     )
     echo(f"  API key (identify scope, demo only): {state.api_key}")
-    echo(f"  docs:        http://{host}:{port}/docs")
+    echo(f"  console:     http://{host}:{port}/console")
+    echo(f"               sign in with the admin key (demo only): {state.console_key}")
+    echo(f"  docs:        http://{host}:{port}/docs (offline)")
     echo("")
     if serving:
         echo("Try it in another terminal once the server below says 'Application startup complete'")

@@ -26,6 +26,18 @@ SCORE_LOW, SCORE_HIGH = -1.0, 1.0
 BIN_WIDTH = (SCORE_HIGH - SCORE_LOW) / SCORE_BINS
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 ROLES = ("active", "candidate")
+# The plain counters of ShadowStats (summed by merge, stored as JSON as they are).
+COUNTERS = (
+    "requests",
+    "images",
+    "dropped",
+    "skipped",
+    "errors",
+    "top1_compared",
+    "top1_agree",
+    "decision_changed",
+    "replies_changed",
+)
 CHANGE_KINDS = ("match_to_no_match", "no_match_to_match", "match_to_other")
 
 
@@ -143,17 +155,7 @@ class ShadowStats:
         self.replies_changed += int(changed_reply)
 
     def merge(self, other: ShadowStats) -> None:
-        for name in (
-            "requests",
-            "images",
-            "dropped",
-            "skipped",
-            "errors",
-            "top1_compared",
-            "top1_agree",
-            "decision_changed",
-            "replies_changed",
-        ):
+        for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for kind in CHANGE_KINDS:
             self.changes[kind] += other.changes.get(kind, 0)
@@ -164,15 +166,7 @@ class ShadowStats:
     # -- JSON (what a worker stores) -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "requests": self.requests,
-            "images": self.images,
-            "dropped": self.dropped,
-            "skipped": self.skipped,
-            "errors": self.errors,
-            "top1_compared": self.top1_compared,
-            "top1_agree": self.top1_agree,
-            "decision_changed": self.decision_changed,
-            "replies_changed": self.replies_changed,
+            **{name: getattr(self, name) for name in COUNTERS},
             "changes": dict(self.changes),
             "matches": dict(self.matches),
             "scores": {
@@ -185,17 +179,7 @@ class ShadowStats:
     def from_dict(cls, data: dict[str, Any]) -> ShadowStats:
         """Tolerant of missing fields (a row written by an older worker counts as zeros)."""
         stats = cls()
-        for name in (
-            "requests",
-            "images",
-            "dropped",
-            "skipped",
-            "errors",
-            "top1_compared",
-            "top1_agree",
-            "decision_changed",
-            "replies_changed",
-        ):
+        for name in COUNTERS:
             setattr(stats, name, int(data.get(name, 0)))
         for kind in CHANGE_KINDS:
             stats.changes[kind] = int(data.get("changes", {}).get(kind, 0))

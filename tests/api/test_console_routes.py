@@ -53,7 +53,10 @@ def test_console_scripts_never_put_the_key_in_a_url(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     ("path", "asset"),
-    [("/docs", "/docs/assets/swagger-ui-bundle.js"), ("/redoc", "/docs/assets/redoc.standalone.js")],
+    [
+        ("/docs", "/docs/assets/swagger-ui-bundle.js"),
+        ("/redoc", "/docs/assets/redoc.standalone.js"),
+    ],
 )
 def test_docs_load_their_assets_from_the_package(client: TestClient, path: str, asset: str) -> None:
     page = client.get(path)
@@ -77,7 +80,7 @@ def test_whoami_names_the_key_and_its_scopes(client: TestClient) -> None:
 
 
 def test_detect_returns_the_crop_identify_embeds(client: TestClient, keys: dict) -> None:
-    name, (filename, data, media) = image_part(3)
+    _, (filename, data, media) = image_part(3)
     response = client.post(
         "/v1/faces/detect", files=[("image", (filename, data, media))], headers=keys["identify"]
     )
@@ -106,9 +109,7 @@ def test_detect_returns_the_crop_identify_embeds(client: TestClient, keys: dict)
     )
 
 
-def test_identify_outcomes_are_counted(
-    client: TestClient, enrolled, keys: dict
-) -> None:
+def test_identify_outcomes_are_counted(client: TestClient, enrolled, keys: dict) -> None:
     enrolled(2)
     client.post("/v1/identify", files=[image_part(0), image_part(1)], headers=keys["identify"])
     client.post("/v1/identify", files=[image_part(50)], headers=ADMIN)  # a stranger

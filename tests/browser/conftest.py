@@ -88,9 +88,8 @@ class Browser:
         return self.driver.find_element(By.CSS_SELECTOR, selector)
 
     def wait_css(self, selector: str, *, text: str | None = None, timeout: float = WAIT_S) -> Any:
-        from selenium.webdriver.common.by import By
-
         from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.common.by import By
 
         def found(driver: Any) -> Any:
             try:
@@ -167,7 +166,13 @@ class Browser:
             return None
         path = Path(target) / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.driver.save_screenshot(str(path))
+        size = self.driver.get_window_size()
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(size["width"], min(max(int(height), 600), 2000))
+        try:
+            self.driver.save_screenshot(str(path))
+        finally:
+            self.driver.set_window_size(size["width"], size["height"])
         return path
 
 
