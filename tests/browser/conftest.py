@@ -167,8 +167,12 @@ class Browser:
         path = Path(target) / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         size = self.driver.get_window_size()
-        height = self.driver.execute_script("return document.documentElement.scrollHeight")
-        self.driver.set_window_size(size["width"], min(max(int(height), 600), 2000))
+        # The window's height is the page's plus the browser's own chrome around it.
+        height = self.driver.execute_script(
+            "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"
+            " + window.outerHeight - window.innerHeight"
+        )
+        self.driver.set_window_size(size["width"], min(max(int(height), 600), 2200))
         try:
             self.driver.save_screenshot(str(path))
         finally:
