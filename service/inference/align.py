@@ -1,9 +1,13 @@
 """5-point similarity alignment to the standard ArcFace 112 x 112 template (NumPy + Pillow).
 
 The similarity transform is Umeyama's least-squares estimate (rotation, uniform scale,
-translation). The warp follows OpenCV's ``warpAffine`` conventions (pixel centres at integer
-coordinates, bilinear, black border), which is what InsightFace's ``norm_crop`` and the kit's
-``aligned/`` crops use; Pillow's own convention (centres at +0.5) is converted here.
+translation) from the landmarks to the template. The warp is exactly the sample kit's: Pillow's
+``Image.transform(size, AFFINE, inverse, BILINEAR)`` with the inverse similarity as is, in
+Pillow's own pixel convention (no half-pixel correction; black border). Reproducing it exactly
+matters: with the kit's ``landmarks5`` our crop equals the kit's ``aligned/`` crop up to its JPEG
+q95 compression (MobileFaceNet cosine median 1.0000 after the same JPEG round trip;
+``bench/alignment_check.py``). OpenCV's ``warpAffine`` (InsightFace's ``norm_crop``) samples
+half a pixel elsewhere; it is not what the kit did.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def template_for_size(size: int = ARCFACE_SIZE) -> np.ndarray:
 
 
 def alignment_matrix(landmarks5: np.ndarray, *, size: int = ARCFACE_SIZE) -> np.ndarray:
-    """The 2 x 3 affine matrix mapping image pixels to crop pixels (OpenCV convention)."""
+    """The 2 x 3 similarity matrix mapping image landmark coordinates to crop coordinates."""
     points = np.asarray(landmarks5, dtype=np.float64)
     if points.shape != (5, 2) or not np.isfinite(points).all():
         raise ImageError(f"need 5 finite (x, y) landmarks, got shape {points.shape}")
@@ -76,9 +80,10 @@ def alignment_matrix(landmarks5: np.ndarray, *, size: int = ARCFACE_SIZE) -> np.
 
 
 def warp_affine(image: np.ndarray, matrix: np.ndarray, *, size: tuple[int, int]) -> np.ndarray:
-    """``cv2.warpAffine(image, matrix, size)`` (bilinear, black border) with Pillow.
+    """Pillow's bilinear affine warp by ``matrix`` (black border), the kit's convention.
 
-    ``matrix`` maps input pixel coordinates to output ones; ``size`` is (width, height).
+    ``matrix`` maps input coordinates to output ones; ``size`` is (width, height). Pillow is
+    handed the inverse unchanged, exactly as the kit's crops were made.
     """
     m = np.vstack([np.asarray(matrix, dtype=np.float64), [0.0, 0.0, 1.0]])
     try:
@@ -87,10 +92,6 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, *, size: tuple[int, int])
         raise ImageError("alignment transform is singular (degenerate landmarks)") from exc
     a, b, c = inverse[0]
     d, e, f = inverse[1]
-    # Pillow samples the input at inverse(x_out + 0.5) - 0.5 (centres at +0.5); OpenCV samples at
-    # inverse(x_out). Shift the offsets so both agree.
-    c = c - 0.5 * (a + b) + 0.5
-    f = f - 0.5 * (d + e) + 0.5
     source = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     warped = source.transform(
         size, Image.Transform.AFFINE, (a, b, c, d, e, f), resample=Image.Resampling.BILINEAR

@@ -1,4 +1,5 @@
-"""Alignment maths: Umeyama recovers known similarities; the warp follows OpenCV conventions."""
+"""Alignment maths: Umeyama recovers known similarities; the warp follows the kit's (Pillow's)
+pixel convention."""
 
 from __future__ import annotations
 
@@ -61,12 +62,14 @@ def test_alignment_maps_landmarks_onto_the_template() -> None:
         alignment_matrix(np.zeros((4, 2)))
 
 
-def test_warp_uses_opencv_pixel_centres() -> None:
-    # A horizontal ramp: value = 2 * x. Downscaling by 2 must sample input x = 2 * x_out exactly
-    # (OpenCV convention), i.e. value 4 * x_out; Pillow's own convention would give 4 * x + 2.
+def test_warp_uses_pillows_pixel_convention_like_the_kit() -> None:
+    # A horizontal ramp: value = 2 * x. Downscaling by 2 with Pillow's convention (the kit's: the
+    # inverse handed to Image.transform as is) samples pixel-edge coordinate 2 * (x_out + 0.5),
+    # i.e. centre coordinate 2 * x_out + 0.5: value 4 * x_out + 1. OpenCV's warpAffine would
+    # sample 2 * x_out (value 4 * x_out): half a pixel off the kit's crops.
     ramp = np.tile((2 * np.arange(128)).astype(np.uint8)[None, :, None], (16, 1, 3))
     out = warp_affine(ramp, np.array([[0.5, 0, 0], [0, 0.5, 0]]), size=(32, 8))
-    np.testing.assert_array_equal(out[:, :, 0], np.tile(4 * np.arange(32), (8, 1)))
+    np.testing.assert_array_equal(out[:, :, 0], np.tile(4 * np.arange(32) + 1, (8, 1)))
 
 
 def test_warp_integer_translation_moves_pixels_exactly() -> None:
