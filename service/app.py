@@ -27,18 +27,27 @@ from service.api.problems import (
 from service.api.state import InferencePool, ServiceState
 from service.console import install_console
 from service.db.session import make_engine, make_session_factory, upgrade_database
+from service.decision import GalleryCounter
 from service.errors import ServiceUnavailable
 from service.gallery.index import GalleryIndex
-from service.gallery.store import GallerySync, open_gallery, save_gallery, set_faiss_threads
+from service.gallery.store import (
+    GallerySync,
+    identities_with_faces,
+    open_gallery,
+    save_gallery,
+    set_faiss_threads,
+)
 from service.identities import identities_for_faces
 from service.inference.backbone import OnnxBackbone
 from service.inference.detect import FaceDetector, make_detector
+from service.inference.facecheck import CropFaceCheck, make_face_check
 from service.keys import bootstrap_admin_key
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.pipeline import ActiveMapping, GalleryHit, Pipeline
 from service.registry.holder import ActiveTransformerHolder, Poller
 from service.registry.shadow import ShadowEvaluator
 from service.settings import ServiceSettings
+from service.vectors import QUERIES_FLIP, QUERIES_PLAIN
 
 log = logging.getLogger("facebridge.app")
 
@@ -155,6 +164,13 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
     set_faiss_threads(settings.faiss_threads)
     backbone = _load_backbone(settings)
     detector = make_detector(settings.detector)
+    face_check = make_face_check(settings.face_check)
+    if face_check is None:
+        log.warning(
+            "face check off (FACEBRIDGE_FACE_CHECK=%s%s): 112x112 uploads are used unchecked",
+            settings.face_check,
+            "; dlib is not installed" if settings.face_check == "auto" else "",
+        )
     index, report = open_gallery(session_factory=session_factory, settings=settings)
     log.info("gallery opened: %s", report.detail)
     stack.callback(_save_index, index=index, settings=settings)
@@ -174,6 +190,7 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
         metrics=metrics,
         backbone=backbone,
         detector=detector,
+        face_check=face_check,
         holder=holder,
         index=index,
         session_factory=session_factory,
@@ -240,18 +257,33 @@ def _build_pipeline(
     metrics: ServiceMetrics,
     backbone: OnnxBackbone | None,
     detector: FaceDetector | None,
+    face_check: CropFaceCheck | None,
     holder: ActiveTransformerHolder,
     index: GalleryIndex,
     session_factory: sessionmaker[Session],
 ) -> Pipeline:
+    queries = QUERIES_FLIP if settings.flip_average_queries else QUERIES_PLAIN
+
     def snapshot() -> ActiveMapping | None:
         active = holder.current()  # ONE read: the request keeps this version throughout
         session = active.session
         if active.version is None or session is None:
             return None
         return ActiveMapping.from_session(
-            version=active.version, session=session, threshold=active.threshold
+            version=active.version, session=session, threshold=active.threshold, queries=queries
         )
+
+    def count_identities() -> int:
+        with session_factory() as session:
+            return identities_with_faces(session)
+
+    # faces = the index's live count (this and, through GallerySync, every other replica's
+    # writes); identities are re-counted in SQL when it moves (service.decision.GalleryCounter)
+    counter = GalleryCounter(
+        faces=lambda: index.ntotal,
+        identities=count_identities,
+        max_age_s=settings.generation_poll_seconds,
+    )
 
     def search(vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(hits.ids, hits.scores) for hits in index.search(vectors, k=k)]
@@ -287,4 +319,8 @@ def _build_pipeline(
         default_threshold=settings.default_threshold,
         flip_average_queries=settings.flip_average_queries,
         observe=metrics.observe_stage,
+        face_check=face_check,
+        gallery_count=counter.current,
+        target_fpir=settings.target_fpir,
+        verify_far=settings.verify_target_far,
     )

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service import decision
 from service.errors import ContractError
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +248,9 @@ META_THRESHOLD = "facebridge.threshold"  # recommended decision threshold (cosin
 META_METRICS = "facebridge.metrics"  # JSON object of evaluation metrics, optional
 # weight of the old-space score in the fused score (service.fusion); absent = 1 = forward only
 META_FUSION_WEIGHT = "facebridge.fusion_weight"
+# JSON list of open-set calibrations (service.decision.ScoreCalibration), each naming its
+# score_kind, space and queries; optional (older files: the 1:1 fallback, docs/service.md)
+META_CALIBRATION = "facebridge.calibration"
 META_SHA256 = "facebridge.weights_sha256"  # optional; the file's own sha256 lives beside it
 META_REQUIRED = (
     META_FORMAT_VERSION,
@@ -275,6 +279,7 @@ class TransformerMetadata:
     threshold: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     fusion_weight: float = 1.0  # 1 = forward map only; < 1 = two-way (service.fusion)
+    calibrations: tuple[decision.ScoreCalibration, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fusion_weight <= 1.0:
@@ -283,6 +288,12 @@ class TransformerMetadata:
     @property
     def two_way(self) -> bool:
         return self.fusion_weight < 1.0
+
+    def calibration_for(self, *, queries: str | None) -> decision.ScoreCalibration | None:
+        """The calibration of the score the service computes with this file (fused or forward),
+        for ``queries`` if there is one; None when the file has none (an older file)."""
+        kind = decision.SCORE_FUSED if self.two_way else decision.SCORE_FORWARD
+        return decision.pick_calibration(self.calibrations, score_kind=kind, queries=queries)
 
     def to_props(self) -> dict[str, str]:
         """As ONNX ``metadata_props`` (all strings)."""
@@ -301,6 +312,8 @@ class TransformerMetadata:
             props[META_METRICS] = json.dumps(self.metrics, sort_keys=True)
         if self.two_way:
             props[META_FUSION_WEIGHT] = repr(float(self.fusion_weight))
+        if self.calibrations:
+            props[META_CALIBRATION] = decision.calibrations_to_json(self.calibrations)
         return props
 
     @classmethod
@@ -314,6 +327,9 @@ class TransformerMetadata:
             threshold = float(props[META_THRESHOLD]) if META_THRESHOLD in props else None
             metrics = json.loads(props[META_METRICS]) if META_METRICS in props else {}
             fusion_weight = float(props.get(META_FUSION_WEIGHT, "1.0"))
+            calibrations = decision.calibrations_from_json(
+                props.get(META_CALIBRATION), source=source
+            )
             return cls(
                 input_dim=int(props[META_INPUT_DIM]),
                 output_dim=int(props[META_OUTPUT_DIM]),
@@ -325,6 +341,7 @@ class TransformerMetadata:
                 threshold=threshold,
                 metrics=metrics,
                 fusion_weight=fusion_weight,
+                calibrations=calibrations,
             )
         except (ValueError, TypeError) as exc:
             raise ContractError(f"{source}: malformed metadata_props ({exc})") from exc

@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
-_SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# Top-1 scores (cosine or fused, in [-1, 1]): fine where decision thresholds live.
+_SCORE_BUCKETS = (
+    0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.82, 0.84, 0.86, 0.88, 0.89, 0.9, 0.91, 0.92, 0.93,
+    0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0,
+)  # fmt: skip
 
 
 class ServiceMetrics:
@@ -55,6 +59,13 @@ class ServiceMetrics:
             ("operation",),
             registry=self.registry,
         )
+        self.top1_score = Histogram(
+            "facebridge_identify_top1_score",
+            "Score of each identify result's best candidate, per transformer version.",
+            ("transformer",),
+            buckets=_SCORE_BUCKETS,
+            registry=self.registry,
+        )
         self.gallery_size = Gauge(
             "facebridge_gallery_vectors",
             "Vectors in the FAISS gallery index.",
@@ -68,9 +79,11 @@ class ServiceMetrics:
         )
         self.identify_decisions = Counter(
             "facebridge_identify_decisions_total",
-            "Identify outcomes per image: match, no_match (top candidate below the threshold or "
-            "no candidate), no_face (the request was refused: no face found).",
-            ("decision",),
+            "Identify results per image by decision and the transformer version that served "
+            "them: match, no_match (top candidate below the threshold, or none), no_face (no "
+            "face found, or a 112x112 image refused by the face check), error (another problem "
+            "with the image).",
+            ("decision", "transformer"),
             registry=self.registry,
         )
         self.shadow_images = Counter(
@@ -103,11 +116,12 @@ class ServiceMetrics:
         self._active_version: str | None = None
 
     def count_decisions(self, outcomes: list[IdentifyOutcome]) -> None:
-        matched = sum(1 for outcome in outcomes if outcome.match is not None)
-        if matched:
-            self.identify_decisions.labels(decision="match").inc(matched)
-        if len(outcomes) > matched:
-            self.identify_decisions.labels(decision="no_match").inc(len(outcomes) - matched)
+        """One count per image (``IdentifyOutcome.outcome``) and its top-1 score, per version."""
+        for outcome in outcomes:
+            version = outcome.transformer or "none"
+            self.identify_decisions.labels(decision=outcome.outcome, transformer=version).inc()
+            if outcome.candidates:
+                self.top1_score.labels(transformer=version).observe(outcome.candidates[0].score)
 
     def observe_shadow(self, *, candidate: str, active: Decision, shadow: Decision) -> None:
         if active.top1_identity is None or shadow.top1_identity is None:

@@ -1,11 +1,16 @@
 """Identify / verify / enrol orchestration: bytes in, old-space vectors and candidates out.
 
-decode (size + pixel limits) -> aligned faces (shared pipeline: pass-through for 112 x 112 crops,
-else detect + align) -> backbone (one call per request; L2-normalised there; optionally
-flip-averaged: each crop and its mirror image in the same call) -> the active transformer, read
-ONCE per request as an immutable snapshot (normalised there) -> FAISS inner-product search ->
-for a two-way transformer, re-scoring of the search's candidates with the fused score
-(:mod:`service.fusion`) -> identities from SQL.
+decode (size + pixel limits) -> aligned faces (shared pipeline: 112 x 112 crops pass through
+the face check, else detect + align) -> backbone (one call per request; L2-normalised there;
+optionally flip-averaged: each crop and its mirror image in the same call) -> the active
+transformer, read ONCE per request as an immutable snapshot (normalised there) -> FAISS
+inner-product search -> for a two-way transformer, re-scoring of the search's candidates with
+the fused score (:mod:`service.fusion`) -> identities from SQL -> the open-set decision
+(:mod:`service.decision`: the calibrated threshold for the target FPIR at the live gallery
+size).
+
+In a batch every image gets its own result: an image that fails (no face, unreadable) carries
+its error and the others are answered (the route turns a one-image failure into a problem).
 
 Everything here is blocking (Pillow, ORT, FAISS, SQL) and runs in the app's bounded thread pool,
 never on the event loop. The storage side is reached through three small callables so this module
@@ -23,171 +28,51 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
+from service.decision import Decision, GalleryCount, decide_identify, decide_verify
 from service.errors import FacebridgeError, InvalidInput, ServiceUnavailable
 from service.fusion import RERANK_DEPTH, candidate_scores, fused_scores
 from service.inference.detect import FaceDetector
+from service.inference.facecheck import CropFaceCheck
 from service.inference.faces import FaceCrop, aligned_faces, face_crops
 from service.inference.images import decode_image
+from service.pipeline_types import (
+    ActiveMapping,
+    AfterIdentifyFn,
+    Backbone,
+    Candidate,
+    GalleryHit,
+    IdentifyOutcome,
+    IdentifyReply,
+    ImageUpload,
+    LookupFn,
+    MappedFaces,
+    SearchFn,
+    SearchWithVectorsFn,
+    SnapshotFn,
+    StageTimes,
+    TransformerRunner,
+)
+
+__all__ = [
+    "ActiveMapping",
+    "Backbone",
+    "Candidate",
+    "GalleryHit",
+    "IdentifyOutcome",
+    "IdentifyReply",
+    "ImageUpload",
+    "MappedFaces",
+    "Pipeline",
+    "StageTimes",
+    "TransformerRunner",
+]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ActiveMapping:
-    """The transformer a request uses, read once: version id + its mapping + its threshold.
-
-    A two-way transformer also brings ``map_gallery`` (old -> new, L2-normalised there) and a
-    ``fusion_weight`` < 1: scores are then the fused ``w * <f(q), g> + (1 - w) * <q, h(g)>``.
-    """
-
-    version: str
-    map: Callable[[np.ndarray], np.ndarray]
-    threshold: float | None = None
-    fusion_weight: float = 1.0
-    map_gallery: Callable[[np.ndarray], np.ndarray] | None = None
-
-    @property
-    def two_way(self) -> bool:
-        return self.map_gallery is not None and self.fusion_weight < 1.0
-
-    @classmethod
-    def from_session(
-        cls, *, version: str, session: TransformerRunner, threshold: float | None
-    ) -> ActiveMapping:
-        """The mapping of a loaded transformer session (active, or a shadow candidate)."""
-        return cls(
-            version=version,
-            map=session.map,
-            threshold=threshold,
-            fusion_weight=session.fusion_weight,
-            map_gallery=session.map_gallery if session.two_way else None,
-        )
-
-
-class TransformerRunner(Protocol):
-    """What a mapping needs of ``service.inference.transformer.TransformerSession``."""
-
-    @property
-    def fusion_weight(self) -> float: ...
-
-    @property
-    def two_way(self) -> bool: ...
-
-    def map(self, vectors: np.ndarray) -> np.ndarray: ...
-
-    def map_gallery(self, vectors: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class GalleryHit:
-    """What the identify response needs to know about one gallery vector (a face row in SQL)."""
-
-    face_id: int
-    identity_id: int
-    external_id: str | None
-    name: str | None
-
-
-@dataclass(frozen=True)
-class ImageUpload:
-    data: bytes
-    filename: str | None = None
-
-
-@dataclass
-class StageTimes:
-    decode: float = 0.0
-    align: float = 0.0
-    embed: float = 0.0
-    map: float = 0.0
-    search: float = 0.0
-    rerank: float = 0.0  # fused re-scoring of the candidates (two-way transformers only)
-    lookup: float = 0.0
-
-    def as_ms(self) -> dict[str, float]:
-        stages = {
-            "decode_ms": self.decode,
-            "align_ms": self.align,
-            "embed_ms": self.embed,
-            "map_ms": self.map,
-            "search_ms": self.search,
-            "rerank_ms": self.rerank,
-            "lookup_ms": self.lookup,
-        }
-        out = {k: round(v * 1000.0, 3) for k, v in stages.items()}
-        out["total_ms"] = round(sum(stages.values()) * 1000.0, 3)
-        return out
-
-
-@dataclass(frozen=True)
-class Candidate:
-    identity_id: int
-    external_id: str | None
-    name: str | None
-    score: float
-    face_id: int
-
-
-@dataclass
-class IdentifyOutcome:
-    index: int
-    filename: str | None
-    candidates: list[Candidate]
-    match: Candidate | None
-    backbone: str
-    transformer: str
-    timings: StageTimes = field(default_factory=StageTimes)
-
-
-@dataclass
-class MappedFaces:
-    """Old-space vectors for a request's images, with the versions that made them."""
-
-    vectors: np.ndarray  # [n, d_old], L2-normalised by the transformer runner
-    queries_new: np.ndarray  # [n, d_new], the backbone's unit vectors (fused scoring needs them)
-    backbone: str
-    transformer: str
-    threshold: float | None
-    timings: list[StageTimes]
-
-
-class Backbone(Protocol):
-    """What the pipeline needs of a backbone (``service.inference.backbone.OnnxBackbone``)."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    def embed(self, aligned: np.ndarray, *, flip_average: bool = False) -> np.ndarray: ...
-
-
-# search(vectors [n, d], k) -> per query (face ids, scores), best first, empty slots dropped.
-SearchFn = Callable[[np.ndarray, int], list[tuple[np.ndarray, np.ndarray]]]
-# search_with_vectors(vectors, k) -> per query (face ids, scores, stored vectors [len(ids), d]),
-# the vectors read atomically with the search: what fused re-scoring needs.
-SearchWithVectorsFn = Callable[[np.ndarray, int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
-LookupFn = Callable[[Sequence[int]], dict[int, GalleryHit]]
-SnapshotFn = Callable[[], ActiveMapping | None]
-
-
-@dataclass(frozen=True)
-class IdentifyReply:
-    """What an identify reply was made of: handed to ``after_identify`` (the shadow
-    evaluation) once the reply is computed; it must never change the reply."""
-
-    queries_new: np.ndarray  # [n, d_new] the backbone's unit vectors
-    outcomes: list[IdentifyOutcome]
-    top_k: int
-    threshold: float | None  # as requested (None: each version's own)
-    transformer: str
-
-
-AfterIdentifyFn = Callable[[IdentifyReply], None]
 
 
 class Pipeline:
@@ -207,6 +92,10 @@ class Pipeline:
         default_threshold: float,
         flip_average_queries: bool = False,
         observe: Callable[[str, float], None] | None = None,
+        face_check: CropFaceCheck | None = None,
+        gallery_count: Callable[[], GalleryCount] | None = None,
+        target_fpir: float = 0.01,
+        verify_far: float = 1e-3,
         after_identify: AfterIdentifyFn | None = None,
     ) -> None:
         self.backbone = backbone
@@ -220,6 +109,10 @@ class Pipeline:
         self.max_image_pixels = int(max_image_pixels)
         self.default_threshold = float(default_threshold)
         self._observe = observe or (lambda stage, seconds: None)
+        self.face_check = face_check
+        self.gallery_count = gallery_count or (lambda: GalleryCount(identities=0, faces=0))
+        self.target_fpir = float(target_fpir)
+        self.verify_far = float(verify_far)
         self.after_identify = after_identify
         # dlib's detector objects are not documented as thread-safe: one detection at a time.
         self._detector_lock = threading.Lock()
@@ -234,38 +127,52 @@ class Pipeline:
             )
         return mapping
 
-    def _crops(self, images: Sequence[ImageUpload]) -> tuple[np.ndarray, list[StageTimes]]:
+    def _crop(self, upload: ImageUpload, t: StageTimes) -> np.ndarray:
+        start = time.perf_counter()
+        image = decode_image(
+            upload.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
+        )
+        t.decode = time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            if self.detector is None:
+                faces = aligned_faces(image, detector=None, face_check=self.face_check)
+            else:
+                with self._detector_lock:
+                    faces = aligned_faces(image, detector=self.detector, face_check=self.face_check)
+        finally:
+            t.align = time.perf_counter() - start
+        self._observe("decode", t.decode)
+        self._observe("align", t.align)
+        return faces[0]
+
+    def _crops(
+        self, images: Sequence[ImageUpload], *, per_image: bool
+    ) -> tuple[np.ndarray, list[StageTimes], list[int], dict[int, FacebridgeError]]:
+        """(crops of the usable images, timings per upload, their upload indices, errors).
+
+        ``per_image`` False: the first failing image raises (named in a batch)."""
         if not images:
             raise InvalidInput("no image: send at least one multipart part named 'image'")
         crops: list[np.ndarray] = []
-        times: list[StageTimes] = []
+        times = [StageTimes() for _ in images]
+        ok: list[int] = []
+        errors: dict[int, FacebridgeError] = {}
         for i, upload in enumerate(images):
-            t = StageTimes()
             try:
-                start = time.perf_counter()
-                image = decode_image(
-                    upload.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
-                )
-                t.decode = time.perf_counter() - start
-                start = time.perf_counter()
-                if self.detector is None:
-                    faces = aligned_faces(image, detector=None)
-                else:
-                    with self._detector_lock:
-                        faces = aligned_faces(image, detector=self.detector)
-                t.align = time.perf_counter() - start
+                crops.append(self._crop(upload, times[i]))
+                ok.append(i)
             except FacebridgeError as exc:
                 if len(images) > 1:
                     # Name the image so a batch caller knows which part failed.
                     exc.detail = f"image {i}: {exc.detail}"
                     exc.args = (exc.detail,)
                     exc.extra.setdefault("image_index", i)
-                raise
-            crops.append(faces[0])
-            times.append(t)
-            self._observe("decode", t.decode)
-            self._observe("align", t.align)
-        return np.stack(crops), times
+                if not per_image:
+                    raise
+                errors[i] = exc
+        stacked = np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
+        return stacked, times, ok, errors
 
     def detect(self, *, image: ImageUpload) -> tuple[tuple[int, int], list[FaceCrop]]:
         """(width, height) of the decoded image and its aligned faces, the one identify uses
@@ -274,32 +181,41 @@ class Pipeline:
             image.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
         )
         if self.detector is None:
-            crops = face_crops(decoded, detector=None)
+            crops = face_crops(decoded, detector=None, face_check=self.face_check)
         else:
             with self._detector_lock:
-                crops = face_crops(decoded, detector=self.detector, all_faces=True)
+                crops = face_crops(
+                    decoded, detector=self.detector, all_faces=True, face_check=self.face_check
+                )
         return (int(decoded.shape[1]), int(decoded.shape[0])), crops
 
     def map_images(
-        self, *, images: Sequence[ImageUpload], mapping: ActiveMapping | None = None
+        self,
+        *,
+        images: Sequence[ImageUpload],
+        mapping: ActiveMapping | None = None,
+        per_image: bool = False,
     ) -> MappedFaces:
-        """Old-space vectors for each image (one face each), using ONE transformer snapshot."""
+        """Old-space vectors for each usable image (one face each), using ONE transformer
+        snapshot. ``per_image``: failing images are reported in ``errors`` instead of raising."""
         mapping = mapping or self.active_mapping()
-        crops, times = self._crops(images)
-        n = len(times)
+        crops, times, ok, errors = self._crops(images, per_image=per_image)
+        n = max(len(ok), 1)
         start = time.perf_counter()
-        if self.flip_average_queries:
+        if not ok:
+            new = np.zeros((0, 0), np.float32)
+        elif self.flip_average_queries:
             new = self.backbone.embed(crops, flip_average=True)
         else:
             new = self.backbone.embed(crops)
         embed_s = time.perf_counter() - start
         start = time.perf_counter()
-        old = mapping.map(new)
+        old = mapping.map(new) if ok else np.zeros((0, 0), np.float32)
         map_s = time.perf_counter() - start
         self._observe("embed", embed_s)
         self._observe("map", map_s)
-        for t in times:
-            t.embed, t.map = embed_s / n, map_s / n
+        for i in ok:
+            times[i].embed, times[i].map = embed_s / n, map_s / n
         return MappedFaces(
             vectors=old,
             queries_new=new,
@@ -307,22 +223,18 @@ class Pipeline:
             transformer=mapping.version,
             threshold=mapping.threshold,
             timings=times,
+            image_index=ok,
+            errors=errors,
         )
-
-    def threshold_for(self, requested: float | None, mapping_threshold: float | None) -> float:
-        if requested is not None:
-            return float(requested)
-        if mapping_threshold is not None:
-            return float(mapping_threshold)
-        return self.default_threshold
 
     # -- operations ----------------------------------------------------------------------------
     def identify(
         self, *, images: Sequence[ImageUpload], top_k: int, threshold: float | None
-    ) -> tuple[list[IdentifyOutcome], float]:
-        """Candidates per image, in upload order; returns them with the threshold applied."""
+    ) -> tuple[list[IdentifyOutcome], Decision]:
+        """One outcome per image, in upload order (a failed image carries its ``error``), and
+        the decision rule that set ``match`` (:func:`service.decision.decide_identify`)."""
         mapping = self.active_mapping()
-        mapped = self.map_images(images=images, mapping=mapping)
+        mapped = self.map_images(images=images, mapping=mapping, per_image=True)
         outcomes, decision = self.rank(
             mapped=mapped,
             mapping=mapping,
@@ -330,10 +242,10 @@ class Pipeline:
             threshold=threshold,
             filenames=[image.filename for image in images],
         )
-        if self.after_identify is not None:
+        if self.after_identify is not None and mapped.image_index:
             reply = IdentifyReply(
                 queries_new=mapped.queries_new,
-                outcomes=outcomes,
+                outcomes=[outcomes[i] for i in mapped.image_index],  # rows of queries_new
                 top_k=top_k,
                 threshold=threshold,
                 transformer=mapping.version,
@@ -351,13 +263,14 @@ class Pipeline:
         mapping: ActiveMapping,
         top_k: int,
         threshold: float | None,
-    ) -> tuple[list[IdentifyOutcome], float]:
+    ) -> tuple[list[IdentifyOutcome], Decision]:
         """Identify from the backbone's unit vectors with ``mapping`` (a shadow candidate): the
-        same search, scoring and decision as :meth:`identify`, no stage metrics recorded."""
+        same search, scoring and decision rule as :meth:`identify` (the candidate's own
+        calibration), no stage metrics recorded."""
         start = time.perf_counter()
         old = mapping.map(queries_new)
         n = int(queries_new.shape[0])
-        times = [StageTimes(map=(time.perf_counter() - start) / n) for _ in range(n)]
+        times = [StageTimes(map=(time.perf_counter() - start) / max(n, 1)) for _ in range(n)]
         mapped = MappedFaces(
             vectors=old,
             queries_new=queries_new,
@@ -365,6 +278,7 @@ class Pipeline:
             transformer=mapping.version,
             threshold=mapping.threshold,
             timings=times,
+            image_index=list(range(n)),
         )
         return self.rank(
             mapped=mapped, mapping=mapping, top_k=top_k, threshold=threshold, record=False
@@ -379,12 +293,44 @@ class Pipeline:
         threshold: float | None,
         filenames: Sequence[str | None] | None = None,
         record: bool = True,
-    ) -> tuple[list[IdentifyOutcome], float]:
-        """Search, (fused) scoring, identities and the decision for already mapped queries."""
-        observe = self._observe if record else (lambda stage, seconds: None)
-        n = mapped.vectors.shape[0]
-        decision = self.threshold_for(threshold, mapped.threshold)
+    ) -> tuple[list[IdentifyOutcome], Decision]:
+        """Search, (fused) scoring, identities and the open-set decision for mapped queries:
+        one outcome per entry of ``mapped.timings`` (failed images carry their error)."""
+        decision = decide_identify(
+            requested=threshold,
+            calibration=mapping.calibration,
+            recommended=mapping.threshold,
+            default=self.default_threshold,
+            target_fpir=self.target_fpir,
+            gallery=self.gallery_count(),
+        )
+        candidates = self._candidates(mapped=mapped, mapping=mapping, top_k=top_k, record=record)
+        outcomes: list[IdentifyOutcome] = []
+        for i, timings in enumerate(mapped.timings):
+            found = candidates.get(i, [])
+            top = found[0] if found else None
+            outcomes.append(
+                IdentifyOutcome(
+                    index=i,
+                    filename=filenames[i] if filenames is not None else None,
+                    candidates=found,
+                    match=top if top is not None and top.score >= decision.threshold else None,
+                    backbone=mapped.backbone,
+                    transformer=mapped.transformer,
+                    timings=timings,
+                    error=mapped.errors.get(i),
+                )
+            )
+        return outcomes, decision
 
+    def _candidates(
+        self, *, mapped: MappedFaces, mapping: ActiveMapping, top_k: int, record: bool = True
+    ) -> dict[int, list[Candidate]]:
+        """Per usable upload index: its candidates, best first, one per identity."""
+        observe = self._observe if record else (lambda stage, seconds: None)
+        n = len(mapped.image_index)
+        if n == 0:
+            return {}
         # Several faces of one identity may sit in the gallery: over-fetch, then keep each
         # identity's best face so `top_k` counts identities.
         rerank_s = 0.0
@@ -403,18 +349,17 @@ class Pipeline:
         lookup_s = time.perf_counter() - start
         observe("search", search_s)
         observe("lookup", lookup_s)
-
-        outcomes: list[IdentifyOutcome] = []
-        for i in range(n):
+        out: dict[int, list[Candidate]] = {}
+        for row, i in enumerate(mapped.image_index):
             seen: set[int] = set()
-            candidates: list[Candidate] = []
-            face_ids, scores = hits_per_query[i]
+            found: list[Candidate] = []
+            face_ids, scores = hits_per_query[row]
             for face_id, score in zip(face_ids, scores, strict=True):
                 hit = hits.get(int(face_id))
                 if face_id < 0 or hit is None or hit.identity_id in seen:
                     continue  # -1 = empty slot; None = deleted since the search
                 seen.add(hit.identity_id)
-                candidates.append(
+                found.append(
                     Candidate(
                         identity_id=hit.identity_id,
                         external_id=hit.external_id,
@@ -423,23 +368,12 @@ class Pipeline:
                         face_id=hit.face_id,
                     )
                 )
-                if len(candidates) == top_k:
+                if len(found) == top_k:
                     break
             t = mapped.timings[i]
             t.search, t.rerank, t.lookup = search_s / n, rerank_s / n, lookup_s / n
-            top = candidates[0] if candidates else None
-            outcomes.append(
-                IdentifyOutcome(
-                    index=i,
-                    filename=filenames[i] if filenames is not None else None,
-                    candidates=candidates,
-                    match=top if top is not None and top.score >= decision else None,
-                    backbone=mapped.backbone,
-                    transformer=mapped.transformer,
-                    timings=t,
-                )
-            )
-        return outcomes, decision
+            out[i] = found
+        return out
 
     def _fused_hits(
         self, *, mapped: MappedFaces, mapping: ActiveMapping, top_k: int
@@ -486,17 +420,24 @@ class Pipeline:
         image: ImageUpload,
         identity_vectors: Callable[[], tuple[np.ndarray, np.ndarray]],
         threshold: float | None,
-    ) -> tuple[float, int | None, float, MappedFaces]:
+    ) -> tuple[float, int | None, Decision, MappedFaces]:
         """Best score between the image and the identity's gallery vectors: the cosine in the
         old space, or the fused score for a two-way transformer.
 
         ``identity_vectors()`` returns (face_ids [m], vectors [m, d_old] normalised); it raises
-        NotFound for an unknown identity. Returns (score, best face id, threshold, mapped).
+        NotFound for an unknown identity. Returns (score, best face id, the 1:1 decision rule
+        (:func:`service.decision.decide_verify`), mapped).
         """
         face_ids, vectors = identity_vectors()
         mapping = self.active_mapping()
         mapped = self.map_images(images=[image], mapping=mapping)
-        decision = self.threshold_for(threshold, mapped.threshold)
+        decision = decide_verify(
+            requested=threshold,
+            calibration=mapping.calibration,
+            recommended=mapping.threshold,
+            default=self.default_threshold,
+            target_far=self.verify_far,
+        )
         start = time.perf_counter()
         if len(face_ids) == 0:
             score, best = -1.0, None

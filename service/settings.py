@@ -33,6 +33,7 @@ MIN_ADMIN_KEY_LENGTH = 16
 
 IndexType = Literal["flat", "ivf", "hnsw"]
 Detector = Literal["auto", "dlib", "none"]
+FaceCheck = Literal["auto", "dlib", "off"]
 Device = Literal["cpu", "cuda"]
 
 
@@ -113,6 +114,13 @@ class ServiceSettings(BaseSettings):
         description="Face detector: `dlib` (needs the detect extra), `none` (clients send "
         "aligned 112x112 crops) or `auto` (dlib when installed, else none).",
     )
+    face_check: FaceCheck = Field(
+        default="auto",
+        description="Check that a 112x112 upload (taken as an aligned crop, so not detected) "
+        "shows a face: `dlib` (HOG detector on the crop; needs the detect extra), `off`, or "
+        "`auto` (dlib when installed, else off with a warning at start). Refused crops get the "
+        "`no-face` problem.",
+    )
     device: Device = Field(
         default="cpu", description="Inference device for ONNX Runtime: `cpu` or `cuda`."
     )
@@ -163,11 +171,27 @@ class ServiceSettings(BaseSettings):
     default_top_k: int = Field(
         default=5, ge=1, le=100, description="Candidates returned by identify by default."
     )
+    target_fpir: float = Field(
+        default=0.01,
+        gt=0.0,
+        lt=1.0,
+        description="Identify's open-set target: the share of searches by people who are NOT "
+        "enrolled that may still get a `match`. The threshold follows from it, the active "
+        "transformer's calibration and the live gallery size (docs/service.md).",
+    )
+    verify_target_far: float = Field(
+        default=1e-3,
+        gt=0.0,
+        lt=1.0,
+        description="Verify's 1:1 target: false-accept rate per comparison (one image against "
+        "one identity), through the active transformer's calibration.",
+    )
     default_threshold: float = Field(
         default=0.5,
         ge=-1.0,
         le=1.0,
-        description="Cosine decision threshold when the active transformer carries none.",
+        description="Score threshold when the active transformer carries neither a calibration "
+        "nor a threshold of its own (not open-set safe: docs/service.md).",
     )
     flip_average_queries: bool = Field(
         default=True,

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# How queries are embedded: the names shared by calibrations (service.decision), evaluation
+# reports and the service (FACEBRIDGE_FLIP_AVERAGE_QUERIES).
+QUERIES_PLAIN = "plain"
+QUERIES_FLIP = "flip-averaged"
+
 
 def as_float32_matrix(
     x: np.ndarray, *, dim: int | None = None, name: str = "vectors"

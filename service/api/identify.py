@@ -11,12 +11,13 @@ from service.api.schemas import (
     Candidate,
     IdentifyResponse,
     IdentifyResult,
+    ImageProblem,
     Timings,
     VerifyResponse,
     problem_responses,
 )
 from service.api.uploads import read_images
-from service.errors import NoFaceFound
+from service.decision import Decision
 from service.pipeline import Candidate as PipelineCandidate
 from service.pipeline import IdentifyOutcome
 
@@ -35,8 +36,9 @@ Threshold = Annotated[
     Query(
         ge=-1.0,
         le=1.0,
-        description="decision threshold (cosine); default: the active transformer's "
-        "recommended threshold, else the service default",
+        description="decision threshold (score) instead of the calibrated rule; default: "
+        "identify: the open-set threshold for FACEBRIDGE_TARGET_FPIR at the live gallery size; "
+        "verify: the score at FACEBRIDGE_VERIFY_TARGET_FAR (docs/service.md)",
     ),
 ]
 
@@ -48,9 +50,12 @@ def _candidate(c: PipelineCandidate) -> Candidate:
 
 
 def _result(outcome: IdentifyOutcome) -> IdentifyResult:
+    error = outcome.error
     return IdentifyResult(
         index=outcome.index,
         filename=outcome.filename,
+        status="ok" if error is None else error.code,
+        problem=None if error is None else ImageProblem(**error.problem()),
         candidates=[_candidate(c) for c in outcome.candidates],
         match=None if outcome.match is None else _candidate(outcome.match),
         backbone=outcome.backbone,
@@ -74,18 +79,32 @@ async def identify(
     top_k: TopK = 5,
     threshold: Threshold = None,
 ) -> IdentifyResponse:
-    """Nearest identities in the gallery for each image (new backbone -> active transformer)."""
+    """Nearest identities in the gallery for each image (new backbone -> active transformer),
+    with the open-set `match` decision. In a batch each image has its own `status`; a request
+    of one image that fails answers with its problem instead."""
     uploads = await read_images(image, max_images=state.settings.max_batch_images)
-    try:
-        outcomes, decision = await state.pool.run(
-            state.pipeline.identify, images=uploads, top_k=top_k, threshold=threshold
-        )
-    except NoFaceFound:
-        state.metrics.identify_decisions.labels(decision="no_face").inc()
-        raise
+    outcomes, decision = await state.pool.run(
+        state.pipeline.identify, images=uploads, top_k=top_k, threshold=threshold
+    )
     state.metrics.images.labels(operation="identify").inc(len(outcomes))
-    state.metrics.count_decisions(outcomes)
-    return IdentifyResponse(results=[_result(o) for o in outcomes], top_k=top_k, threshold=decision)
+    state.metrics.count_decisions(outcomes)  # failed images too: their outcome says why
+    if len(outcomes) == 1 and outcomes[0].error is not None:
+        raise outcomes[0].error  # one image: its problem is the request's (4xx)
+    return IdentifyResponse(
+        results=[_result(o) for o in outcomes], top_k=top_k, **_decision_fields(decision)
+    )
+
+
+def _decision_fields(decision: Decision) -> dict[str, object]:
+    gallery = decision.gallery
+    return {
+        "threshold": decision.threshold,
+        "threshold_rule": decision.rule,
+        "target_fpir": decision.target_fpir,
+        "gallery_identities": 0 if gallery is None else gallery.identities,
+        "gallery_faces": 0 if gallery is None else gallery.faces,
+        "estimated_fpir": decision.estimated_fpir,
+    }
 
 
 @router.post(
@@ -115,8 +134,10 @@ async def verify(
     return VerifyResponse(
         identity_id=identity_id,
         score=score,
-        threshold=decision,
-        match=face_id is not None and score >= decision,
+        threshold=decision.threshold,
+        threshold_rule=decision.rule,
+        target_far=decision.target_far,
+        match=face_id is not None and score >= decision.threshold,
         face_id=face_id,
         backbone=mapped.backbone,
         transformer=mapped.transformer,

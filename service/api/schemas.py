@@ -81,6 +81,25 @@ class Candidate(BaseModel):
     )
 
 
+class ImageProblem(BaseModel):
+    """Why one image of a batch has no answer (the problem+json fields, without request id)."""
+
+    model_config = _example(
+        {
+            "type": "https://facebridge.dev/problems/no-face",
+            "title": "No face found",
+            "status": 422,
+            "detail": "image 3: no face found by the dlib detector",
+            "code": "no-face",
+        }
+    )
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
 class IdentifyResult(BaseModel):
     """The answer for one uploaded image, in upload order."""
 
@@ -88,6 +107,8 @@ class IdentifyResult(BaseModel):
         {
             "index": 0,
             "filename": "probe.jpg",
+            "status": "ok",
+            "problem": None,
             "candidates": [_CANDIDATE_EXAMPLE],
             "match": _CANDIDATE_EXAMPLE,
             "backbone": "mobilefacenet-128",
@@ -97,7 +118,14 @@ class IdentifyResult(BaseModel):
     )
     index: int
     filename: str | None = None
-    candidates: list[Candidate]
+    status: str = Field(
+        default="ok",
+        description="`ok`, or the problem code of this image (e.g. `no-face`, `invalid-image`)",
+    )
+    problem: ImageProblem | None = Field(
+        default=None, description="why this image has no answer (status != ok), else null"
+    )
+    candidates: list[Candidate] = Field(description="best first, one per identity; [] on error")
     match: Candidate | None = Field(
         description="the top candidate when its score >= threshold, else null"
     )
@@ -111,20 +139,46 @@ class IdentifyResponse(BaseModel):
         {
             "results": [IdentifyResult.model_config["json_schema_extra"]["examples"][0]],  # type: ignore[index]
             "top_k": 5,
-            "threshold": 0.5,
+            "threshold": 0.9194,
+            "threshold_rule": "target-fpir",
+            "target_fpir": 0.01,
+            "gallery_identities": 1225,
+            "gallery_faces": 1225,
+            "estimated_fpir": 0.01,
         }
     )
-    results: list[IdentifyResult]
+    results: list[IdentifyResult] = Field(
+        description="one per image, in upload order; HTTP 200 even when some images failed"
+    )
     top_k: int
-    threshold: float
+    threshold: float = Field(description="the score a top candidate needed to be the `match`")
+    threshold_rule: str = Field(
+        description="what set it: `target-fpir` (calibrated open-set rule: target_fpir at the "
+        "live gallery size), `explicit` (the threshold query parameter), `transformer-threshold` "
+        "or `default` (uncalibrated fallbacks for older transformer files; not open-set safe)"
+    )
+    target_fpir: float | None = Field(
+        description="the open-set target: share of searches by non-enrolled people allowed a "
+        "match (null unless threshold_rule is target-fpir)"
+    )
+    gallery_identities: int = Field(description="identities with at least one face, now")
+    gallery_faces: int = Field(
+        description="gallery vectors searched, now: the N of FPIR = 1 - (1 - FAR)^N"
+    )
+    estimated_fpir: float | None = Field(
+        description="the calibration's FPIR for this threshold at this gallery size (null "
+        "without calibration)"
+    )
 
 
 class VerifyResponse(BaseModel):
     model_config = _example(
         {
             "identity_id": 42,
-            "score": 0.71,
-            "threshold": 0.5,
+            "score": 0.91,
+            "threshold": 0.885,
+            "threshold_rule": "target-far",
+            "target_far": 0.001,
             "match": True,
             "face_id": 1001,
             "backbone": "mobilefacenet-128",
@@ -138,6 +192,13 @@ class VerifyResponse(BaseModel):
         "two-way transformer, as in identify)"
     )
     threshold: float
+    threshold_rule: str = Field(
+        description="`target-far` (1:1: the calibrated score at target_far per comparison), "
+        "`explicit`, `transformer-threshold` or `default` (uncalibrated fallbacks)"
+    )
+    target_far: float | None = Field(
+        description="the 1:1 false-accept rate per comparison (null unless target-far)"
+    )
     match: bool = Field(description="score >= threshold")
     face_id: int | None = Field(description="the identity's face that scored best")
     backbone: str

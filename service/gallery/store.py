@@ -378,6 +378,11 @@ def gallery_stats(
     )
 
 
+def identities_with_faces(session: Session) -> int:
+    """How many identities have at least one face (the searchable identities)."""
+    return int(session.scalar(select(func.count(func.distinct(Face.identity_id)))) or 0)
+
+
 def require_dim(index: GalleryIndex, dim: int) -> None:
     """Refuse query vectors whose dimension differs from the gallery's."""
     if index.dim is not None and index.dim != dim:

@@ -1,4 +1,7 @@
-"""From a decoded image to aligned 112 x 112 face crops: pass-through, or detect + align."""
+"""From a decoded image to aligned 112 x 112 face crops: checked pass-through, or detect + align.
+
+A 112 x 112 image is taken as an aligned crop: it skips detection, and the face check
+(:mod:`service.inference.facecheck`) decides whether it is a face at all."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import numpy as np
 from service.errors import ImageError, NoFaceFound
 from service.inference.align import ARCFACE_SIZE, align_face
 from service.inference.detect import DetectedFace, FaceDetector
+from service.inference.facecheck import CropFaceCheck, require_face
 
 NO_DETECTOR_MESSAGE = "no detector installed: send aligned 112x112 crops"
 
@@ -27,17 +31,24 @@ def is_aligned_crop(image: np.ndarray, *, size: int = ARCFACE_SIZE) -> bool:
 
 
 def face_crops(
-    image: np.ndarray, *, detector: FaceDetector | None, all_faces: bool = False
+    image: np.ndarray,
+    *,
+    detector: FaceDetector | None,
+    all_faces: bool = False,
+    face_check: CropFaceCheck | None = None,
 ) -> list[FaceCrop]:
     """Aligned crops with their detections; largest / most central face first.
 
-    A 112 x 112 image passes straight through. Raises :class:`NoFaceFound` when the detector finds
-    nothing and :class:`ImageError` when a photo arrives but no detector is installed.
+    A 112 x 112 image passes straight through when ``face_check`` accepts it (always without a
+    check). Raises :class:`NoFaceFound` when the check refuses the crop or the detector finds
+    nothing, and :class:`ImageError` when a photo arrives but no detector is installed.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"expected an H x W x 3 image, got shape {image.shape}")
     if is_aligned_crop(image):
-        return [FaceCrop(crop=np.ascontiguousarray(image, dtype=np.uint8), face=None)]
+        crop = np.ascontiguousarray(image, dtype=np.uint8)
+        require_face(face_check, crop)
+        return [FaceCrop(crop=crop, face=None)]
     if detector is None:
         height, width = image.shape[:2]
         raise ImageError(f"{NO_DETECTOR_MESSAGE} (got a {width}x{height} image)")
@@ -49,7 +60,12 @@ def face_crops(
 
 
 def aligned_faces(
-    image: np.ndarray, *, detector: FaceDetector | None, all_faces: bool = False
+    image: np.ndarray,
+    *,
+    detector: FaceDetector | None,
+    all_faces: bool = False,
+    face_check: CropFaceCheck | None = None,
 ) -> list[np.ndarray]:
     """112 x 112 x 3 uint8 RGB crops, largest / most central first; one unless ``all_faces``."""
-    return [fc.crop for fc in face_crops(image, detector=detector, all_faces=all_faces)]
+    found = face_crops(image, detector=detector, all_faces=all_faces, face_check=face_check)
+    return [fc.crop for fc in found]

@@ -118,6 +118,7 @@ class ActiveTransformerHolder:
                     built = self._load(path)  # off to the side: requests still use `current`
                     if getattr(built, "sha256", sha256) != sha256:
                         raise ValueError(f"file {path} does not match sha256 of {version}")
+                    _warn_if_uncalibrated(version, built)
                 except Exception as exc:
                     self.last_error = f"cannot load transformer {version}: {exc}"
                     log.error("%s; keeping %s", self.last_error, current.version)
@@ -158,6 +159,19 @@ class ActiveTransformerHolder:
         if self._poller is not None:
             self._poller.stop()
             self._poller = None
+
+
+def _warn_if_uncalibrated(version: str, session: object) -> None:
+    """Once per loaded version (a swap loads it once): an older file has no open-set
+    calibration, so identify falls back to a 1:1 threshold (docs/service.md)."""
+    metadata = getattr(session, "metadata", None)
+    if metadata is not None and not getattr(metadata, "calibrations", ()):
+        log.warning(
+            "transformer %s carries no open-set calibration (facebridge.calibration): identify "
+            "falls back to its 1:1 threshold, which does not follow the gallery size; refit it "
+            "with `facebridge transformer fit` for FACEBRIDGE_TARGET_FPIR to apply",
+            version,
+        )
 
 
 def _with_generation(snapshot: ActiveTransformer, generation: int) -> ActiveTransformer:

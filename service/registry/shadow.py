@@ -36,6 +36,7 @@ from service.db.models import TransformerVersion
 from service.pipeline import ActiveMapping, IdentifyOutcome, IdentifyReply
 from service.registry import shadow_store
 from service.registry.shadow_stats import Decision, ShadowStats
+from service.vectors import QUERIES_FLIP, QUERIES_PLAIN
 
 if TYPE_CHECKING:
     from service.metrics import ServiceMetrics
@@ -235,7 +236,10 @@ class ShadowEvaluator:
                 return
             self.last_error = None
             mapping = ActiveMapping.from_session(
-                version=current.candidate_version, session=session_obj, threshold=facts[1]
+                version=current.candidate_version,
+                session=session_obj,
+                threshold=facts[1],
+                queries=QUERIES_FLIP if self._settings.flip_average_queries else QUERIES_PLAIN,
             )
             self._set_run(
                 _Run(

@@ -65,6 +65,7 @@ def make_settings(tmp_path: Path, manifest: Path, **overrides: Any) -> ServiceSe
         "gallery_model_id": TINY_OLD_MODEL_ID,
         "gallery_dim": TINY_DIM,
         "detector": "none",
+        "face_check": "off",  # the tiny backbone's inputs are noise, not faces
         "admin_key": ADMIN_KEY,
         "inference_threads": 2,
         "generation_poll_seconds": 0.2,

@@ -22,6 +22,7 @@ from service.contracts import (
     TRANSFORMER_OUTPUT,
     TransformerMetadata,
 )
+from service.decision import ScoreCalibration
 
 TINY_BACKBONE_ID = "tiny-backbone-16"
 TINY_OLD_MODEL_ID = "tiny-old-16"
@@ -83,13 +84,15 @@ def write_matrix_transformer(
     fusion_weight: float | None = None,
     gallery_output: bool = True,
     gallery_batch: str = "gallery",
+    calibrations: tuple[ScoreCalibration, ...] = (),
 ) -> Path:
     """A transformer ONNX file computing ``new @ matrix`` with facebridge metadata.
 
     ``backward`` [d_old, d_new] makes it two-way: ``gallery_new_embedding = gallery_old_embedding
     @ backward``, metadata fusion weight ``fusion_weight`` (default 0.9; 1.0 without
     ``backward``). ``gallery_output=False`` / ``gallery_batch="batch"`` / a one-way file with a
-    weight < 1 build the off-contract files the contract tests need.
+    weight < 1 build the off-contract files the contract tests need. ``calibrations``: the
+    open-set calibrations to store (none: an "older" file).
     """
     matrix = np.asarray(matrix, dtype=np.float32)
     d_in, d_out = matrix.shape
@@ -134,6 +137,7 @@ def write_matrix_transformer(
         created_at="2026-01-01T00:00:00Z",
         threshold=threshold,
         fusion_weight=fusion_weight,
+        calibrations=tuple(calibrations),
     )
     for key, value in meta.to_props().items():
         entry = model.metadata_props.add()

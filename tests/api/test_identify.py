@@ -136,12 +136,28 @@ def test_bad_images_are_422_and_never_500(
     assert_problem(response, 422, code)
 
 
-def test_a_bad_image_in_a_batch_is_named(
+def test_a_bad_image_in_a_batch_gets_its_own_status(
     client: TestClient, keys: dict, active_version: str
 ) -> None:
-    files = [image_part(1), ("image", ("bad.jpg", b"nope", "image/jpeg"))]
+    files = [image_part(1), ("image", ("bad.jpg", b"nope", "image/jpeg")), image_part(2)]
+    response = client.post("/v1/identify", files=files, headers=keys["identify"])
+    assert response.status_code == 200, response.text  # the request itself is valid
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["ok", "invalid-image", "ok"]
+    assert [r["index"] for r in results] == [0, 1, 2]
+    bad = results[1]
+    assert bad["problem"]["status"] == 422 and bad["problem"]["code"] == "invalid-image"
+    assert bad["problem"]["detail"].startswith("image 1:")
+    assert bad["candidates"] == [] and bad["match"] is None and bad["filename"] == "bad.jpg"
+    assert results[0]["problem"] is None and results[2]["problem"] is None
+
+
+def test_a_single_bad_image_is_still_a_problem(
+    client: TestClient, keys: dict, active_version: str
+) -> None:
+    files = [("image", ("bad.jpg", b"nope", "image/jpeg"))]
     body = assert_problem(client.post("/v1/identify", files=files, headers=keys["identify"]), 422)
-    assert body["detail"].startswith("image 1:") and body["image_index"] == 1
+    assert body["code"] == "invalid-image" and "image 0" not in body["detail"]
 
 
 def test_no_image_part_is_422(client: TestClient, keys: dict) -> None:

@@ -242,6 +242,7 @@ def _run_all(
     import torch
     from tqdm import tqdm
 
+    from training.evaluation.openset import open_set_of_fit
     from training.transformers.data import normalized_pairs
     from training.transformers.fit import fit_normalized
 
@@ -271,6 +272,9 @@ def _run_all(
             report = evaluate_mapping(
                 eval_pairs=data.evaluation,
                 mapped=fitted.map_rows(data.evaluation, flip=config.flip),
+            )
+            report.open_set = open_set_of_fit(
+                fitted, fit_pairs=data.bridge, eval_pairs=data.evaluation, flip=config.flip
             )
             closed = (
                 closed_set_report(
@@ -367,6 +371,12 @@ def summarise(results: ExperimentResults) -> list[dict[str, Any]]:
         row["closed_set_top1"] = mean(
             [r.closed_set.row(ROW_MAPPED).top1 for r in ok if r.closed_set is not None]
         )
+        open_sets = [rep.open_set for rep in reports if rep.open_set is not None]
+        for fpir in (0.1, 0.01, 0.001):
+            row[f"fnir_at_fpir_{fpir:g}"] = mean([o.fnir[ROW_MAPPED][fpir] for o in open_sets])
+        rules = [o.service_rule for o in open_sets if o.service_rule is not None]
+        row["service_fpir"] = mean([r.fpir for r in rules])
+        row["service_fnir"] = mean([r.fnir for r in rules])
         row["fit_seconds"] = mean([r.fit_seconds for r in ok])
         rows.append(row)
     return rows

@@ -30,7 +30,7 @@ import numpy as np
 from service.contracts import PairsSet
 from service.errors import InvalidInput
 from service.fusion import comparison_vectors
-from service.vectors import flip_average, l2_normalize
+from service.vectors import QUERIES_FLIP, QUERIES_PLAIN, flip_average, l2_normalize
 from training.evaluation.metrics import (
     PairedComparison,
     compatibility,
@@ -53,8 +53,6 @@ PROTOCOL_CLOSED_SET = (
     "CLOSED-SET (study-style, optimistic): evaluated on the identities the transformer was "
     "fitted on; not the headline figure"
 )
-QUERIES_PLAIN = "plain"
-QUERIES_FLIP = "flip-averaged"
 SCORING_FORWARD = "forward"
 VectorMap = Callable[[np.ndarray], np.ndarray]
 
@@ -214,6 +212,8 @@ class EvaluationReport:
     scoring: str | None = None
     # mapped vs old/old top-1 on the same probes (a = mapped, b = old/old); None without mapping
     paired: PairedComparison | None = None
+    # the open-set (1:N) figures (training.evaluation.openset.OpenSetReport), when computed
+    open_set: Any = None
 
     def row(self, name: str) -> RowMetrics:
         try:
@@ -238,6 +238,7 @@ class EvaluationReport:
                 "only_old_old_right": self.paired.only_b,
                 "mcnemar_p": self.paired.p_value,
             },
+            "open_set": None if self.open_set is None else self.open_set.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -272,6 +273,8 @@ class EvaluationReport:
                 f"mapped gets right, {self.paired.only_b} only old/old; exact McNemar "
                 f"p = {self.paired.p_value:.3f}.",
             ]
+        if self.open_set is not None:
+            lines += ["", self.open_set.to_markdown().rstrip("\n")]
         return "\n".join(lines) + "\n"
 
 
@@ -351,7 +354,7 @@ def _score_row(
     )
 
 
-def _as_mapped_rows(pairs: PairsSet, mapped: np.ndarray | MappedRows | None) -> MappedRows | None:
+def as_mapped_rows(pairs: PairsSet, mapped: np.ndarray | MappedRows | None) -> MappedRows | None:
     """Check shapes; a bare array is f(unit(new)): plain queries, forward scoring."""
     if mapped is None:
         return None
@@ -374,18 +377,19 @@ def _as_mapped_rows(pairs: PairsSet, mapped: np.ndarray | MappedRows | None) -> 
     return mapped
 
 
-def _mapped_vectors(
-    mapped: MappedRows, split: GalleryAndProbes, old_gallery: np.ndarray
+def mapped_vectors(
+    mapped: MappedRows, *, query_rows: np.ndarray, gallery_rows: np.ndarray, old_gallery: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(probe, gallery) vectors whose inner products are the mapped row's scores."""
-    probe_rows, gallery_rows = split.probe_rows, split.gallery_rows
-    forward = _unit(mapped.forward[probe_rows])
+    """(query, gallery) vectors whose inner products are the mapped row's scores (what the
+    service scores): ``query_rows`` as queries, ``gallery_rows`` (unit ``old_gallery``) as
+    gallery; forward, or two-way fused in the comparison space (service.fusion)."""
+    forward = _unit(mapped.forward[query_rows])
     if mapped.fusion_weight == 1.0:
         return forward, old_gallery
-    assert mapped.backward is not None  # checked in _as_mapped_rows
+    assert mapped.backward is not None  # checked in as_mapped_rows
     probes = comparison_vectors(
         old_part=forward,
-        new_part=_unit(mapped.queries[probe_rows]),
+        new_part=_unit(mapped.queries[query_rows]),
         weight=mapped.fusion_weight,
     )
     gallery = comparison_vectors(
@@ -399,7 +403,7 @@ def _mapped_vectors(
 def _evaluate(
     *, pairs: PairsSet, mapped: np.ndarray | MappedRows | None, protocol: str
 ) -> EvaluationReport:
-    mapped = _as_mapped_rows(pairs, mapped)
+    mapped = as_mapped_rows(pairs, mapped)
     split = build_gallery_and_probes(pairs)
     if split.probe_rows.size == 0 or split.template_rows.size == 0:
         raise InvalidInput(
@@ -449,7 +453,9 @@ def _evaluate(
             note=f"n/a: dims differ (new {pairs.new_dim}, old {pairs.old_dim})",
         )
     if mapped is not None:
-        probe_vectors, gallery_vectors = _mapped_vectors(mapped, split, old_gallery)
+        probe_vectors, gallery_vectors = mapped_vectors(
+            mapped, query_rows=probe_rows, gallery_rows=gallery_rows, old_gallery=old_gallery
+        )
         rows[ROW_MAPPED] = _score_row(
             name=ROW_MAPPED,
             probe="transformer(new)",

@@ -26,6 +26,8 @@ from training.evaluation.protocol import (
 )
 
 TOP1_PLOT = "top1_vs_interpolation.png"
+DET_PLOT = "det.png"
+DET_MAX_RUNS = 6
 
 
 def slug(text: str) -> str:
@@ -83,6 +85,64 @@ def reference_table(results: ExperimentResults) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _first_open_set(results: ExperimentResults) -> Any:
+    return next((r.report.open_set for r in results.runs if r.report and r.report.open_set), None)
+
+
+def open_set_table(results: ExperimentResults) -> str:
+    """FNIR at FPIR 10/1/0.1% (reference rows, then every run's mapped row, seed means) and the
+    FPIR/FNIR the service's default rule (target FPIR 1%, calibrated on the fit rows) gives."""
+    first = _first_open_set(results)
+    if first is None:
+        return "No open-set split on this evaluation set (no strangers).\n"
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100.0 * value:.2f}"
+
+    counts = first.counts
+    lines = [
+        f"Open-set split (docs/PROTOCOL.md): {counts['templates']} enrolled templates + "
+        f"{counts['distractors']} distractors; {counts['mated_searches']} mated and "
+        f"{counts['nonmated_searches']} non-mated searches.",
+        "",
+        "| row | FNIR@FPIR=10% | FNIR@FPIR=1% | FNIR@FPIR=0.1% | service rule: FPIR | FNIR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in (ROW_OLD_OLD, ROW_NEW_NEW):
+        values = first.fnir[name]
+        lines.append(
+            f"| {name} | {pct(values[0.1])} | {pct(values[0.01])} | {pct(values[0.001])} | - | - |"
+        )
+    for row in summarise(results):
+        lines.append(
+            f"| {row['label']} | {pct(row.get('fnir_at_fpir_0.1'))} | "
+            f"{pct(row.get('fnir_at_fpir_0.01'))} | {pct(row.get('fnir_at_fpir_0.001'))} | "
+            f"{pct(row.get('service_fpir'))} | {pct(row.get('service_fnir'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_open_set(results: ExperimentResults, path: Path) -> bool:
+    """One DET plot: old/old, new/new and the mapped rows of the runs with the lowest
+    FNIR@FPIR=1% (first seed of each label). False when there is nothing to plot."""
+    from training.evaluation.openset import OpenSetReport, plot_det
+
+    first = _first_open_set(results)
+    if first is None:
+        return False
+    by_label: dict[str, Any] = {}
+    for run in results.runs:
+        if run.report is not None and run.report.open_set is not None:
+            by_label.setdefault(run.label, run.report.open_set)
+    best = sorted(by_label.items(), key=lambda kv: kv[1].fnir[ROW_MAPPED][0.01])[:DET_MAX_RUNS]
+    combined = OpenSetReport(counts=first.counts, fnir={}, thresholds={})
+    combined.results = {name: first.results[name] for name in (ROW_OLD_OLD, ROW_NEW_NEW)}
+    combined.results |= {f"mapped: {label}": o.results[ROW_MAPPED] for label, o in best}
+    title = "DET, open-set" + (" (SYNTHETIC data)" if results.synthetic else "")
+    plot_det(combined, path, title=title)
+    return True
+
+
 def render_markdown(results: ExperimentResults, *, command: str | None, plots: list[str]) -> str:
     counts = results.counts
     config = results.config
@@ -129,6 +189,9 @@ def render_markdown(results: ExperimentResults, *, command: str | None, plots: l
         "bridge identities, comparable in kind (not in data) to the study's own numbers.",
         "",
         results_table(results),
+        "## Open-set (1:N)",
+        "",
+        open_set_table(results),
     ]
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
@@ -220,6 +283,8 @@ def write_report(
     top1_path = output / TOP1_PLOT
     plot_top1_vs_interpolation(results, top1_path)
     plots.append(top1_path.name)
+    if plot_open_set(results, output / DET_PLOT):
+        plots.append(DET_PLOT)
     seen: set[str] = set()
     for run in results.runs:  # first seed of each label
         if run.report is None or run.label in seen:

@@ -57,23 +57,30 @@ def _evaluation_metrics(pairs_path: Path, transformer: Path, *, flip: bool) -> d
     report = evaluate_artefact(
         pairs_path=pairs_path, transformer_path=transformer, all_rows=False, flip=flip
     )
-    mapped = report.row("mapped")
-    return {
+    mapped, open_set = report.row("mapped"), report.open_set
+    metrics = {
         "eval_top1": round(float(mapped.top1), 2),
         "eval_top5": round(float(mapped.top5), 2),
         "eval_tar_at_far_1e3": round(float(mapped.tar_at_far_1e3), 2),
+        "eval_fnir_at_fpir_1e2": round(100.0 * open_set.fnir["mapped"][0.01], 2),
     }
+    if open_set.service_rule is not None:
+        metrics["eval_service_rule_fpir"] = round(100.0 * open_set.service_rule.fpir, 2)
+    return metrics
 
 
 def evaluate_artefact(
     *, pairs_path: Path, transformer_path: Path, all_rows: bool, flip: bool = True
 ) -> Any:
-    """Run an exported ONNX through ``TransformerSession`` on the eval rows -> EvaluationReport.
+    """Run an exported ONNX through ``TransformerSession`` on the eval rows -> EvaluationReport
+    (its ``open_set`` holds the open-set figures).
 
     Scored as the service scores: two-way fused when the file is two-way; flip-averaged queries
-    when the pairs carry ``new_flip`` and ``flip`` is on.
+    when the pairs carry ``new_flip`` and ``flip`` is on. The open-set report applies the file's
+    own calibration (the service's default rule) when it has one.
     """
     from service.inference.transformer import TransformerSession
+    from training.evaluation.openset import evaluate_open_set
     from training.evaluation.protocol import evaluate_mapping, session_rows
 
     pairs = _load_split(pairs_path, SPLIT_EVAL, all_rows)
@@ -84,7 +91,20 @@ def evaluate_artefact(
             f"new {pairs.new_dim} / old {pairs.old_dim}"
         )
     mapped = session_rows(pairs, session=session, flip=flip)
-    return evaluate_mapping(eval_pairs=pairs, mapped=mapped)
+    calibration = session.metadata.calibration_for(queries=mapped.query_kind)
+    report = evaluate_mapping(eval_pairs=pairs, mapped=mapped)
+    report.open_set = evaluate_open_set(eval_pairs=pairs, mapped=mapped, calibration=calibration)
+    return report
+
+
+def fit_calibrations(fitted: Any, fit_pairs: Any, *, space: str, flip: bool) -> list[Any]:
+    """Open-set calibrations of ``fitted``'s score on its fit rows (service.decision): for the
+    queries the service sends (flip-averaged when the pairs carry new_flip and ``flip`` is on)
+    and, when the pairs carry new_flip, for plain queries too."""
+    from training.evaluation.calibration import calibrate
+
+    kinds = [flip] + ([False] if flip and fit_pairs.new_flip is not None else [])
+    return [calibrate(fit_pairs, fitted.map_rows(fit_pairs, flip=f), space=space) for f in kinds]
 
 
 @app.command("fit")
@@ -110,6 +130,7 @@ def fit_command(
 ) -> None:
     """Fit on the bridge rows (all rows with --all-rows), export ONNX, validate, checksum."""
     from service.contracts import load_pairs
+    from service.decision import describe as describe_calibrations
     from training.evaluation.protocol import ROW_MAPPED, closed_set_report
     from training.transformers.data import normalized_pairs
     from training.transformers.export import default_metadata, export_transformer
@@ -128,8 +149,13 @@ def fit_command(
     # (closed-set); eval rows never decide it.
     closed = closed_set_report(fit_pairs=fit_pairs, mapped=fitted.map_rows(fit_pairs, flip=flip))
     threshold = closed.row(ROW_MAPPED).threshold_at_far_1e3
+    calibrations = fit_calibrations(fitted, fit_pairs, space=target_model, flip=flip)
     meta = default_metadata(
-        fitted, source_model=source_model, target_model=target_model, threshold=threshold
+        fitted,
+        source_model=source_model,
+        target_model=target_model,
+        threshold=threshold,
+        calibrations=calibrations,
     )
     report = export_transformer(fitted, output, metadata=meta)
     metrics: dict[str, float] = {}
@@ -144,6 +170,7 @@ def fit_command(
             target_model=target_model,
             threshold=threshold,
             metrics=metrics,
+            calibrations=calibrations,
         )
         report = export_transformer(fitted, output, metadata=meta)
     typer.echo(
@@ -151,6 +178,8 @@ def fit_command(
         f"{closed.queries} queries, {closed.scoring}) "
         + ("n/a" if threshold is None else f"{threshold:.4f}")
     )
+    for line in describe_calibrations(calibrations):
+        typer.echo(f"open-set calibration (fit rows): {line}")
     if metrics:
         typer.echo("eval split: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     parity = ", ".join(f"b{k}={v:.6f}" for k, v in report.parity.items())
@@ -169,12 +198,23 @@ def evaluate_command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     all_rows: AllRowsOpt = False,
     flip: FlipOpt = True,
+    det_plot: Annotated[
+        Path | None, typer.Option("--det-plot", help="write the open-set DET plot (PNG) here")
+    ] = None,
 ) -> None:
-    """Evaluate an exported transformer on the eval rows (all rows with --all-rows)."""
+    """Evaluate an exported transformer on the eval rows (all rows with --all-rows): the
+    closed-set rows of docs/PROTOCOL.md and the open-set (1:N) figures."""
     report = evaluate_artefact(
         pairs_path=pairs, transformer_path=transformer, all_rows=all_rows, flip=flip
     )
+    if det_plot is not None:
+        from training.evaluation.openset import plot_det
+
+        det_plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_det(report.open_set, det_plot, title=f"DET, open-set: {transformer.name}")
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         typer.echo(report.to_markdown())
+    if det_plot is not None:
+        typer.echo(f"DET plot: {det_plot}")

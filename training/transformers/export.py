@@ -16,7 +16,7 @@ import copy
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from service.contracts import (
     TRANSFORMER_OUTPUT,
     TransformerMetadata,
 )
+from service.decision import ScoreCalibration
 from service.errors import ContractError
 from service.inference.transformer import TransformerSession, file_sha256
 from service.vectors import l2_normalize
@@ -75,6 +76,7 @@ def default_metadata(
     target_model: str,
     threshold: float | None = None,
     metrics: dict[str, float] | None = None,
+    calibrations: Sequence[ScoreCalibration] = (),
 ) -> TransformerMetadata:
     return TransformerMetadata(
         input_dim=fitted.input_dim,
@@ -86,6 +88,7 @@ def default_metadata(
         threshold=threshold,
         metrics=dict(metrics or {}),
         fusion_weight=fitted.fusion_weight,
+        calibrations=tuple(calibrations),
     )
 
 

@@ -53,7 +53,8 @@ def test_smoke_config_writes_report(tmp_path: Path) -> None:
     assert "default (two-way fused, w=0.9)" in report
     assert by_label["FC no interpolation"]["recipe"]["epochs"] == config.base["epochs"]
     pngs = sorted(p.name for p in output.glob("*.png"))
-    assert "top1_vs_interpolation.png" in pngs and len(pngs) == 1 + len(config.runs)
+    assert "top1_vs_interpolation.png" in pngs and "det.png" in pngs
+    assert len(pngs) == 2 + len(config.runs)
     for png in output.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
