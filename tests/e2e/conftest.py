@@ -220,6 +220,7 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
         evaluate_mapping,
         session_rows,
     )
+    from training.transformers.calibrate import fit_calibrations
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_transformer
 
@@ -253,8 +254,13 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
     # The default recipe: two-way (forward + backward map), scored fused by the service.
     fitted = fit_transformer(pairs=bridge, recipe="default", progress=False)
     default = root / "default.onnx"
+    # the open-set calibration the fit CLI stores (in-sample here: the rule is what is tested)
+    calibrations = fit_calibrations(fitted, bridge, space=KIT_OLD_MODEL_ID, flip=True, folds=0)
     metadata = default_metadata(
-        fitted, source_model=KIT_NEW_MODEL_ID, target_model=KIT_OLD_MODEL_ID
+        fitted,
+        source_model=KIT_NEW_MODEL_ID,
+        target_model=KIT_OLD_MODEL_ID,
+        calibrations=calibrations,
     )
     export_transformer(fitted, default, metadata=metadata)
     session = TransformerSession(default)

@@ -1,5 +1,6 @@
-"""Kit end-to-end over a real uvicorn process: top-1 over HTTP = offline protocol top-1, and a
-hot swap under concurrent load with zero failed requests."""
+"""Kit end-to-end over a real uvicorn process: top-1 over HTTP = offline protocol top-1, a hot
+swap under concurrent load with zero failed requests, and per-image results (a faceless image
+in a batch of real faces) with the open-set decision named in the reply."""
 
 from __future__ import annotations
 
@@ -65,6 +66,51 @@ def test_top1_over_http_matches_the_offline_protocol(
     )
     # Same crops, same backbone, same maps and fused scores: at most 2 probes (0.12) may differ.
     assert abs(http_top1 - offline) <= 0.12
+
+
+def test_a_faceless_image_in_a_batch_fails_alone(
+    kit_assets: KitAssets, kit_server: KitServer
+) -> None:
+    import io
+
+    from PIL import Image
+
+    version = kit_server.versions["default"]
+    grey = io.BytesIO()
+    Image.new("RGB", (112, 112), (128, 128, 128)).save(grey, format="JPEG")
+    paths = kit_assets.probe_paths[:7]
+    files = [
+        ("image", (Path(p).name, (kit_assets.aligned_dir / p).read_bytes(), "image/jpeg"))
+        for p in paths
+    ]
+    files.insert(3, ("image", ("grey.jpg", grey.getvalue(), "image/jpeg")))
+    with kit_server.server.client() as client:
+        activated = client.post(f"/v1/admin/transformers/{version}/activate", headers=ADMIN)
+        assert activated.status_code == 200, activated.text
+        response = client.post("/v1/identify", files=files, headers=ADMIN)
+        metrics = client.get("/metrics").text
+    assert response.status_code == 200, response.text
+    body = response.json()
+    results = body["results"]
+    assert [r["status"] for r in results] == ["ok"] * 3 + ["no-face"] + ["ok"] * 4
+    faceless = results[3]
+    assert faceless["filename"] == "grey.jpg" and faceless["candidates"] == []
+    assert faceless["problem"]["code"] == "no-face" and faceless["problem"]["status"] == 422
+    assert faceless["problem"]["detail"].startswith("image 3:")
+    answered = [r for i, r in enumerate(results) if i != 3]
+    expected = [kit_assets.probe_identities[i] for i in range(7)]
+    assert all(r["candidates"] for r in answered)  # the other 7 are answered (candidates stay)
+    right = [
+        r["candidates"][0]["external_id"] == e for r, e in zip(answered, expected, strict=True)
+    ]
+    assert sum(right) >= 6
+    # the open-set rule, at the live gallery size
+    assert body["threshold_rule"] == "target-fpir" and body["target_fpir"] == 0.01
+    assert body["gallery_faces"] == body["gallery_identities"] == kit_assets.gallery_size
+    assert 0.85 < body["threshold"] < 0.99
+    assert f'facebridge_identify_results_total{{outcome="no-face",transformer="{version}"}}' in (
+        metrics
+    )
 
 
 def test_hot_swap_under_load_has_no_failures_and_names_a_live_version(

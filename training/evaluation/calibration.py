@@ -30,14 +30,16 @@ def impostor_scores(
     *,
     max_comparisons: int = MAX_COMPARISONS,
     seed: int = 0,
+    query_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, int]:
-    """(impostor scores float32, queries used, gallery size) for the service's score."""
+    """(impostor scores float32, queries used, gallery size) for the service's score:
+    ``query_rows`` (default every row) against one template per identity of ``pairs``."""
     split = build_gallery_and_probes(pairs)
     gallery_rows = np.sort(split.gallery_rows)  # one row per identity
     labels = np.asarray(pairs.label)
     if gallery_rows.size < 2:
         raise InvalidInput("calibration needs at least 2 identities")
-    query_rows = np.arange(len(pairs))
+    query_rows = np.arange(len(pairs)) if query_rows is None else np.asarray(query_rows)
     if query_rows.size * gallery_rows.size > max_comparisons:
         keep = max(max_comparisons // gallery_rows.size, 1)
         rng = np.random.default_rng(seed)

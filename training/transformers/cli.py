@@ -97,16 +97,6 @@ def evaluate_artefact(
     return report
 
 
-def fit_calibrations(fitted: Any, fit_pairs: Any, *, space: str, flip: bool) -> list[Any]:
-    """Open-set calibrations of ``fitted``'s score on its fit rows (service.decision): for the
-    queries the service sends (flip-averaged when the pairs carry new_flip and ``flip`` is on)
-    and, when the pairs carry new_flip, for plain queries too."""
-    from training.evaluation.calibration import calibrate
-
-    kinds = [flip] + ([False] if flip and fit_pairs.new_flip is not None else [])
-    return [calibrate(fit_pairs, fitted.map_rows(fit_pairs, flip=f), space=space) for f in kinds]
-
-
 @app.command("fit")
 def fit_command(
     pairs: PairsOpt,
@@ -127,11 +117,23 @@ def fit_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     threads: Annotated[int, typer.Option("--threads", help="torch intra-op threads", min=1)] = 1,
     flip: FlipOpt = True,
+    calibration_folds: Annotated[
+        int,
+        typer.Option(
+            "--calibration-folds",
+            min=0,
+            help="identity folds for the cross-fitted open-set calibration (0 or 1: in-sample)",
+        ),
+    ] = 5,
 ) -> None:
-    """Fit on the bridge rows (all rows with --all-rows), export ONNX, validate, checksum."""
+    """Fit on the bridge rows (all rows with --all-rows), export ONNX, validate, checksum.
+
+    The file carries the open-set calibration of its score (cross-fitted on the fit rows),
+    which the service's match rule needs (docs/service.md)."""
     from service.contracts import load_pairs
     from service.decision import describe as describe_calibrations
     from training.evaluation.protocol import ROW_MAPPED, closed_set_report
+    from training.transformers.calibrate import fit_calibrations
     from training.transformers.data import normalized_pairs
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_normalized
@@ -149,7 +151,9 @@ def fit_command(
     # (closed-set); eval rows never decide it.
     closed = closed_set_report(fit_pairs=fit_pairs, mapped=fitted.map_rows(fit_pairs, flip=flip))
     threshold = closed.row(ROW_MAPPED).threshold_at_far_1e3
-    calibrations = fit_calibrations(fitted, fit_pairs, space=target_model, flip=flip)
+    calibrations = fit_calibrations(
+        fitted, fit_pairs, space=target_model, flip=flip, folds=calibration_folds, seed=seed
+    )
     meta = default_metadata(
         fitted,
         source_model=source_model,
@@ -179,7 +183,7 @@ def fit_command(
         + ("n/a" if threshold is None else f"{threshold:.4f}")
     )
     for line in describe_calibrations(calibrations):
-        typer.echo(f"open-set calibration (fit rows): {line}")
+        typer.echo(f"open-set calibration: {line}")
     if metrics:
         typer.echo("eval split: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     parity = ", ".join(f"b{k}={v:.6f}" for k, v in report.parity.items())
