@@ -57,15 +57,21 @@ def main(argv: list[str] | None = None) -> int:
         print("SAMPLE KIT ABSENT: generated non-faces only (no positives, no backgrounds)")
     else:
         with np.load(kit / "lfw" / "pairs.npz") as z:
-            rows = {k: z[k] for k in ("path", "landmarks5")}
+            rows = {k: z[k] for k in ("path", "landmarks5", "detected")}
         rng = np.random.default_rng(args.seed)
         order = rng.permutation(len(rows["path"]))
         chosen = order if args.limit is None else order[: args.limit]
-        accepted = 0
+        refused = []
         for i in chosen:
             crop = read_image_file(kit / "lfw" / "aligned" / rows["path"][i])
-            accepted += check.check(crop).accepted
-        table.append(("kit aligned/ crops", "accepted", accepted, len(chosen)))
+            if not check.check(crop).accepted:
+                refused.append(i)
+        table.append(("kit aligned/ crops", "accepted", len(chosen) - len(refused), len(chosen)))
+        fallback = int((~rows["detected"][refused]).sum()) if refused else 0
+        print(
+            f"kit crops refused: {len(refused)} ({fallback} of them from the kit's centre-box "
+            f"fallback, detected=False): " + ", ".join(str(rows["path"][i]) for i in refused[:10])
+        )
         negatives += background_crops(
             _photos(kit, rows, rng.permutation(len(rows["path"]))),
             count=args.backgrounds,

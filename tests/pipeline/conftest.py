@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .onnx_models import write_tiny_backbone
@@ -30,3 +31,10 @@ def dlib_detector() -> object:
     if not dlib_available():
         pytest.skip("dlib or face_recognition_models not installed")
     return make_detector("dlib")
+
+
+@pytest.fixture(scope="module")
+def kit_rows(kit_dir: Path) -> dict[str, np.ndarray]:
+    """The kit's per-row columns the pipeline tests compare with."""
+    with np.load(kit_dir / "lfw" / "pairs.npz") as z:
+        return {k: z[k] for k in ("path", "old", "new", "landmarks5", "detected")}

@@ -65,12 +65,6 @@ def test_blank_photo_has_no_face(dlib_detector: FaceDetector) -> None:
         aligned_faces(np.full((200, 200, 3), 128, np.uint8), detector=dlib_detector)
 
 
-@pytest.fixture(scope="module")
-def kit_rows(kit_dir: Path) -> dict[str, np.ndarray]:
-    with np.load(kit_dir / "lfw" / "pairs.npz") as z:
-        return {k: z[k] for k in ("path", "old", "new", "landmarks5", "detected")}
-
-
 @pytest.mark.kit
 @pytest.mark.dlib
 @needs_dlib

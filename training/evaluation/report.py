@@ -103,7 +103,9 @@ def open_set_table(results: ExperimentResults) -> str:
     lines = [
         f"Open-set split (docs/PROTOCOL.md): {counts['templates']} enrolled templates + "
         f"{counts['distractors']} distractors; {counts['mated_searches']} mated and "
-        f"{counts['nonmated_searches']} non-mated searches.",
+        f"{counts['nonmated_searches']} non-mated searches. Service rule: target FPIR 1% at "
+        "this gallery's size, calibrated on the fit rows in-sample (cheaper than the fit CLI's "
+        "cross-fitted calibration and a little more conservative: docs/service.md).",
         "",
         "| row | FNIR@FPIR=10% | FNIR@FPIR=1% | FNIR@FPIR=0.1% | service rule: FPIR | FNIR |",
         "|---|---|---|---|---|---|",

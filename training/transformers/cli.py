@@ -151,9 +151,13 @@ def fit_command(
     # (closed-set); eval rows never decide it.
     closed = closed_set_report(fit_pairs=fit_pairs, mapped=fitted.map_rows(fit_pairs, flip=flip))
     threshold = closed.row(ROW_MAPPED).threshold_at_far_1e3
-    calibrations = fit_calibrations(
-        fitted, fit_pairs, space=target_model, flip=flip, folds=calibration_folds, seed=seed
-    )
+    try:
+        calibrations = fit_calibrations(
+            fitted, fit_pairs, space=target_model, flip=flip, folds=calibration_folds, seed=seed
+        )
+    except InvalidInput as exc:  # ContractError too: e.g. too few impostor pairs
+        calibrations = []
+        typer.echo(f"WARNING: no open-set calibration ({exc}); the service will fall back")
     meta = default_metadata(
         fitted,
         source_model=source_model,

@@ -36,7 +36,14 @@ def test_fit_uses_bridge_rows_embeds_eval_metrics_and_evaluate_reads_the_file(
         "dlib-resnet-v1",
     )
     assert meta.threshold is not None and -1.0 <= meta.threshold <= 1.0
-    assert {"eval_top1", "eval_top5", "eval_tar_at_far_1e3"} <= set(meta.metrics)
+    assert {"eval_top1", "eval_top5", "eval_tar_at_far_1e3", "eval_fnir_at_fpir_1e2"} <= set(
+        meta.metrics
+    )
+    (calibration,) = meta.calibrations  # plain queries only: the pairs carry no new_flip
+    assert calibration.score_kind == "forward" and calibration.queries == "plain"
+    assert "5-fold cross-fitted" in calibration.source
+    assert calibration.n_impostor == n_bridge * (n_bridge // 5 - 1)  # 5 images per identity
+    assert meta.calibration_for(queries="flip-averaged") is calibration
     assert out.with_name("t.onnx.sha256").read_text().split()[0] == session.sha256
 
     result = runner.invoke(
@@ -45,6 +52,17 @@ def test_fit_uses_bridge_rows_embeds_eval_metrics_and_evaluate_reads_the_file(
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["rows"]["mapped"]["top1"] == pytest.approx(meta.metrics["eval_top1"], abs=0.01)
+    open_set = report["open_set"]
+    assert set(open_set["fnir_at_fpir"]) == {"old/old", "new/new", "mapped"}
+    assert open_set["service_rule"]["target_fpir"] == 0.01
+    det = tmp_path / "det.png"
+    result = runner.invoke(
+        app,
+        ["evaluate", "--pairs", str(pairs_file), "--transformer", str(out), "--det-plot", str(det)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "FNIR@FPIR=1%" in result.output and "Service default rule" in result.output
+    assert det.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_user_errors_are_one_line(pairs: PairsSet, tmp_path: Path, capsys) -> None:
