@@ -8,7 +8,8 @@ Pure Python + NumPy: no torch, no ONNX Runtime. See docs/ARCHITECTURE.md, "Contr
 2. Transformer artefact: one ONNX file, input ``new_embedding``, output ``old_embedding``,
    ``metadata_props`` keyed by ``META_*`` below. A *two-way* transformer also has the input
    ``gallery_old_embedding`` and the output ``gallery_new_embedding`` (old -> new, the backward
-   map) and ``facebridge.fusion_weight`` < 1: see :mod:`service.fusion`.
+   map) and ``facebridge.fusion_weight`` < 1: see :mod:`service.fusion`. ``facebridge.calibration``
+   (optional) holds the open-set calibration of the file's score (:mod:`service.decision`).
 3. Backbone manifest: JSON beside a backbone ONNX, :class:`BackboneManifest`.
 """
 

@@ -483,6 +483,8 @@ def build_demo(
     source = "synthetic" if kit is None else "kit"
     details = _kit_details(kit) if kit is not None else {"spec": spec.as_dict()}
     details["recipe"] = recipe
+    # demo data built before the open-set rule (issue 9): no calibration, no face check setting
+    details["open_set"] = 1
     fingerprint = _fingerprint(source, details)
     steps = _Steps(quiet=quiet)
 
@@ -595,7 +597,10 @@ def build_demo(
     )
 
     env = service_env(
-        data_dir=data_dir, backbone_manifest=backbone_manifest, gallery_model_id=old_model_id
+        data_dir=data_dir,
+        backbone_manifest=backbone_manifest,
+        gallery_model_id=old_model_id,
+        synthetic=kit is None,
     )
     with steps.step(
         "service", "creating the database, importing the gallery, uploading the transformer"
@@ -655,9 +660,11 @@ def build_demo(
 # Service side (H4a's settings, db, gallery, registry and keys; H4b's app)
 # ---------------------------------------------------------------------------------------------
 def service_env(
-    *, data_dir: Path, backbone_manifest: Path, gallery_model_id: str
+    *, data_dir: Path, backbone_manifest: Path, gallery_model_id: str, synthetic: bool = False
 ) -> dict[str, str]:
-    """The FACEBRIDGE_* environment of the demo service: embedded SQLite + local FAISS index."""
+    """The FACEBRIDGE_* environment of the demo service: embedded SQLite + local FAISS index.
+
+    SYNTHETIC demo data are patterns, not faces: the face check is off for them."""
     return {
         "FACEBRIDGE_DATABASE_URL": f"sqlite:///{data_dir / 'facebridge.db'}",
         "FACEBRIDGE_DATA_DIR": str(data_dir),
@@ -667,6 +674,7 @@ def service_env(
         "FACEBRIDGE_GALLERY_MODEL_ID": gallery_model_id,
         # Demo probes are aligned 112x112 crops: no detector needed (photos need the dlib extra).
         "FACEBRIDGE_DETECTOR": "auto",
+        "FACEBRIDGE_FACE_CHECK": "off" if synthetic else "auto",
     }
 
 

@@ -18,6 +18,7 @@ refused. ~7 ms per crop on one core.
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -27,7 +28,6 @@ from PIL import Image
 
 from service.errors import ContractError, NoFaceFound
 from service.inference.align import ARCFACE_SIZE
-from service.inference.detect import dlib_available
 
 FaceCheckName = Literal["auto", "dlib", "off"]
 UPSCALE = 2
@@ -114,13 +114,14 @@ class DlibCropCheck:
 
 def make_face_check(name: FaceCheckName = "auto") -> CropFaceCheck | None:
     """``"dlib"`` (error when dlib is missing), ``"off"`` (None) or ``"auto"`` (dlib when
-    installed, else None: crops then pass unchecked, and the service says so at start)."""
+    installed, else None: crops then pass unchecked, and the service says so at start). Only
+    dlib itself is needed (``dlib-bin``): the HOG detector ships inside it, no weights file."""
     if name == "off":
         return None
     if name == "dlib":
         return DlibCropCheck()
     if name == "auto":
-        return DlibCropCheck() if dlib_available() else None
+        return DlibCropCheck() if importlib.util.find_spec("dlib") is not None else None
     raise ContractError(f"unknown face check {name!r}; choose auto, dlib or off")
 
 

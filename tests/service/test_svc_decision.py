@@ -8,6 +8,7 @@ rules and the live gallery counter as plain functions.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -137,7 +138,7 @@ def test_threshold_rises_with_the_gallery_and_falls_with_the_target() -> None:
         open_set_threshold(calibration=calibration, target_fpir=0.01, gallery_faces=n)
         for n in sizes
     ]
-    assert all(a < b for a, b in zip(ts, ts[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(ts))
     loose = open_set_threshold(calibration=calibration, target_fpir=0.1, gallery_faces=1000)
     assert loose < ts[3]
 

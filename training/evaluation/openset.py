@@ -37,6 +37,7 @@ from training.evaluation.protocol import (
     ROW_MAPPED,
     ROW_NEW_NEW,
     ROW_OLD_OLD,
+    GalleryAndProbes,
     MappedRows,
     as_mapped_rows,
     mapped_vectors,
@@ -53,23 +54,22 @@ def is_enrolled(name: str) -> bool:
 
 
 @dataclass(frozen=True)
-class OpenSetSplit:
-    """Row indices (sorted). ``gallery_rows`` = templates then distractors."""
+class OpenSetSplit(GalleryAndProbes):
+    """The protocol's gallery/probe rows (``probe_rows`` = the mated searches: the enrolled
+    identities' other images) plus ``nonmated_rows``: every image of the strangers."""
 
-    template_rows: np.ndarray
-    distractor_rows: np.ndarray
-    mated_rows: np.ndarray
-    nonmated_rows: np.ndarray
+    nonmated_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
-    def gallery_rows(self) -> np.ndarray:
-        return np.concatenate([self.template_rows, self.distractor_rows])
+    def mated_rows(self) -> np.ndarray:
+        return self.probe_rows
 
     def counts(self) -> dict[str, int]:
+        base = super().counts()
         return {
-            "templates": int(self.template_rows.size),
-            "distractors": int(self.distractor_rows.size),
-            "mated_searches": int(self.mated_rows.size),
+            "templates": base["templates"],
+            "distractors": base["distractors"],
+            "mated_searches": base["probes"],
             "nonmated_searches": int(self.nonmated_rows.size),
         }
 
@@ -90,7 +90,7 @@ def open_set_split(pairs: PairsSet) -> OpenSetSplit:
     return OpenSetSplit(
         template_rows=np.sort(rows[first]),
         distractor_rows=np.flatnonzero(~multi),
-        mated_rows=np.sort(rows[~first]),
+        probe_rows=np.sort(rows[~first]),
         nonmated_rows=np.flatnonzero(multi & ~enrolled),
     )
 
