@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,16 @@ FlipOpt = Annotated[
     typer.Option(
         "--flip/--no-flip",
         help="flip-averaged queries when the pairs carry new_flip (--no-flip: plain queries)",
+    ),
+]
+
+
+CalibrationFoldsOpt = Annotated[
+    int,
+    typer.Option(
+        "--calibration-folds",
+        min=0,
+        help="identity folds for the cross-fitted open-set calibration (0 or 1: in-sample)",
     ),
 ]
 
@@ -97,6 +108,20 @@ def evaluate_artefact(
     return report
 
 
+def _calibrations(
+    fitted: Any, fit_pairs: Any, space: str, flip: bool, folds: int, seed: int
+) -> list[Any]:
+    """The open-set calibrations for the file (training.transformers.calibrate), or none with
+    a warning line when the fit rows cannot give one (e.g. too few impostor pairs)."""
+    from training.transformers.calibrate import fit_calibrations
+
+    try:
+        return fit_calibrations(fitted, fit_pairs, space=space, flip=flip, folds=folds, seed=seed)
+    except InvalidInput as exc:  # ContractError included
+        typer.echo(f"WARNING: no open-set calibration ({exc}); the service will fall back")
+        return []
+
+
 @app.command("fit")
 def fit_command(
     pairs: PairsOpt,
@@ -117,14 +142,7 @@ def fit_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     threads: Annotated[int, typer.Option("--threads", help="torch intra-op threads", min=1)] = 1,
     flip: FlipOpt = True,
-    calibration_folds: Annotated[
-        int,
-        typer.Option(
-            "--calibration-folds",
-            min=0,
-            help="identity folds for the cross-fitted open-set calibration (0 or 1: in-sample)",
-        ),
-    ] = 5,
+    calibration_folds: CalibrationFoldsOpt = 5,
 ) -> None:
     """Fit on the bridge rows (all rows with --all-rows), export ONNX, validate, checksum.
 
@@ -133,7 +151,6 @@ def fit_command(
     from service.contracts import load_pairs
     from service.decision import describe as describe_calibrations
     from training.evaluation.protocol import ROW_MAPPED, closed_set_report
-    from training.transformers.calibrate import fit_calibrations
     from training.transformers.data import normalized_pairs
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_normalized
@@ -151,36 +168,23 @@ def fit_command(
     # (closed-set); eval rows never decide it.
     closed = closed_set_report(fit_pairs=fit_pairs, mapped=fitted.map_rows(fit_pairs, flip=flip))
     threshold = closed.row(ROW_MAPPED).threshold_at_far_1e3
-    try:
-        calibrations = fit_calibrations(
-            fitted, fit_pairs, space=target_model, flip=flip, folds=calibration_folds, seed=seed
-        )
-    except InvalidInput as exc:  # ContractError too: e.g. too few impostor pairs
-        calibrations = []
-        typer.echo(f"WARNING: no open-set calibration ({exc}); the service will fall back")
-    meta = default_metadata(
+    calibrations = _calibrations(fitted, fit_pairs, target_model, flip, calibration_folds, seed)
+    metadata = functools.partial(
+        default_metadata,
         fitted,
         source_model=source_model,
         target_model=target_model,
         threshold=threshold,
         calibrations=calibrations,
     )
-    report = export_transformer(fitted, output, metadata=meta)
+    report = export_transformer(fitted, output, metadata=metadata())
     metrics: dict[str, float] = {}
     has_eval = all_pairs.split is not None and bool((all_pairs.split == SPLIT_EVAL).any())
     if has_eval and not all_rows:
         # Evaluate the exported file itself, then write it again with the figures inside.
         metrics = _evaluation_metrics(pairs, output, flip=flip)
         metrics["fit_seconds"] = round(fitted.fit_seconds, 2)
-        meta = default_metadata(
-            fitted,
-            source_model=source_model,
-            target_model=target_model,
-            threshold=threshold,
-            metrics=metrics,
-            calibrations=calibrations,
-        )
-        report = export_transformer(fitted, output, metadata=meta)
+        report = export_transformer(fitted, output, metadata=metadata(metrics=metrics))
     typer.echo(
         f"fitted in {fitted.fit_seconds:.1f} s; threshold (FAR=1e-3, fit rows, "
         f"{closed.queries} queries, {closed.scoring}) "
