@@ -19,6 +19,7 @@ from service.api.rollout_schemas import (
 from service.api.schemas import problem_responses
 from service.api.state import ServiceState
 from service.registry import audit, shadow, shadow_store
+from service.settings import ServiceSettings
 
 router = APIRouter(
     prefix="/v1/admin",
@@ -68,15 +69,18 @@ def list_audit_events(
     return AuditPage(items=[_event(r) for r in records], total=total, limit=limit, offset=offset)
 
 
-def _run(session: Session, info: shadow_store.ShadowRunInfo) -> ShadowRun:
+def _run(
+    session: Session, info: shadow_store.ShadowRunInfo, *, settings: ServiceSettings
+) -> ShadowRun:
     _, stats = shadow_store.get_run(session, run_id=info.id)
-    return ShadowRun(**shadow.run_report(session, info=info, stats=stats))
+    return ShadowRun(**shadow.run_report(session, info=info, stats=stats, settings=settings))
 
 
 def _run_by_id(*, state: ServiceState, run_id: int) -> ShadowRun:
     with state.session_factory() as session:
         info, stats = shadow_store.get_run(session, run_id=run_id)
-        return ShadowRun(**shadow.run_report(session, info=info, stats=stats))
+        report = shadow.run_report(session, info=info, stats=stats, settings=state.settings)
+        return ShadowRun(**report)
 
 
 @router.post(
@@ -129,7 +133,7 @@ async def start_shadow(
 def get_shadow(version: Version, state: StateDep, session: DbSession) -> ShadowRun:
     state.shadow.flush()  # this worker's latest figures
     info, _ = shadow_store.latest_run_of(session, candidate=version)
-    return _run(session, info)
+    return _run(session, info, settings=state.settings)
 
 
 @router.delete(
@@ -151,7 +155,7 @@ def stop_shadow(
         session_factory=state.session_factory, candidate=version, actor=actor, reason=reason
     )
     state.shadow.refresh()
-    return _run(session, info)
+    return _run(session, info, settings=state.settings)
 
 
 @router.get(
@@ -166,7 +170,7 @@ def list_shadow_runs(
 ) -> ShadowOverview:
     state.shadow.flush()
     runs = [
-        ShadowRun(**shadow.run_report(session, info=info, stats=stats))
+        ShadowRun(**shadow.run_report(session, info=info, stats=stats, settings=state.settings))
         for info, stats in shadow_store.list_runs(session, limit=limit)
     ]
     current = next((run for run in runs if run.running), None)

@@ -42,6 +42,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def read_metadata(path: str | Path) -> TransformerMetadata:
+    """A transformer file's facebridge metadata alone (no ONNX Runtime session), e.g. the
+    calibration of a shadow candidate; ContractError when unreadable."""
+    import onnx
+
+    p = Path(path)
+    try:
+        model = onnx.load_model_from_string(p.read_bytes())
+    except Exception as exc:  # missing file, protobuf errors
+        raise ContractError(f"transformer {p.name}: cannot read ({type(exc).__name__})") from exc
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    return TransformerMetadata.from_props(props, source=f"transformer {p.name}")
+
+
 def _static_dim(value: object) -> int | None:
     """An ONNX/ORT shape entry as an int, or None when symbolic/unknown."""
     return value if isinstance(value, int) and value > 0 else None

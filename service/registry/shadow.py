@@ -33,6 +33,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import TransformerVersion
+from service.errors import ContractError
+from service.inference.transformer import read_metadata
 from service.pipeline import ActiveMapping, IdentifyOutcome, IdentifyReply
 from service.registry import shadow_store
 from service.registry.shadow_stats import Decision, ShadowStats
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RankFn = Callable[..., tuple[list[IdentifyOutcome], float]]
+RankFn = Callable[..., tuple[list[IdentifyOutcome], Any]]  # (outcomes, the decision rule)
 
 
 def decisions(outcomes: list[IdentifyOutcome]) -> list[Decision]:
@@ -332,13 +334,27 @@ def start_shadow(
 
 
 def run_report(
-    session: Session, *, info: shadow_store.ShadowRunInfo, stats: ShadowStats
+    session: Session,
+    *,
+    info: shadow_store.ShadowRunInfo,
+    stats: ShadowStats,
+    settings: ServiceSettings | None = None,
 ) -> dict[str, Any]:
-    """One run as the API shows it: its facts, the merged results and the FPIR estimate."""
+    """One run as the API shows it: its facts, the merged results and the FPIR estimate (from
+    the candidate file's calibration; ``settings`` locate the file and give the target)."""
     row = session.scalars(
         select(TransformerVersion).where(TransformerVersion.version == info.candidate_version)
     ).first()
     threshold = None if row is None else row.threshold
+    calibration = None
+    if row is not None and settings is not None:
+        try:
+            metadata = read_metadata(settings.transformers_path / row.file_name)
+        except ContractError as exc:  # a lost file: no estimate, never a failed report
+            log.warning("shadow report: %s", exc)
+        else:
+            flip = settings.flip_average_queries
+            calibration = metadata.calibration_for(queries=QUERIES_FLIP if flip else QUERIES_PLAIN)
     return {
         "id": info.id,
         "candidate": info.candidate_version,
@@ -355,5 +371,7 @@ def run_report(
         "fpir": shadow_store.estimated_fpir(
             threshold=threshold,
             gallery_faces=shadow_store.gallery_face_count(session),
+            calibration=calibration,
+            target_fpir=0.01 if settings is None else settings.target_fpir,
         ),
     }

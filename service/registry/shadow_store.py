@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import decision
 from service.db.models import (
     SHADOW_RUNNING,
     SHADOW_STOPPED,
@@ -25,6 +26,7 @@ from service.db.models import (
     TransformerVersion,
     utcnow,
 )
+from service.decision import ScoreCalibration, open_set_threshold
 from service.errors import Conflict, NotFound
 from service.registry import audit
 from service.registry.audit import Actor
@@ -271,17 +273,47 @@ def gallery_face_count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(Face)) or 0)
 
 
-def estimated_fpir(*, threshold: float | None, gallery_faces: int) -> dict[str, Any]:
+def estimated_fpir(
+    *,
+    threshold: float | None,
+    gallery_faces: int,
+    calibration: ScoreCalibration | None = None,
+    target_fpir: float = 0.01,
+) -> dict[str, Any]:
     """The candidate's estimated false-positive identification rate at the current gallery size.
 
-    Needs an open-set calibration of the candidate's scores (the impostor tail, issue 9's
-    ``service.decision``); this service has none, so the estimate is reported as unavailable,
-    with the reason, rather than guessed from a 1:1 threshold.
+    With the candidate's open-set calibration (``service.decision``): the FPIR of the threshold
+    the service's rule would use for it now (the calibrated threshold for ``target_fpir`` at
+    ``gallery_faces``), and what its 1:1 ``threshold`` would give instead. Without one (an older
+    file) it is reported as unavailable, with the reason, rather than guessed.
     """
+    if calibration is None:
+        return {
+            "value": None,
+            "available": False,
+            "gallery_faces": gallery_faces,
+            "threshold": threshold,
+            "detail": "unavailable: the candidate file carries no open-set calibration "
+            "(refit it with `facebridge transformer fit`)",
+        }
+    rule = open_set_threshold(
+        calibration=calibration, target_fpir=target_fpir, gallery_faces=gallery_faces
+    )
+    one_to_one = (
+        None
+        if threshold is None
+        else decision.estimated_fpir(
+            calibration=calibration, threshold=threshold, gallery_faces=gallery_faces
+        )
+    )
     return {
-        "value": None,
-        "available": False,
+        "value": decision.estimated_fpir(
+            calibration=calibration, threshold=rule, gallery_faces=gallery_faces
+        ),
+        "available": True,
         "gallery_faces": gallery_faces,
-        "threshold": threshold,
-        "detail": "unavailable: no open-set score calibration is installed in this service",
+        "threshold": rule,
+        "target_fpir": target_fpir,
+        "one_to_one_threshold": threshold,
+        "one_to_one_fpir": one_to_one,
     }

@@ -114,5 +114,7 @@ def test_identify_outcomes_are_counted(client: TestClient, enrolled, keys: dict)
     client.post("/v1/identify", files=[image_part(0), image_part(1)], headers=keys["identify"])
     client.post("/v1/identify", files=[image_part(50)], headers=ADMIN)  # a stranger
     text = client.get("/metrics").text
-    assert 'facebridge_identify_decisions_total{decision="match"} 2.0' in text
-    assert 'facebridge_identify_decisions_total{decision="no_match"} 1.0' in text
+    version = client.get("/v1/admin/transformers", headers=ADMIN).json()["active"]
+    counted = "facebridge_identify_decisions_total{{decision={!r},transformer={!r}}}"
+    assert counted.format("match", version).replace("'", '"') + " 2.0" in text
+    assert counted.format("no_match", version).replace("'", '"') + " 1.0" in text

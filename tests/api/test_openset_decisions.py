@@ -173,15 +173,15 @@ def test_decision_metrics_count_outcomes_per_transformer(
     assert [r["status"] for r in response.json()["results"]] == ["ok", "ok", "ok", "invalid-image"]
     text = client.get("/metrics").text
     counts = {
-        outcome: _metric(
+        decision: _metric(
             text,
-            "facebridge_identify_results_total",
+            "facebridge_identify_decisions_total",
             transformer=calibrated_version,
-            outcome=outcome,
+            decision=decision,
         )
-        for outcome in ("match", "no-match", "error")
+        for decision in ("match", "no_match", "error")
     }
-    assert counts == {"match": 2.0, "no-match": 1.0, "error": 1.0}
+    assert counts == {"match": 2.0, "no_match": 1.0, "error": 1.0}
     histogram = _metric(
         text, "facebridge_identify_top1_score_count", transformer=calibrated_version
     )
@@ -190,3 +190,36 @@ def test_decision_metrics_count_outcomes_per_transformer(
         text, "facebridge_identify_top1_score_bucket", transformer=calibrated_version, le="+Inf"
     )
     assert top == 3.0
+
+
+def test_a_shadow_run_reports_the_candidates_fpir_at_the_live_gallery_size(
+    client: TestClient,
+    tmp_path: Path,
+    transformer_files: dict[str, Path],
+    calibration: ScoreCalibration,
+) -> None:
+    from service.decision import estimated_fpir
+
+    assert upload_transformer(client, transformer_files["a"], activate=True).status_code == 201
+    _enrol(client, range(6))
+    path = write_matrix_transformer(
+        tmp_path / "candidate.onnx",
+        matrix=random_rotation(TINY_DIM, seed=5),
+        calibrations=(calibration,),
+    )
+    candidate = upload_transformer(client, path).json()["version"]
+    started = client.post(
+        f"/v1/admin/transformers/{candidate}/shadow", json={"sample_rate": 1.0}, headers=ADMIN
+    )
+    assert started.status_code == 201, started.text
+    fpir = client.get(f"/v1/admin/transformers/{candidate}/shadow", headers=ADMIN).json()["fpir"]
+    assert fpir["available"] is True and fpir["gallery_faces"] == 6
+    assert fpir["threshold"] == pytest.approx(
+        open_set_threshold(calibration=calibration, target_fpir=0.01, gallery_faces=6), abs=1e-5
+    )
+    assert fpir["value"] == pytest.approx(0.01, rel=1e-6) and fpir["target_fpir"] == 0.01
+    assert fpir["one_to_one_fpir"] == pytest.approx(  # the file stores knots to 6 decimals
+        estimated_fpir(calibration=calibration, threshold=0.5, gallery_faces=6), rel=1e-4
+    )
+    overview = client.get("/v1/admin/shadow", headers=ADMIN).json()
+    assert overview["current"]["fpir"]["available"] is True

@@ -108,7 +108,7 @@ def test_a_faceless_image_in_a_batch_fails_alone(
     assert body["threshold_rule"] == "target-fpir" and body["target_fpir"] == 0.01
     assert body["gallery_faces"] == body["gallery_identities"] == kit_assets.gallery_size
     assert 0.85 < body["threshold"] < 0.99
-    assert f'facebridge_identify_results_total{{outcome="no-face",transformer="{version}"}}' in (
+    assert f'facebridge_identify_decisions_total{{decision="no_face",transformer="{version}"}}' in (
         metrics
     )
 
