@@ -29,15 +29,9 @@ from service.console import install_console
 from service.db.session import make_engine, make_session_factory, upgrade_database
 from service.decision import GalleryCounter
 from service.errors import ServiceUnavailable
-from service.gallery.index import GalleryIndex
-from service.gallery.store import (
-    GallerySync,
-    identities_with_faces,
-    open_gallery,
-    save_gallery,
-    set_faiss_threads,
-)
-from service.identities import identities_for_faces
+from service.gallery.store import identities_with_faces, set_faiss_threads
+from service.gallery.sync import GallerySync, open_gallery
+from service.identities import face_vectors_by_id, identities_for_faces
 from service.inference.backbone import OnnxBackbone
 from service.inference.detect import FaceDetector, make_detector
 from service.inference.facecheck import CropFaceCheck, make_face_check
@@ -171,9 +165,15 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
             settings.face_check,
             "; dlib is not installed" if settings.face_check == "auto" else "",
         )
-    index, report = open_gallery(session_factory=session_factory, settings=settings)
-    log.info("gallery opened: %s", report.detail)
-    stack.callback(_save_index, index=index, settings=settings)
+    gallery_sync, report = open_gallery(session_factory=session_factory, settings=settings)
+    log.info(
+        "gallery opened (%s, %s): %s",
+        settings.vector_store,
+        gallery_sync.primary.index_type,
+        report.detail,
+    )
+    stack.callback(gallery_sync.close)
+    stack.callback(_save_gallery, gallery_sync=gallery_sync)
     holder = ActiveTransformerHolder(session_factory=session_factory, settings=settings)
     holder.refresh()
     holder.start_polling()
@@ -192,7 +192,7 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
         detector=detector,
         face_check=face_check,
         holder=holder,
-        index=index,
+        gallery_sync=gallery_sync,
         session_factory=session_factory,
     )
     shadow = ShadowEvaluator(
@@ -206,13 +206,12 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
     shadow.start()
     stack.callback(shadow.stop)
     pipeline.after_identify = shadow.offer
-    # Faces written by other workers/replicas (or the CLI) reach this process's FAISS index;
-    # a shadow run started through another worker reaches this one.
-    gallery_sync = GallerySync(session_factory=session_factory, index=index)
-    gallery_sync.refresh()
+    # Faces written by other workers/replicas (or the CLI) reach this process's store through
+    # the face change log (the same task compacts the log and rebuilds an outgrown index); a
+    # shadow run started through another worker reaches this one.
     gallery_poller = Poller(
         interval_seconds=settings.generation_poll_seconds,
-        tasks=[gallery_sync.refresh, shadow.refresh],
+        tasks=[gallery_sync.maintain, shadow.refresh],
         name="facebridge-gallery-poller",
     )
     gallery_poller.start()
@@ -225,7 +224,7 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
         session_factory=session_factory,
         backbone=backbone,
         holder=holder,
-        index=index,
+        gallery=gallery_sync,
         pipeline=pipeline,
         gallery_poller=gallery_poller,
         shadow=shadow,
@@ -234,11 +233,11 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
     return state
 
 
-def _save_index(*, index: GalleryIndex, settings: ServiceSettings) -> None:
+def _save_gallery(*, gallery_sync: GallerySync) -> None:
     try:
-        save_gallery(index=index, settings=settings)
+        gallery_sync.save()
     except Exception:  # the index is a cache: losing it costs a rebuild, never data
-        log.exception("could not save the FAISS index at shutdown")
+        log.exception("could not save the gallery index at shutdown")
 
 
 class _NoBackbone:
@@ -259,7 +258,7 @@ def _build_pipeline(
     detector: FaceDetector | None,
     face_check: CropFaceCheck | None,
     holder: ActiveTransformerHolder,
-    index: GalleryIndex,
+    gallery_sync: GallerySync,
     session_factory: sessionmaker[Session],
 ) -> Pipeline:
     queries = QUERIES_FLIP if settings.flip_average_queries else QUERIES_PLAIN
@@ -280,19 +279,35 @@ def _build_pipeline(
     # faces = the index's live count (this and, through GallerySync, every other replica's
     # writes); identities are re-counted in SQL when it moves (service.decision.GalleryCounter)
     counter = GalleryCounter(
-        faces=lambda: index.ntotal,
+        faces=lambda: gallery_sync.primary.ntotal,
         identities=count_identities,
         max_age_s=settings.generation_poll_seconds,
     )
 
     def search(vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(hits.ids, hits.scores) for hits in index.search(vectors, k=k)]
+        store = gallery_sync.primary  # read once: a rebuild may swap it
+        return [(hits.ids, hits.scores) for hits in store.search(vectors, k=k)]
 
     def search_with_vectors(
         vectors: np.ndarray, k: int
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        found = index.search(vectors, k=k, with_vectors=True)
-        return [(hits.ids, hits.scores, hits.vectors) for hits in found]  # type: ignore[misc]
+        store = gallery_sync.primary
+        if getattr(store, "exact_vectors", True):
+            found = store.search(vectors, k=k, with_vectors=True)
+            return [(hits.ids, hits.scores, hits.vectors) for hits in found]  # type: ignore[misc]
+        # A compressed index keeps codes, not vectors: the candidates' vectors come from SQL.
+        found = store.search(vectors, k=k)
+        with session_factory() as session:
+            held = face_vectors_by_id(
+                session=session, face_ids=np.concatenate([h.ids for h in found])
+            )
+        out = []
+        for hits in found:
+            keep = np.asarray([int(i) in held for i in hits.ids], bool)
+            rows = [held[int(i)] for i in hits.ids[keep]]
+            matrix = np.stack(rows) if rows else np.zeros((0, store.dim or 0), np.float32)
+            out.append((hits.ids[keep], hits.scores[keep], matrix))
+        return out
 
     def lookup(face_ids: Sequence[int]) -> dict[int, GalleryHit]:
         with session_factory() as session:

@@ -86,40 +86,31 @@ def gallery_import(
     model_id: str | None = None,
     format: str | None = None,
 ) -> Any:
-    """Import a legacy gallery file into SQL, update and save the FAISS index. ImportReport."""
+    """Import a legacy gallery file into SQL (streamed, one transaction). ImportReport.
+
+    Running services pick the faces up from the change log within their poll interval; a
+    stopped one at its next start (it tails the log from its index's saved position)."""
     from service.gallery.importer import import_gallery
-    from service.gallery.store import open_gallery, save_gallery, set_faiss_threads
 
     with open_storage(settings=settings) as storage:
-        set_faiss_threads(storage.settings.faiss_threads)
-        index, _ = open_gallery(session_factory=storage.session_factory, settings=storage.settings)
-        report = import_gallery(
+        return import_gallery(
             session_factory=storage.session_factory,
-            index=index,
             source=path,
             format=format,  # type: ignore[arg-type]
             model_id=model_id,
             settings=storage.settings,
         )
-        save_gallery(index=index, settings=storage.settings)
-        return report
 
 
 def gallery_rebuild(*, settings: ServiceSettings | None = None) -> Any:
-    """Rebuild the FAISS index from SQL and save it; returns the ConsistencyReport after."""
-    from service.gallery.store import (
-        check_consistency,
-        rebuild_from_sql,
-        save_gallery,
-        set_faiss_threads,
-    )
+    """Rebuild the vector store from SQL (FAISS file, or the Milvus collection dropped and
+    refilled) and save it; returns the full ConsistencyReport after."""
+    from service.gallery.store import set_faiss_threads
+    from service.gallery.sync import rebuild_gallery
 
     with open_storage(settings=settings) as storage:
         set_faiss_threads(storage.settings.faiss_threads)
-        with storage.session_factory() as session:
-            index = rebuild_from_sql(session=session, settings=storage.settings)
-            save_gallery(index=index, settings=storage.settings)
-            return check_consistency(session=session, index=index)
+        return rebuild_gallery(session_factory=storage.session_factory, settings=storage.settings)
 
 
 def transformers_upload(
@@ -258,28 +249,35 @@ def gallery_import_command(
 
 @gallery_app.command("rebuild")
 def gallery_rebuild_command() -> None:
-    """Rebuild the FAISS index from SQL (e.g. after changing FACEBRIDGE_INDEX_TYPE)."""
+    """Rebuild the vector store from SQL (e.g. after changing FACEBRIDGE_INDEX_TYPE; for
+    Milvus the collection is dropped and refilled)."""
     report = gallery_rebuild()
     typer.echo(report.detail)
 
 
 @gallery_app.command("stats")
-def gallery_stats_command() -> None:
-    """Counts, dimension, index type, vectors by source; and index vs SQL consistency."""
-    from service.errors import ContractError
-    from service.gallery.index import GalleryIndex
-    from service.gallery.store import check_consistency, gallery_stats
+def gallery_stats_command(
+    check: Annotated[
+        bool, typer.Option("--check", help="Also compare the index's ids with SQL's (O(n)).")
+    ] = False,
+) -> None:
+    """Counts, dimension, index type, vectors by source; index vs SQL (counts, or full ids)."""
+    from service.gallery.store import check_consistency, count_report, gallery_stats
+    from service.gallery.sync import load_gallery_store
 
     with open_storage() as storage, storage.session_factory() as session:
-        try:
-            index: GalleryIndex | None = GalleryIndex.load(storage.settings.index_file)
-        except ContractError:
-            index = None
-        stats = _jsonable(gallery_stats(session=session, index=index, settings=storage.settings))
-        stats["index_file"] = str(storage.settings.index_file)
-        stats["index_consistent"] = (
-            check_consistency(session=session, index=index).consistent if index else False
+        store = load_gallery_store(
+            session_factory=storage.session_factory, settings=storage.settings
         )
+        stats = _jsonable(gallery_stats(session=session, index=store, settings=storage.settings))
+        stats["vector_store"] = storage.settings.vector_store
+        stats["index_file"] = str(storage.settings.index_file)
+        compare = check_consistency if check else count_report
+        stats["index_consistent"] = (
+            compare(session=session, index=store).consistent if store is not None else False
+        )
+        if store is not None:
+            store.close()
         _print_json(stats)
 
 

@@ -1,8 +1,8 @@
 """Identities and their faces (gallery vectors in the OLD model's space).
 
-Writes go SQL first, FAISS second: a face is committed, then added to the index; a deletion is
-committed, then removed from the index. A crash in between is repaired by
-``service.gallery.store.open_gallery`` on the next start (SQL is the truth).
+Writes go SQL first, the vector store second: a face is committed together with its entry in the
+face change log, then added to this process's store; a deletion likewise. A crash in between is
+repaired from the log (``service.gallery.sync``), which is also how other replicas learn of it.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from service.db.models import FACE_SOURCES, Face, Identity
 from service.errors import Conflict, InvalidInput, NotFound
-from service.gallery.index import GalleryIndex
+from service.gallery.changes import record_face_changes
+from service.gallery.counters import IDENTITIES, add_counts, face_deltas
+from service.gallery.engines.base import VectorStore
 from service.gallery.store import (
-    bump_gallery_revision,
     claim_gallery_dim,
     content_hash,
     gallery_dim,
@@ -138,6 +139,15 @@ def _commit(session: Session, *, what: str) -> None:
         raise Conflict(f"{what} conflicts with an existing record") from exc
 
 
+def _flush(session: Session, *, what: str) -> None:
+    """Flush now so a constraint violation is a Conflict here, not a 500 from a later query."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(f"{what} conflicts with an existing record") from exc
+
+
 # ---------------------------------------------------------------------------------------------
 # Identities
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +168,8 @@ def create_identity(
         name=_clean(name, "name"), external_id=external_id, attributes=dict(metadata or {})
     )
     session.add(row)
+    _flush(session, what=f"identity {external_id!r}")
+    add_counts(session, {IDENTITIES: 1})
     _commit(session, what=f"identity {external_id!r}")
     return IdentityInfo.from_row(row, face_count=0)
 
@@ -227,13 +239,16 @@ def update_identity(
     return get_identity(session=session, identity_id=identity_id)
 
 
-def delete_identity(*, session: Session, index: GalleryIndex | None, identity_id: int) -> int:
-    """Delete an identity and its faces (SQL commit, then FAISS). Returns faces removed."""
+def delete_identity(*, session: Session, index: VectorStore | None, identity_id: int) -> int:
+    """Delete an identity and its faces (SQL commit, then the store). Returns faces removed."""
     row = _identity_row(session, identity_id)
-    face_ids = list(session.scalars(select(Face.id).where(Face.identity_id == identity_id)))
+    faces = session.execute(
+        select(Face.id, Face.source).where(Face.identity_id == identity_id)
+    ).all()
+    face_ids = [int(f) for f, _ in faces]
     session.delete(row)
-    if face_ids:
-        bump_gallery_revision(session)
+    record_face_changes(session, removed=face_ids)
+    add_counts(session, {IDENTITIES: -1, **face_deltas([s for _, s in faces], sign=-1)})
     _commit(session, what=f"identity {identity_id}")
     if index is not None and face_ids:
         index.remove(ids=face_ids)
@@ -255,7 +270,7 @@ def identities_for_faces(*, session: Session, face_ids: Sequence[int]) -> dict[i
 def add_face(
     *,
     session: Session,
-    index: GalleryIndex | None,
+    index: VectorStore | None,
     identity_id: int,
     vector: np.ndarray,
     source: FaceSource = "mapped",
@@ -283,7 +298,7 @@ def add_face(
 def add_faces(
     *,
     session: Session,
-    index: GalleryIndex | None,
+    index: VectorStore | None,
     identity_id: int,
     vectors: np.ndarray,
     source: FaceSource = "mapped",
@@ -291,8 +306,8 @@ def add_faces(
     origin: str | None = None,
     settings: ServiceSettings | None = None,
 ) -> list[FaceInfo]:
-    """Store old-space vectors [n, d] for an identity (normalised here) in ONE transaction, then
-    add them to FAISS: either every face is stored or none is.
+    """Store old-space vectors [n, d] for an identity (normalised here) in ONE transaction with
+    their change-log entries, then add them to the store: every face is stored or none is.
 
     ``source="mapped"`` (enrolled through the transformer) needs ``transformer_version``.
     A vector the identity already has (or one repeated in ``vectors``) is a Conflict.
@@ -329,8 +344,11 @@ def add_faces(
         for blob, digest in zip(stored, digests, strict=True)
     ]
     session.add_all(rows)
-    bump_gallery_revision(session)
-    _commit(session, what=f"face(s) of identity {identity_id}")
+    what = f"face(s) of identity {identity_id}"
+    _flush(session, what=what)  # e.g. the same vector enrolled concurrently: 409, not 500
+    record_face_changes(session, added=[int(r.id) for r in rows])
+    add_counts(session, face_deltas([source] * len(rows), sign=1))
+    _commit(session, what=what)
     if index is not None:
         index.add(ids=[int(r.id) for r in rows], vectors=normalized)
     return [FaceInfo.from_row(r) for r in rows]
@@ -343,18 +361,29 @@ def list_faces(*, session: Session, identity_id: int) -> list[FaceInfo]:
 
 
 def delete_face(
-    *, session: Session, index: GalleryIndex | None, identity_id: int, face_id: int
+    *, session: Session, index: VectorStore | None, identity_id: int, face_id: int
 ) -> None:
-    """Delete one face of an identity (SQL commit, then FAISS). NotFound for unknown ids."""
+    """Delete one face of an identity (SQL commit, then the store). NotFound for unknown ids."""
     _identity_row(session, identity_id)
     row = session.get(Face, face_id)
     if row is None or int(row.identity_id) != int(identity_id):
         raise NotFound(f"face {face_id} of identity {identity_id} not found")
+    source = row.source
     session.delete(row)
-    bump_gallery_revision(session)
+    record_face_changes(session, removed=[face_id])
+    add_counts(session, face_deltas([source], sign=-1))
     _commit(session, what=f"face {face_id}")
     if index is not None:
         index.remove(ids=[face_id])
+
+
+def face_vectors_by_id(*, session: Session, face_ids: np.ndarray) -> dict[int, np.ndarray]:
+    """Stored vectors of ``face_ids`` (absent ids: deleted meanwhile), in one query."""
+    wanted = sorted({int(i) for i in np.asarray(face_ids).reshape(-1)})
+    if not wanted:
+        return {}
+    rows = session.execute(select(Face.id, Face.vector, Face.dim).where(Face.id.in_(wanted)))
+    return {int(i): vector_from_bytes(v, d) for i, v, d in rows.all()}
 
 
 def face_vectors(*, session: Session, identity_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -68,7 +68,18 @@ class ServiceMetrics:
         )
         self.gallery_size = Gauge(
             "facebridge_gallery_vectors",
-            "Vectors in the FAISS gallery index.",
+            "Vectors in the gallery index (vector store) of the old model's space.",
+            registry=self.registry,
+        )
+        self.gallery_consistent = Gauge(
+            "facebridge_gallery_consistent",
+            "1 when the last full comparison of the index's ids with SQL's agreed, 0 when it "
+            "did not, -1 before the first.",
+            registry=self.registry,
+        )
+        self.gallery_log_position = Gauge(
+            "facebridge_gallery_change_log_position",
+            "Face change log sequence this process's index reflects (every entry up to it).",
             registry=self.registry,
         )
         self.active_transformer = Gauge(

@@ -31,7 +31,9 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 MIN_ADMIN_KEY_LENGTH = 16
 
-IndexType = Literal["flat", "ivf", "hnsw"]
+IndexType = Literal["auto", "flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
+VectorStoreEngine = Literal["faiss", "milvus"]
+MilvusIndexType = Literal["AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "HNSW_SQ"]
 Detector = Literal["auto", "dlib", "none"]
 FaceCheck = Literal["auto", "dlib", "off"]
 Device = Literal["cpu", "cuda"]
@@ -62,20 +64,74 @@ class ServiceSettings(BaseSettings):
         description="FAISS index file (a cache, rebuilt from SQL when missing or inconsistent). "
         "Default: `<data_dir>/gallery.faiss`.",
     )
+    vector_store: VectorStoreEngine = Field(
+        default="faiss",
+        description="Vector-store engine: `faiss` (embedded: each process holds its index and "
+        "follows the face change log) or `milvus` (a Milvus collection per embedding space; "
+        "needs the `milvus` extra; see `milvus_uri`).",
+    )
     index_type: IndexType = Field(
-        default="flat",
-        description="FAISS index type: `flat` (exact inner product), `ivf` (inverted lists) or "
-        "`hnsw` (graph; removals trigger a rebuild).",
+        default="auto",
+        description="FAISS index type: `auto` (by gallery size: `flat` below 50,000 vectors, "
+        "`ivf` below 500,000, then `ivfsq`; bench/gallery_scale.py), `flat` (exact), `ivf` "
+        "(inverted lists, exact scores), `ivfsq` (inverted lists + 6-bit scalar quantiser: "
+        "0.20x the raw memory at 128-d), `ivfpq` (inverted lists + product quantiser, "
+        "`ivfpq_m` bytes a vector) or `hnsw` (graph; removals are tombstones, rebuilt past "
+        "10%).",
     )
-    ivf_nlist: int = Field(
-        default=256,
+    ivf_nlist: int | None = Field(
+        default=None,
         ge=1,
-        description="IVF: number of inverted lists (capped by gallery size / 39 when trained).",
+        description="IVF: number of inverted lists. Unset: ~4 sqrt(n) (a power of two), at most "
+        "n / 39; an index is retrained when the gallery's ideal nlist reaches 4x its own.",
     )
-    ivf_nprobe: int = Field(default=16, ge=1, description="IVF: lists visited per query.")
+    ivf_nprobe: int = Field(default=32, ge=1, description="IVF: lists visited per query.")
+    ivfpq_m: int | None = Field(
+        default=None,
+        ge=1,
+        description="IVF-PQ: sub-quantizers (bytes per vector code). Unset: dim / 2, at most 64.",
+    )
     hnsw_m: int = Field(default=32, ge=4, description="HNSW: neighbours per node.")
     hnsw_ef_search: int = Field(default=64, ge=1, description="HNSW: search breadth.")
     hnsw_ef_construction: int = Field(default=80, ge=1, description="HNSW: build breadth.")
+    milvus_uri: str | None = Field(
+        default=None,
+        description="Milvus: a file path runs Milvus Lite in this process (the `milvus-lite` "
+        "package; one process per file: tests, one node); `http://HOST:19530` reaches a Milvus "
+        "standalone server or cluster (shared by every replica). Default: "
+        "`<data_dir>/milvus.db`.",
+    )
+    milvus_token: SecretStr | None = Field(
+        default=None, description="Milvus: `user:password` or an API token (cluster auth)."
+    )
+    milvus_collection_prefix: str = Field(
+        default="facebridge",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Milvus: collections are named `<prefix>_<space>` (one per embedding space).",
+    )
+    milvus_index_type: MilvusIndexType = Field(
+        default="HNSW",
+        description="Milvus index type (build and search parameters from the `ivf_*` / "
+        "`hnsw_*` settings). Milvus Lite supports all but `IVF_PQ`.",
+    )
+    milvus_consistency_level: Literal["Strong", "Session", "Bounded", "Eventually"] = Field(
+        default="Session",
+        description="Milvus read consistency: `Session` sees this replica's own writes at once; "
+        "other replicas' writes within Milvus's bounded staleness (`Strong` waits for them).",
+    )
+    gallery_check_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="How often each process compares its index's id set with SQL's in the "
+        "background (O(n); 0 = never); the result is in `GET /v1/gallery/stats` and the "
+        "`facebridge_gallery_consistent` metric. /readyz compares counts only (O(1)).",
+    )
+    change_log_retention: int = Field(
+        default=1_000_000,
+        ge=1000,
+        description="Face change log entries kept; older ones are compacted away. A replica "
+        "further behind than this rebuilds its index from SQL.",
+    )
     transformers_dir: Path | None = Field(
         default=None,
         description="Where uploaded transformer ONNX files are stored, content-addressed by "
@@ -270,6 +326,11 @@ class ServiceSettings(BaseSettings):
     def index_file(self) -> Path:
         """The FAISS index file (``index_path`` or ``<data_dir>/gallery.faiss``)."""
         return self.index_path if self.index_path is not None else self.data_dir / "gallery.faiss"
+
+    @property
+    def milvus_file_or_uri(self) -> str:
+        """``milvus_uri`` or Milvus Lite at ``<data_dir>/milvus.db``."""
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
 
     @property
     def transformers_path(self) -> Path:

@@ -10,10 +10,9 @@ from service.api.deps import DbSession, EnrolScope, IdentifyScope, MultipartBody
 from service.api.schemas import GalleryImportResponse, GalleryStats, problem_responses
 from service.api.uploads import check_media_type
 from service.errors import InvalidInput
-from service.gallery import store
+from service.gallery import store as store_module
 from service.gallery.importer import ImportReport
 from service.gallery.importer import import_gallery as run_import
-from service.gallery.store import save_gallery
 
 router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
 
@@ -69,14 +68,14 @@ async def import_gallery(
         file.file.seek(0)
         report = run_import(
             session_factory=state.session_factory,
-            index=state.index,
             source=file.file,
             format=format,  # type: ignore[arg-type]
             filename=file.filename,
             model_id=model_id,
             settings=state.settings,
         )
-        save_gallery(index=state.index, settings=state.settings)
+        state.gallery.refresh()  # this replica at once; the others through the change log
+        state.gallery.save()
         return report
 
     report = await state.pool.run(run)
@@ -86,22 +85,30 @@ async def import_gallery(
 @router.get(
     "/stats",
     operation_id="galleryStats",
-    summary="Gallery size and index consistency",
+    summary="Gallery size and index consistency (O(1))",
     response_model=GalleryStats,
     responses=problem_responses(403),
 )
 def gallery_stats(state: StateDep, session: DbSession, _auth: IdentifyScope) -> GalleryStats:
-    """Counts from SQL, the index's size, and whether FAISS holds exactly SQL's face ids."""
-    stats = store.gallery_stats(session=session, index=state.index, settings=state.settings)
-    report = store.check_consistency(session=session, index=state.index)
+    """Counts from SQL's counters and the index's size (O(1) at any gallery size), and the
+    result of the last full id-set comparison of index and SQL, run in the background."""
+    store = state.index
+    stats = store_module.gallery_stats(session=session, index=store, settings=state.settings)
+    report = store_module.count_report(session=session, index=store)
+    checked = state.gallery.last_check
     return GalleryStats(
         identities=stats.identities,
         faces=stats.faces,
         faces_by_source=stats.by_source,
         dim=stats.dim,
         model_id=stats.model_id,
+        vector_store=store.engine,
+        space=store.space,
         index_type=stats.index_type,
         index_vectors=stats.index_ntotal,
         consistent=report.consistent,
         consistency=report.detail,
+        ids_consistent=None if checked is None else checked.consistent,
+        ids_checked_at=state.gallery.last_check_at,
+        change_log_position=state.gallery.feed.watermark,
     )

@@ -353,10 +353,15 @@ class GalleryStats(BaseModel):
             "faces_by_source": {"legacy": 1431, "mapped": 0},
             "dim": 128,
             "model_id": "dlib-resnet-v1",
+            "vector_store": "faiss",
+            "space": "dlib-resnet-v1",
             "index_type": "flat",
             "index_vectors": 1431,
             "consistent": True,
-            "consistency": "consistent: 1431 vectors in SQL and FAISS",
+            "consistency": "index consistent with SQL (counts) (1431 vectors)",
+            "ids_consistent": True,
+            "ids_checked_at": "2026-01-01T12:00:00Z",
+            "change_log_position": 1431,
         }
     )
     identities: int
@@ -364,10 +369,21 @@ class GalleryStats(BaseModel):
     faces_by_source: dict[str, int]
     dim: int | None
     model_id: str | None
+    vector_store: str = Field(description="faiss (embedded) or milvus")
+    space: str = Field(description="the embedding space searched (the old model's id)")
     index_type: str
     index_vectors: int
-    consistent: bool
+    consistent: bool = Field(description="index count = SQL count (O(1), checked now)")
     consistency: str
+    ids_consistent: bool | None = Field(
+        default=None,
+        description="the last full id-set comparison (run in the background every "
+        "FACEBRIDGE_GALLERY_CHECK_SECONDS; null before the first)",
+    )
+    ids_checked_at: datetime | None = None
+    change_log_position: int = Field(
+        description="every face change up to this sequence is in this replica's index"
+    )
 
 
 class TransformerInfo(BaseModel):

@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.session import database_reachable
 from service.errors import ContractError, ServiceUnavailable
-from service.gallery.index import GalleryIndex
-from service.gallery.store import check_consistency
+from service.gallery.engines.base import VectorStore
+from service.gallery.store import count_report
+from service.gallery.sync import GallerySync
 from service.identities import face_vectors
 from service.inference.backbone import OnnxBackbone
 from service.keys import ApiKeyInfo
@@ -113,13 +114,18 @@ class ServiceState:
     session_factory: sessionmaker[Session]
     backbone: OnnxBackbone | None
     holder: ActiveTransformerHolder
-    index: GalleryIndex
+    gallery: GallerySync
     pipeline: Pipeline
     gallery_poller: Poller
     shadow: ShadowEvaluator
     verified_keys: VerifiedKeys = field(
         default_factory=lambda: VerifiedKeys(ttl_seconds=KEY_CACHE_SECONDS)
     )
+
+    @property
+    def index(self) -> VectorStore:
+        """The old model's vector store (read once per use: a rebuild may swap it)."""
+        return self.gallery.primary
 
     def identity_vectors(self, identity_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(face ids, old-space vectors) of one identity; NotFound for an unknown one."""
@@ -144,10 +150,10 @@ class ServiceState:
         if not db_ok:
             checks["index"] = "fail: database unreachable"
             return checks
-        try:
+        try:  # O(1): counts only (the full id comparison is in GET /v1/gallery/stats)
             with self.session_factory() as session:
-                report = check_consistency(session=session, index=self.index)
-        except ContractError as exc:
+                report = count_report(session=session, index=self.index)
+        except (ContractError, ServiceUnavailable) as exc:
             checks["index"] = f"fail: {exc}"
             return checks
         checks["index"] = (
@@ -159,4 +165,7 @@ class ServiceState:
 
     def refresh_gauges(self) -> None:
         self.metrics.gallery_size.set(self.index.ntotal)
+        checked = self.gallery.last_check
+        self.metrics.gallery_consistent.set(-1 if checked is None else int(checked.consistent))
+        self.metrics.gallery_log_position.set(self.gallery.feed.watermark)
         self.metrics.set_active_transformer(self.holder.current().version)

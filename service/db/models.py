@@ -92,7 +92,8 @@ class Identity(Base):
 
 
 class Face(Base):
-    """One gallery vector in the OLD model's space. ``id`` is its FAISS id."""
+    """One gallery vector in the OLD model's space. ``id`` is its vector-store id (never reused:
+    AUTOINCREMENT on SQLite, a sequence on PostgreSQL)."""
 
     __tablename__ = "faces"
     __table_args__ = (
@@ -100,6 +101,7 @@ class Face(Base):
         CheckConstraint("dim > 0", name="dim_positive"),
         # Idempotent imports: the same vector is stored once per identity.
         UniqueConstraint("identity_id", "content_hash", name="uq_faces_identity_content"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -118,6 +120,41 @@ class Face(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     identity: Mapped[Identity] = relationship(back_populates="faces")
+
+
+FACE_CHANGE_OPS = ("add", "remove")
+
+
+class FaceChange(Base):
+    """The append-only face change log every replica tails (``service.gallery.changes``).
+
+    One row per face added or removed, in the writer's transaction. ``seq`` is monotonic but
+    NOT gap-free or commit-ordered on PostgreSQL (concurrent writers commit out of order;
+    rollbacks burn values): readers track gaps. No foreign key: a removed face's rows stay.
+    """
+
+    __tablename__ = "face_changes"
+    __table_args__ = (
+        CheckConstraint("op IN ('add', 'remove')", name="op"),
+        # SQLite: AUTOINCREMENT, so a seq is never reused after the newest row is compacted.
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    face_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    op: Mapped[str] = mapped_column(String(8), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class GalleryCounter(Base):
+    """Sharded counters (identities, faces, faces.<source>) so ``/v1/gallery/stats`` is O(1)
+    without one hot row: each writer adds its delta to a random slot; readers sum the slots."""
+
+    __tablename__ = "gallery_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
 class TransformerVersion(Base):
@@ -165,8 +202,11 @@ class RegistryState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    # Bumped in every transaction that adds or removes faces: workers re-sync their index.
-    gallery_revision: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # Face change log entries with seq <= this were compacted away (written by compaction only):
+    # a replica whose applied watermark is below it must rebuild from SQL.
+    changes_compacted_through: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default=text("0")
+    )
     active_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     previous_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     gallery_model_id: Mapped[str | None] = mapped_column(String(255), nullable=True)

@@ -6,9 +6,10 @@
 
 Idempotent: an identity is keyed by its external id (the name doubles as external id when the
 file has no ``external_id``); a face by (identity, sha256 of its normalised vector), so importing
-the same file twice stores nothing new. Parquet and CSV are read in chunks. The whole import is
-one transaction: a malformed row anywhere raises ContractError and nothing is stored. Faces reach
-FAISS only after the commit (SQL first).
+the same file twice stores nothing new. Every format is read in chunks (``.npz`` members too:
+:mod:`service.gallery.npz_stream`). The whole import is one transaction: a malformed row
+anywhere raises ContractError and nothing is stored. Faces reach the vector stores after the
+commit, through the change log (SQL first).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import Face, Identity, utcnow
 from service.errors import ContractError, FacebridgeError, InvalidInput
-from service.gallery.index import GalleryIndex
+from service.gallery.changes import record_face_changes
+from service.gallery.counters import IDENTITIES, add_counts, face_deltas
+from service.gallery.npz_stream import NpzColumns
 from service.gallery.store import (
-    bump_gallery_revision,
     claim_gallery_dim,
     content_hash,
     gallery_dim,
-    iter_face_vectors,
     normalize_gallery_vectors,
     registry_row,
     vector_bytes,
@@ -119,41 +120,35 @@ def _make_chunk(
 # Readers
 # ---------------------------------------------------------------------------------------------
 def _read_npz(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]:
+    archive = NpzColumns(source, ("old", "name", "external_id", "path"))
     try:
-        archive = np.load(source, allow_pickle=False)
-    except Exception as exc:
-        raise ContractError(f"not a readable .npz file ({type(exc).__name__})") from exc
-    if not hasattr(archive, "files"):
-        raise ContractError("not a .npz archive (a single array?)")
-    with archive as z:
-        if "old" not in z.files:
-            raise ContractError(f".npz lacks the 'old' array (has {sorted(z.files)})")
-        if "name" not in z.files and "external_id" not in z.files:
+        if "old" not in archive.names:
+            raise ContractError(f".npz lacks the 'old' array (has {archive.files})")
+        if "name" not in archive.names and "external_id" not in archive.names:
             raise ContractError(".npz needs a 'name' or an 'external_id' array")
-        try:
-            old = z["old"]
-            columns = {k: z[k] for k in ("name", "external_id", "path") if k in z.files}
-        except Exception as exc:
-            raise ContractError(f".npz array unreadable ({type(exc).__name__}: {exc})") from exc
-    if old.ndim != 2 or not np.issubdtype(old.dtype, np.number):
-        raise ContractError(f"'old' must be a numeric [N, d] array, got {old.dtype} {old.shape}")
-    n = old.shape[0]
-    for key, arr in columns.items():
-        if arr.ndim != 1 or arr.shape[0] != n:
-            raise ContractError(f"'{key}' must be 1-D with {n} rows, got shape {arr.shape}")
-    for start in range(0, n, chunk_rows):
-        stop = min(n, start + chunk_rows)
+        shape, dtype = archive.shapes["old"], archive.dtypes["old"]
+        if len(shape) != 2 or not np.issubdtype(dtype, np.number):
+            raise ContractError(f"'old' must be a numeric [N, d] array, got {dtype} {shape}")
+        for key in archive.names[1:]:
+            if archive.shapes[key] != (shape[0],):
+                got = archive.shapes[key]
+                raise ContractError(f"'{key}' must be 1-D with {shape[0]} rows, got shape {got}")
+        start = 0
+        for block in archive.blocks(chunk_rows):
 
-        def part(key: str, start: int = start, stop: int = stop) -> list[Any] | None:
-            return columns[key][start:stop].tolist() if key in columns else None
+            def part(key: str, block: dict[str, np.ndarray] = block) -> list[Any] | None:
+                return block[key].tolist() if key in block else None
 
-        yield _make_chunk(
-            external_ids=part("external_id"),
-            names=part("name"),
-            vectors=np.asarray(old[start:stop], dtype=np.float32),
-            origins=part("path"),
-            first_row=start,
-        )
+            yield _make_chunk(
+                external_ids=part("external_id"),
+                names=part("name"),
+                vectors=np.asarray(block["old"], dtype=np.float32),
+                origins=part("path"),
+                first_row=start,
+            )
+            start += block["old"].shape[0]
+    finally:
+        archive.close()
 
 
 def _vector_column_names(names: list[str]) -> list[str] | None:
@@ -325,10 +320,44 @@ def _existing_hashes(session: Session, identity_ids: list[int]) -> set[tuple[int
     return found
 
 
+def _store_chunk(
+    session: Session, chunk: ImportChunk, vectors: np.ndarray, *, dim: int
+) -> tuple[int, int, int, int]:
+    """Insert one chunk's identities and new faces (+ their change-log entries and counts).
+    Returns (rows, identities created, identities matched, faces skipped). Nothing is kept
+    across chunks: duplicates are found in SQL, which sees this transaction's own rows."""
+    identity_ids, created, matched = _identity_ids_for(session, chunk, {})
+    seen = _existing_hashes(session, identity_ids)
+    faces, skipped, now = [], 0, utcnow()
+    for i, identity_id in enumerate(identity_ids):
+        stored = vector_bytes(vectors[i])
+        key = (identity_id, content_hash(stored))
+        if key in seen:
+            skipped += 1
+            continue
+        seen.add(key)
+        faces.append(
+            {
+                "identity_id": identity_id,
+                "vector": stored,
+                "dim": dim,
+                "content_hash": key[1],
+                "source": "legacy",
+                "transformer_version": None,
+                "origin": chunk.origins[i],
+                "created_at": now,
+            }
+        )
+    if faces:
+        ids = session.scalars(insert(Face).returning(Face.id), faces).all()
+        record_face_changes(session, added=[int(i) for i in ids])
+    add_counts(session, {IDENTITIES: created, **face_deltas(["legacy"] * len(faces), sign=1)})
+    return len(identity_ids), created, matched, skipped
+
+
 def import_gallery(
     *,
     session_factory: sessionmaker[Session],
-    index: GalleryIndex | None,
     source: str | Path | BinaryIO,
     format: ImportFormat | None = None,
     filename: str | None = None,
@@ -336,7 +365,9 @@ def import_gallery(
     settings: ServiceSettings | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> ImportReport:
-    """Import legacy vectors (source ``legacy``) in one transaction; then add them to ``index``.
+    """Import legacy vectors (source ``legacy``) in one transaction, streamed chunk by chunk
+    (memory stays flat with the file's size). The faces reach every replica's vector store
+    through the change log (the caller may refresh its own at once: ``GallerySync.refresh``).
 
     ``source`` is a path or a binary file object (``filename`` then names the format).
     ``model_id`` records the old model's id for the transformer checks (must not contradict a
@@ -352,13 +383,10 @@ def import_gallery(
     reader_source: Path | BinaryIO = path if path is not None else source  # type: ignore[assignment]
 
     rows = created = matched = skipped = 0
-    new_face_ids: list[int] = []
     dim: int | None = None
     with session_factory() as session:
         try:
             dim = gallery_dim(session=session, settings=settings)
-            known: dict[str, int] = {}
-            seen: set[tuple[int, str]] = set()
             for chunk in read_import_file(reader_source, format=fmt, chunk_rows=chunk_rows):
                 if chunk.vectors.shape[0] == 0:
                     continue
@@ -371,34 +399,8 @@ def import_gallery(
                 if dim is None:
                     dim = int(vectors.shape[1])
                 claim_gallery_dim(session=session, dim=dim, settings=settings)
-                identity_ids, c, m = _identity_ids_for(session, chunk, known)
-                created, matched = created + c, matched + m
-                seen |= _existing_hashes(session, identity_ids)
-                faces = []
-                now = utcnow()
-                for i, identity_id in enumerate(identity_ids):
-                    stored = vector_bytes(vectors[i])
-                    key = (identity_id, content_hash(stored))
-                    if key in seen:
-                        skipped += 1
-                        continue
-                    seen.add(key)
-                    faces.append(
-                        {
-                            "identity_id": identity_id,
-                            "vector": stored,
-                            "dim": dim,
-                            "content_hash": key[1],
-                            "source": "legacy",
-                            "transformer_version": None,
-                            "origin": chunk.origins[i],
-                            "created_at": now,
-                        }
-                    )
-                if faces:
-                    ids = session.scalars(insert(Face).returning(Face.id), faces).all()
-                    new_face_ids.extend(int(i) for i in ids)
-                rows += len(identity_ids)
+                n, c, m, k = _store_chunk(session, chunk, vectors, dim=dim)
+                rows, created, matched, skipped = rows + n, created + c, matched + m, skipped + k
             if rows == 0:
                 raise ContractError("the import file holds no rows")
             if model_id:
@@ -408,8 +410,6 @@ def import_gallery(
                         f"gallery model id is {state.gallery_model_id!r}; import says {model_id!r}"
                     )
                 state.gallery_model_id = model_id
-            if new_face_ids:
-                bump_gallery_revision(session)
             session.commit()
         except FacebridgeError:
             session.rollback()
@@ -420,16 +420,12 @@ def import_gallery(
         except Exception:
             session.rollback()
             raise
-        # SQL committed: now the cache. A crash here is repaired by open_gallery on restart.
-        if index is not None and new_face_ids:
-            for ids, vectors in iter_face_vectors(session, ids=new_face_ids):
-                index.add(ids=ids, vectors=vectors)
     return ImportReport(
         format=fmt,
         rows=rows,
         identities_created=created,
         identities_matched=matched,
-        faces_added=len(new_face_ids),
+        faces_added=rows - skipped,
         faces_skipped=skipped,
         dim=dim,
     )

@@ -1,27 +1,26 @@
-"""SQL <-> FAISS: vectors entering the gallery, rebuild, reconciliation, consistency, stats.
+"""SQL side of the gallery: vectors entering it, reading them back, consistency, stats.
 
-SQL is the source of truth. Writers commit a face in SQL first and add it to FAISS second, so a
-crash in between loses nothing acknowledged: :func:`open_gallery` reconciles the index with SQL
-on start (adds what is missing, drops what SQL no longer has) and rebuilds it when the file is
-missing, corrupt or of another type.
+SQL is the source of truth. Writers commit a face (and its change-log entry) in SQL first and
+add it to the vector store second, so a crash in between loses nothing acknowledged: the log
+entry brings it into every replica's store (:mod:`service.gallery.sync`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from service.db.models import REGISTRY_STATE_ID, Face, Identity, RegistryState
+from service.db.models import REGISTRY_STATE_ID, Face, RegistryState
 from service.errors import ContractError, InvalidInput
-from service.gallery.index import GalleryIndex, IndexParams, sidecar_path
+from service.gallery.counters import FACES, IDENTITIES, read_counts
+from service.gallery.engines.base import VectorStore
 from service.vectors import as_float32_matrix, l2_normalize
 
 if TYPE_CHECKING:
@@ -118,25 +117,8 @@ def claim_gallery_dim(*, session: Session, dim: int, settings: ServiceSettings |
         state.gallery_dim = dim
 
 
-def bump_gallery_revision(session: Session) -> None:
-    """Tell other workers the face set changed (in the caller's transaction)."""
-    registry_row(session)
-    session.execute(
-        update(RegistryState)
-        .where(RegistryState.id == REGISTRY_STATE_ID)
-        .values(gallery_revision=RegistryState.gallery_revision + 1)
-    )
-
-
-def gallery_revision(session: Session) -> int:
-    value = session.scalar(
-        select(RegistryState.gallery_revision).where(RegistryState.id == REGISTRY_STATE_ID)
-    )
-    return int(value or 0)
-
-
 # ---------------------------------------------------------------------------------------------
-# Rebuild / reconcile / check
+# Reading faces back / reconcile / check
 # ---------------------------------------------------------------------------------------------
 def iter_face_vectors(
     session: Session, *, ids: list[int] | None = None, chunk_rows: int = SQL_CHUNK_ROWS
@@ -175,27 +157,36 @@ def sql_face_ids(session: Session) -> set[int]:
     return set(session.scalars(select(Face.id)).all())
 
 
-def rebuild_from_sql(*, session: Session, settings: ServiceSettings) -> GalleryIndex:
-    """A fresh index holding exactly the faces in SQL (trained on all of them for IVF)."""
-    dim = gallery_dim(session=session, settings=settings)
-    index = GalleryIndex.from_settings(dim=dim, settings=settings)
-    if settings.index_type == "ivf":
-        # IVF trains on its first add: hand it everything at once so the centroids fit the data.
-        chunks = list(iter_face_vectors(session))
-        if chunks:
-            index.add(
-                ids=np.concatenate([c[0] for c in chunks]),
-                vectors=np.vstack([c[1] for c in chunks]),
-            )
-        return index
-    for ids, vectors in iter_face_vectors(session):
-        index.add(ids=ids, vectors=vectors)
-    return index
+def sql_face_count(session: Session) -> int:
+    """Faces in SQL, O(1) (the sharded counters)."""
+    return int(read_counts(session).get(FACES, 0))
+
+
+def sample_face_vectors(session: Session, *, rows: int, wanted: int) -> np.ndarray:
+    """About ``wanted`` stored vectors spread over the whole id range (IVF training)."""
+    stride = max(1, rows // max(1, wanted))
+    parts, last_id = [], -1
+    while True:
+        batch = session.execute(
+            select(Face.id, Face.vector, Face.dim)
+            .where(Face.id > last_id, Face.id % stride == 0)
+            .order_by(Face.id)
+            .limit(SQL_CHUNK_ROWS)
+        ).all()
+        if not batch:
+            break
+        last_id = int(batch[-1][0])
+        parts.append(_rows_to_arrays(batch)[1])
+    if not parts:  # no id divisible by the stride: the first rows will do
+        first = next(iter_face_vectors(session, chunk_rows=max(1, wanted)), None)
+        return first[1] if first is not None else np.zeros((0, 0), np.float32)
+    return np.vstack(parts)
 
 
 @dataclass(frozen=True)
 class ConsistencyReport:
-    """FAISS vs SQL. ``consistent`` means same count and the same id set."""
+    """Vector store vs SQL. ``method`` ``ids``: same count and the same id set (O(n));
+    ``counts``: the counts agree (O(1), what start-up and /readyz use)."""
 
     sql_count: int
     index_count: int
@@ -205,6 +196,7 @@ class ConsistencyReport:
     sample_extra: list[int] = field(default_factory=list)
     repaired: bool = False
     rebuilt: bool = False
+    method: str = "ids"
 
     @property
     def consistent(self) -> bool:
@@ -217,7 +209,8 @@ class ConsistencyReport:
     @property
     def detail(self) -> str:
         if self.consistent:
-            return f"index consistent with SQL ({self.sql_count} vectors)"
+            how = "" if self.method == "ids" else " (counts)"
+            return f"index consistent with SQL{how} ({self.sql_count} vectors)"
         return (
             f"index has {self.index_count} vectors, SQL {self.sql_count}; "
             f"{self.missing_in_index} missing (e.g. {self.sample_missing}), "
@@ -225,7 +218,7 @@ class ConsistencyReport:
         )
 
 
-def _compare(session: Session, index: GalleryIndex) -> tuple[set[int], set[int], int, int]:
+def _compare(session: Session, index: VectorStore) -> tuple[set[int], set[int], int, int]:
     """(missing in index, extra in index, SQL count, index count).
 
     The index is read BEFORE SQL: a write that lands in between (SQL commit, then FAISS) then
@@ -251,13 +244,25 @@ def _report(
     )
 
 
-def check_consistency(*, session: Session, index: GalleryIndex) -> ConsistencyReport:
-    """Compare ``ntotal`` and the id sets of the index and of SQL."""
+def check_consistency(*, session: Session, index: VectorStore) -> ConsistencyReport:
+    """Compare ``ntotal`` and the id sets of the index and of SQL (O(n))."""
     missing, extra, sql_count, index_count = _compare(session, index)
     return _report(missing, extra, sql_count, index_count)
 
 
-def reconcile(*, session: Session, index: GalleryIndex, quiet: bool = False) -> ConsistencyReport:
+def count_report(*, session: Session, index: VectorStore) -> ConsistencyReport:
+    """Compare the store's count with SQL's (O(1): the counters)."""
+    sql_count, index_count = sql_face_count(session), index.ntotal
+    return ConsistencyReport(
+        sql_count=sql_count,
+        index_count=index_count,
+        missing_in_index=max(0, sql_count - index_count),
+        extra_in_index=max(0, index_count - sql_count),
+        method="counts",
+    )
+
+
+def reconcile(*, session: Session, index: VectorStore, quiet: bool = False) -> ConsistencyReport:
     """Add faces SQL has and the index lacks, drop ids SQL no longer has. Returns the repair."""
     missing, extra, sql_count, index_count = _compare(session, index)
     report = _report(missing, extra, sql_count, index_count)
@@ -269,75 +274,6 @@ def reconcile(*, session: Session, index: GalleryIndex, quiet: bool = False) -> 
         index.add(ids=ids, vectors=vectors)
     (log.info if quiet else log.warning)("gallery index synchronised from SQL: %s", report.detail)
     return replace(report, repaired=True)
-
-
-def save_gallery(*, index: GalleryIndex, settings: ServiceSettings) -> None:
-    """Persist the index atomically at ``settings.index_file``."""
-    index.save(settings.index_file)
-
-
-def open_gallery(
-    *, session_factory: sessionmaker[Session], settings: ServiceSettings
-) -> tuple[GalleryIndex, ConsistencyReport]:
-    """Load the persisted index and make it agree with SQL (repair, or rebuild); then save it.
-
-    The report describes what was found before any repair (``repaired``/``rebuilt`` say what
-    was done); the returned index is consistent with SQL at the time of the call.
-    """
-    path = settings.index_file
-    params = IndexParams.from_settings(settings)
-    with session_factory() as session:
-        index: GalleryIndex | None = None
-        reason = "no index file"
-        if path.exists() or sidecar_path(path).exists():
-            try:
-                index = GalleryIndex.load(path, params=params, index_type=settings.index_type)
-                dim = gallery_dim(session=session, settings=settings)
-                if index.dim is not None and dim is not None and index.dim != dim:
-                    reason, index = f"index dim {index.dim} != gallery dim {dim}", None
-            except ContractError as exc:
-                reason = str(exc)
-                index = None
-        if index is None:
-            log.warning("rebuilding gallery index from SQL: %s", reason)
-            index = rebuild_from_sql(session=session, settings=settings)
-            sql_count = index.ntotal
-            report = ConsistencyReport(
-                sql_count=sql_count,
-                index_count=0,
-                missing_in_index=sql_count,
-                extra_in_index=0,
-                rebuilt=True,
-            )
-        else:
-            # IVF keeps its centroids through repairs; `facebridge gallery rebuild` retrains.
-            report = reconcile(session=session, index=index)
-    save_gallery(index=index, settings=settings)
-    return index, report
-
-
-class GallerySync:
-    """Keeps one process's index in step with SQL changes made by other workers or the CLI.
-
-    ``refresh`` is cheap when nothing changed (one row read); when ``gallery_revision`` moved it
-    reconciles the id sets. Run it from :class:`service.registry.holder.Poller`.
-    """
-
-    def __init__(self, *, session_factory: sessionmaker[Session], index: GalleryIndex) -> None:
-        self._session_factory = session_factory
-        self.index = index
-        self._seen_revision: int | None = None
-        self._lock = threading.Lock()
-
-    def refresh(self) -> ConsistencyReport | None:
-        """Reconcile when the gallery revision changed; returns the repair report, if any."""
-        with self._lock, self._session_factory() as session:
-            revision = gallery_revision(session)
-            if revision == self._seen_revision:
-                return None
-            report = reconcile(session=session, index=self.index, quiet=True)
-            self._seen_revision = revision
-            return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,21 +291,20 @@ class GalleryStats:
 
 
 def gallery_stats(
-    *, session: Session, index: GalleryIndex | None, settings: ServiceSettings | None = None
+    *, session: Session, index: VectorStore | None, settings: ServiceSettings | None = None
 ) -> GalleryStats:
-    """Counts, dimension, index type and vectors by source (``legacy`` / ``mapped``)."""
-    identities = session.scalar(select(func.count()).select_from(Identity)) or 0
+    """Counts (O(1): the sharded counters), dimension, index type, vectors by source."""
+    counts = read_counts(session)
     by_source = {"legacy": 0, "mapped": 0}
-    for source, count in session.execute(
-        select(Face.source, func.count()).group_by(Face.source)
-    ).all():
-        by_source[str(source)] = int(count)
+    for name, value in counts.items():
+        if name.startswith(FACES + "."):
+            by_source[name[len(FACES) + 1 :]] = value
     index_type = (
         index.index_type if index is not None else (settings.index_type if settings else "flat")
     )
     return GalleryStats(
-        identities=int(identities),
-        faces=sum(by_source.values()),
+        identities=int(counts.get(IDENTITIES, 0)),
+        faces=int(counts.get(FACES, 0)),
         dim=gallery_dim(session=session, settings=settings),
         index_type=index_type,
         index_ntotal=index.ntotal if index is not None else 0,
@@ -383,7 +318,7 @@ def identities_with_faces(session: Session) -> int:
     return int(session.scalar(select(func.count(func.distinct(Face.identity_id)))) or 0)
 
 
-def require_dim(index: GalleryIndex, dim: int) -> None:
+def require_dim(index: VectorStore, dim: int) -> None:
     """Refuse query vectors whose dimension differs from the gallery's."""
     if index.dim is not None and index.dim != dim:
         raise InvalidInput(f"query dimension {dim} != gallery dimension {index.dim}")

@@ -109,7 +109,6 @@ class RegistryStateInfo:
     previous_version: str | None
     gallery_model_id: str | None
     gallery_dim: int | None
-    gallery_revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -449,14 +448,13 @@ def get_transformer(
 def registry_state(*, session: Session) -> RegistryStateInfo:
     state = session.get(RegistryState, REGISTRY_STATE_ID)
     if state is None:
-        return RegistryStateInfo(0, None, None, None, None, 0)
+        return RegistryStateInfo(0, None, None, None, None)
     return RegistryStateInfo(
         generation=int(state.generation),
         active_version=state.active_version,
         previous_version=state.previous_version,
         gallery_model_id=state.gallery_model_id,
         gallery_dim=state.gallery_dim,
-        gallery_revision=int(state.gallery_revision or 0),
     )
 
 

@@ -64,8 +64,8 @@ def _reset_postgres(url: str) -> None:
             conn.execute(table.delete())
         conn.execute(
             sa.text(
-                "INSERT INTO registry_state (id, generation, gallery_revision, updated_at) "
-                "VALUES (1, 0, 0, now())"
+                "INSERT INTO registry_state (id, generation, changes_compacted_through, "
+                "updated_at) VALUES (1, 0, 0, now())"
             )
         )
     engine.dispose()
@@ -114,3 +114,36 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
 def sqlite_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     """A fresh SQLite database (tests whose behaviour does not depend on the backend)."""
     yield from _make_env(request, tmp_path, "sqlite")
+
+
+# ---------------------------------------------------------------------------------------------
+# Vector-store engines: FAISS (embedded) and Milvus (Lite, one in-process server per session)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One Milvus Lite data dir (and server) for the whole session; tests use own collections."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+    pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
+    return str(tmp_path_factory.mktemp("milvus") / "milvus.db")
+
+
+ENGINES = ["faiss", "milvus"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> dict[str, object]:
+    """Settings that select one engine (Milvus: a fresh collection prefix per test)."""
+    if request.param == "faiss":
+        return {"vector_store": "faiss"}
+    return {
+        "vector_store": "milvus",
+        "milvus_uri": request.getfixturevalue("milvus_lite_uri"),
+        "milvus_collection_prefix": f"t{uuid.uuid4().hex[:12]}",
+        "milvus_index_type": "FLAT",
+    }
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
+def pg_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """A fresh PostgreSQL database (behaviour only PostgreSQL has: out-of-order commits)."""
+    yield from _make_env(request, tmp_path, request.param)

@@ -1,0 +1,321 @@
+"""Large galleries, measured: FAISS index types and Milvus Lite index types at N rows.
+
+    .venv/bin/python bench/gallery_scale.py --rows 1000000 [--json] [--index faiss:ivfpq ...]
+
+Vectors: identity-structured synthetic (bench/gallery_data.py states the generator: fitted on the
+kit's old-model statistics). Per (N, engine, index): build time, memory (process RSS growth and
+the persisted index's bytes per vector), recall@1 of the returned IDENTITY against exact search,
+queries/s at batch 1 and 32 (1 thread), p50 latency at batch 1, and start-up from the persisted
+index (FAISS: FaissStore.load, as the service does; Milvus Lite: a fresh server on the same
+file, load, first search). The exact reference (flat inner product) is measured in the same run.
+Configurations too big for this machine are not run but reported with an extrapolation from
+``--extrapolate-from`` (a previous --json output at a smaller N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gallery_data import GalleryGenerator
+
+from service.gallery.engines.faiss import FaissStore
+from service.gallery.engines.faiss_build import IndexParams
+from service.gallery.store import set_faiss_threads
+
+DEFAULT_INDEXES = (
+    "faiss:flat,faiss:ivf,faiss:ivfsq,faiss:ivfpq,faiss:hnsw,"
+    "milvus:FLAT,milvus:IVF_FLAT,milvus:IVF_SQ8,milvus:HNSW,milvus:HNSW_SQ"
+)
+# Largest N each configuration is run at here (2 cores, 24 GB, shared); beyond: extrapolated.
+MAX_ROWS = {"faiss:hnsw": 2_000_000, "milvus": 1_000_000, "faiss:flat": 10_000_000}
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def exact_top1(gen: GalleryGenerator, queries: np.ndarray, rows: int) -> np.ndarray:
+    """Row of the best inner product per query, streamed over the generator's chunks."""
+    best = np.full(queries.shape[0], -np.inf, np.float32)
+    arg = np.zeros(queries.shape[0], np.int64)
+    for start, vectors in gen.chunks(rows):
+        scores = vectors @ queries.T
+        top = scores.argmax(0)
+        value = scores[top, np.arange(queries.shape[0])]
+        better = value > best
+        best[better], arg[better] = value[better], start + top[better]
+    return arg
+
+
+def time_queries(search, queries: np.ndarray, batch: int) -> tuple[float, float, np.ndarray]:  # type: ignore[no-untyped-def]
+    """(queries/s, p50 ms per call, top-1 face ids) for calls of ``batch`` queries."""
+    search(queries[:batch])  # warm-up
+    laps, top = [], []
+    for start in range(0, queries.shape[0], batch):
+        t0 = time.perf_counter()
+        hits = search(queries[start : start + batch])
+        laps.append(time.perf_counter() - t0)
+        top.extend(int(h.ids[0]) if h.ids.size else -1 for h in hits)
+    return queries.shape[0] / sum(laps), 1000 * float(np.median(laps)), np.asarray(top)
+
+
+def build_faiss(kind: str, gen: GalleryGenerator, rows: int, params: IndexParams) -> FaissStore:
+    """Through the service's own FaissStore: IVF trains on an evenly strided sample of the gallery
+    (the first chunks: rows are exchangeable), then every chunk is added."""
+    store = FaissStore(dim=gen.dim, index_type=kind, params=params)
+    if kind in ("ivf", "ivfsq", "ivfpq"):
+        from service.gallery.engines.faiss_build import IVF_TRAIN_POINTS_PER_LIST, ideal_nlist
+
+        sample = min(rows, ideal_nlist(rows, params) * IVF_TRAIN_POINTS_PER_LIST)
+        store.train(gen.head(sample), rows=rows)
+    for start, vectors in gen.chunks(rows):
+        store.add(ids=np.arange(start, start + vectors.shape[0]) + 1, vectors=vectors)
+    return store
+
+
+def run_faiss(kind: str, gen: GalleryGenerator, rows: int, queries, params, work: Path) -> dict:  # type: ignore[no-untyped-def]
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    store = build_faiss(kind, gen, rows, params)
+    build_s = time.perf_counter() - t0
+    rss = rss_mb() - rss0
+    path = store.save(work / f"{kind}.faiss")
+    size = path.stat().st_size
+    qps1, p50, top = time_queries(lambda q: store.search(q, k=1), queries, 1)
+    qps32, _, _ = time_queries(lambda q: store.search(q, k=1), queries, 32)
+    store = None  # freed before the start-up measurement
+    gc.collect()
+    t0 = time.perf_counter()
+    loaded = FaissStore.load(path, params=params)
+    startup_s = time.perf_counter() - t0
+    del loaded
+    path.unlink()
+    gc.collect()
+    extra = (
+        f"nlist={_nlist(kind, rows, params)} nprobe={params.ivf_nprobe}" if "ivf" in kind else ""
+    )
+    if kind == "hnsw":
+        extra = f"M={params.hnsw_m} efSearch={params.hnsw_ef_search}"
+    return _row("faiss", kind, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, extra)
+
+
+def _nlist(kind: str, rows: int, params: IndexParams) -> int:
+    from service.gallery.engines.faiss_build import ideal_nlist
+
+    return ideal_nlist(rows, params)
+
+
+def run_milvus(kind: str, gen: GalleryGenerator, rows: int, queries, params, work: Path) -> dict:  # type: ignore[no-untyped-def]
+    from milvus_lite import server_manager_instance
+
+    from service.gallery.engines.milvus import MilvusParams, MilvusStore, milvus_client
+
+    uri = str(work / f"milvus-{kind}.db")
+    nlist = _nlist("ivf", rows, params)
+    mparams = MilvusParams(
+        index_type=kind,
+        nlist=nlist,
+        nprobe=params.ivf_nprobe,
+        hnsw_m=params.hnsw_m,
+        ef_search=params.hnsw_ef_search,
+        ef_construction=params.hnsw_ef_construction,
+        consistency_level="Strong",
+    )
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    store = MilvusStore(client=milvus_client(uri), dim=gen.dim, space="bench", params=mparams)
+    for start, vectors in gen.chunks(rows):
+        store.add(ids=np.arange(start, start + vectors.shape[0]) + 1, vectors=vectors)
+    store.client.flush(store.collection)
+    _wait_indexed(store)
+    build_s = time.perf_counter() - t0
+    rss = rss_mb() - rss0
+    qps1, p50, top = time_queries(lambda q: store.search(q, k=1), queries, 1)
+    qps32, _, _ = time_queries(lambda q: store.search(q, k=1), queries, 32)
+    store.close()
+    server_manager_instance.release_server(uri)
+    size = sum(p.stat().st_size for p in Path(uri).rglob("*") if p.is_file())
+    gc.collect()
+    t0 = time.perf_counter()
+    again = MilvusStore(client=milvus_client(uri), dim=gen.dim, space="bench", params=mparams)
+    again.search(queries[:1], k=1)
+    startup_s = time.perf_counter() - t0
+    again.close()
+    server_manager_instance.release_server(uri)
+    shutil.rmtree(uri, ignore_errors=True)
+    extra = f"nlist={nlist} nprobe={params.ivf_nprobe}" if "IVF" in kind else ""
+    if "HNSW" in kind:
+        extra = f"M={params.hnsw_m} ef={params.hnsw_ef_search}"
+    note = f"Milvus Lite {_milvus_lite_version()}; {extra}; bytes = data dir (raw + index)"
+    return _row(
+        "milvus-lite", kind, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, note
+    )
+
+
+def _wait_indexed(store: Any, timeout: float = 3600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = store.client.describe_index(store.collection, "vector")
+        if int(info.get("pending_index_rows", 0)) == 0:
+            return
+        time.sleep(0.5)
+
+
+def _milvus_lite_version() -> str:
+    from importlib.metadata import version
+
+    return version("milvus-lite")
+
+
+def _row(engine, index, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, note):  # type: ignore[no-untyped-def]
+    return {
+        "rows": rows,
+        "engine": engine,
+        "index": index,
+        "build_s": round(build_s, 2),
+        "rss_mb": round(rss, 1),
+        "bytes_per_vector": round(size / rows, 1),
+        "qps_batch1": round(qps1, 1),
+        "qps_batch32": round(qps32, 1),
+        "p50_ms_batch1": round(p50, 3),
+        "startup_s": round(startup_s, 2),
+        "_top": top,
+        "note": note,
+    }
+
+
+def extrapolated(config: str, rows: int, previous: list[dict], why: str) -> dict:
+    """A row for a configuration not run at ``rows``: build time scaled from the largest run
+    (n log n for graphs, n otherwise); the other figures are not guessed."""
+    engine, index = config.split(":")
+    engine = "milvus-lite" if engine == "milvus" else engine
+    runs = [r for r in previous if r["engine"] == engine and r["index"] == index and r["rows"]]
+    runs = [r for r in runs if r.get("build_s") is not None and r["rows"] < rows]
+    row: dict[str, Any] = {"rows": rows, "engine": engine, "index": index, "recall_at_1": None}
+    row.update(
+        dict.fromkeys(
+            ("speedup_vs_exact", "bytes_per_vector", "build_s", "qps_batch1", "startup_s")
+        )
+    )
+    if runs:
+        ref = max(runs, key=lambda r: r["rows"])
+        scale = rows / ref["rows"]
+        if "hnsw" in index.lower():
+            scale *= math.log(rows) / math.log(ref["rows"])
+        estimate = ref["build_s"] * scale
+        row["build_s_extrapolated"] = round(estimate, 0)
+        why += f"; build extrapolated from {ref['rows']:,} rows: ~{estimate / 60:.0f} min"
+        if ref.get("bytes_per_vector"):
+            row["bytes_per_vector_extrapolated"] = ref["bytes_per_vector"]
+    row["note"] = f"NOT RUN: {why}"
+    return row
+
+
+def _finish(row: dict, gen: GalleryGenerator, exact: np.ndarray, exact_qps1: float) -> dict:
+    top = row.pop("_top")
+    ok = gen.identity_of(np.maximum(top - 1, 0)) == gen.identity_of(exact)
+    row["recall_at_1"] = round(float(np.mean(ok & (top > 0))), 4)
+    row["speedup_vs_exact"] = round(row["qps_batch1"] / exact_qps1, 2)
+    return row
+
+
+def _print_table(rows: list[dict], *, dim: int) -> None:
+    raw = 4 * dim
+    print(
+        "| rows | engine | index | recall@1 | speed-up vs exact | bytes/vector (x raw) | "
+        "RSS MB | build s | q/s batch 1 | q/s batch 32 | p50 ms | start-up s | note |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+
+        def f(key: str, r: dict = r) -> str:
+            value = r.get(key)
+            return "-" if value is None else str(value)
+
+        bpv = r.get("bytes_per_vector")
+        ratio = f"{bpv:.0f} ({bpv / raw:.2f}x)" if bpv else "-"
+        print(
+            f"| {r['rows']:,} | {r['engine']} | {r['index']} | {f('recall_at_1')} | "
+            f"{f('speedup_vs_exact')} | {ratio} | {f('rss_mb')} | {f('build_s')} | "
+            f"{f('qps_batch1')} | {f('qps_batch32')} | {f('p50_ms_batch1')} | "
+            f"{f('startup_s')} | {r.get('note', '')} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--index", default=DEFAULT_INDEXES, help="engine:type, comma-separated")
+    parser.add_argument("--nprobe", type=int, default=None, help="default: the service's")
+    parser.add_argument("--per-identity", type=int, default=4)
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--extrapolate-from", type=Path, action="append", default=[])
+    parser.add_argument("--work-dir", type=Path, default=None)
+    args = parser.parse_args()
+    from service.settings import ServiceSettings
+
+    defaults = ServiceSettings()
+    params = IndexParams.from_settings(defaults)
+    if args.nprobe is not None:
+        params = IndexParams(**{**params.__dict__, "ivf_nprobe": args.nprobe})
+    set_faiss_threads(1)  # a service search is single-threaded; builds too (fair to Milvus Lite)
+    gen = GalleryGenerator.fitted(per_identity=args.per_identity)
+    previous = [r for p in args.extrapolate_from for r in json.loads(p.read_text())["rows"]]
+    configs = [c.strip() for c in args.index.split(",") if c.strip()]
+    work = Path(tempfile.mkdtemp(prefix="fb-scale-", dir=args.work_dir))
+    results: list[dict] = []
+    try:
+        for rows in args.rows:
+            queries, _ = gen.queries(args.queries, rows=rows)
+            t0 = time.perf_counter()
+            exact = exact_top1(gen, queries, rows)
+            log(f"{rows:,} rows: exact ground truth in {time.perf_counter() - t0:.1f}s")
+            exact_qps1 = None
+            for config in ["faiss:flat"] + [c for c in configs if c != "faiss:flat"]:
+                engine, kind = config.split(":")
+                limit = MAX_ROWS.get(config, MAX_ROWS.get(engine))
+                if limit is not None and rows > limit:
+                    why = f"{rows:,} rows > {limit:,}: infeasible on this 2-core machine"
+                    results.append(extrapolated(config, rows, previous + results, why))
+                    continue
+                log(f"{rows:,} rows: {config} ...")
+                run = run_faiss if engine == "faiss" else run_milvus
+                row = run(kind, gen, rows, queries, params, work)
+                if exact_qps1 is None:
+                    exact_qps1 = row["qps_batch1"]  # faiss:flat runs first: the reference
+                results.append(_finish(row, gen, exact, exact_qps1))
+                log(f"  {json.dumps(results[-1])}")
+                if config == "faiss:flat" and config not in configs:
+                    results[-1]["note"] = "exact reference"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    generator = {"source": gen.source, "per_identity": gen.per_identity, "dim": gen.dim}
+    if args.json:
+        print(json.dumps({"generator": generator, "queries": args.queries, "rows": results}))
+        return
+    print(f"\ngallery scale bench: {args.queries} queries, 1 FAISS thread; {gen.source}\n")
+    _print_table(results, dim=gen.dim)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
