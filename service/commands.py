@@ -86,20 +86,36 @@ def gallery_import(
     model_id: str | None = None,
     format: str | None = None,
 ) -> Any:
-    """Import a legacy gallery file into SQL (streamed, one transaction). ImportReport.
+    """Import a legacy gallery file into SQL (streamed, one transaction), then bring this
+    machine's index (or the Milvus collection) up to date from the change log. ImportReport.
 
-    Running services pick the faces up from the change log within their poll interval; a
-    stopped one at its next start (it tails the log from its index's saved position)."""
+    Running services pick the faces up from the log within their poll interval anyway."""
+    import logging
+
     from service.gallery.importer import import_gallery
+    from service.gallery.store import set_faiss_threads
+    from service.gallery.sync import open_gallery
 
     with open_storage(settings=settings) as storage:
-        return import_gallery(
+        report = import_gallery(
             session_factory=storage.session_factory,
             source=path,
             format=format,  # type: ignore[arg-type]
             model_id=model_id,
             settings=storage.settings,
         )
+        set_faiss_threads(storage.settings.faiss_threads)
+        try:  # SQL is committed: the index is a cache, a failure here loses nothing
+            sync, _ = open_gallery(
+                session_factory=storage.session_factory, settings=storage.settings
+            )
+            sync.close()
+        except Exception as exc:  # e.g. Milvus Lite's file held by a running service
+            logging.getLogger(__name__).warning(
+                "index not updated here (%s): the services apply the import from the change log",
+                exc,
+            )
+        return report
 
 
 def gallery_rebuild(*, settings: ServiceSettings | None = None) -> Any:

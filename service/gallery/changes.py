@@ -3,13 +3,15 @@ transaction; every replica tails it from the position its index reflects.
 
 PostgreSQL hands out ``seq`` values at insert time, so concurrent writers can COMMIT out of
 order (a reader may see seq 11 before seq 10 commits) and rollbacks burn values for ever. A
-:class:`ChangeFeed` therefore never jumps over a missing seq: it remembers each gap with the
-snapshot horizon at which it was seen, re-reads it on every poll, and gives it up only once
-every transaction that could still fill it has ended (PostgreSQL's snapshot ``xmin`` passed
-the horizon) and a re-read after that still finds it empty. Writers assign their transaction
-id before taking a seq (the face rows are written first), which is what makes the horizon
-sound. On SQLite writers are serialised and a rollback returns its seq, so gaps cannot be in
-flight and are given up at the first re-read.
+:class:`ChangeFeed` therefore never jumps over a missing seq: it remembers each gap, re-reads it
+on every poll, and gives it up only once no transaction that could still fill it is running,
+and a re-read after that still finds it empty. "No longer running" is known two ways, either
+suffices: (1) every log writer holds a SHARED advisory lock (per database) from before it takes
+a seq until it ends, so when a reader can take that lock EXCLUSIVELY for an instant, every
+writer that started before has ended; (2) the gap's horizon (the snapshot's ``xmax`` right after
+the read that revealed it) is below the cluster's oldest running transaction (``xmin``); writers
+write their face rows first, so they hold a transaction id before they take a seq. On SQLite
+writers are serialised and a rollback returns its seq: gaps cannot be in flight there.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from sqlalchemy.orm import Session
 from service.db.models import REGISTRY_STATE_ID, FaceChange, RegistryState, utcnow
 
 POLL_BATCH = 10_000  # log rows read per query
+# pg_advisory_xact_lock key of the log writers (shared) and the gap resolver (exclusive).
+WRITERS_LOCK = 0x66616365_6C6F67
 GAP_RANGES_PER_QUERY = 200
 COMPACT_BATCH = 100_000
 
@@ -39,6 +43,8 @@ def record_face_changes(
     rows = [{"face_id": int(i), "op": "add", "created_at": now} for i in added]
     rows += [{"face_id": int(i), "op": "remove", "created_at": now} for i in removed]
     if rows:
+        if _is_postgres(session):  # held to the end of the transaction (see the module doc)
+            session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": WRITERS_LOCK})
         session.execute(insert(FaceChange), rows)
 
 
@@ -85,6 +91,17 @@ def _snapshot_xmax(session: Session) -> int:
     return int(session.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")))
 
 
+def _writers_idle(session: Session) -> bool:
+    """PostgreSQL: True when no log writer is in a transaction right now (the exclusive
+    advisory lock is taken and released at once; a writer waits for it an instant at most)."""
+    if not _is_postgres(session):
+        return True
+    got = bool(session.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": WRITERS_LOCK}))
+    if got:
+        session.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": WRITERS_LOCK})
+    return got
+
+
 def _snapshot_xmin(session: Session) -> int | None:
     """PostgreSQL: the oldest transaction id still running (None elsewhere: nothing in flight)."""
     if not _is_postgres(session):
@@ -100,6 +117,7 @@ class Gap:
     hi: int
     horizon: int
     seen_at: float = field(default_factory=time.monotonic)
+    fresh: bool = False  # found by the current poll: the idle check made before it says nothing
 
 
 class ChangeFeed:
@@ -150,7 +168,9 @@ class ChangeFeed:
     def poll(self, session: Session, *, limit: int = POLL_BATCH) -> list[tuple[int, int]]:
         """(seq, face id) of entries not applied yet: late commits into known gaps first, then
         up to ``limit`` new ones. The caller applies them, then the position is theirs."""
-        xmin = _snapshot_xmin(session)  # BEFORE re-reading the gaps (see the module doc)
+        # Both BEFORE re-reading the gaps (see the module doc).
+        idle = bool(self.gaps) and _writers_idle(session)
+        xmin = _snapshot_xmin(session)
         entries = self._read_gaps(session)
         new = session.execute(
             select(FaceChange.seq, FaceChange.face_id)
@@ -163,11 +183,11 @@ class ChangeFeed:
             expected = self.high + 1
             for seq, _ in new:
                 if seq > expected:
-                    self.gaps.append(Gap(expected, int(seq) - 1, horizon))
+                    self.gaps.append(Gap(expected, int(seq) - 1, horizon, fresh=True))
                 expected = int(seq) + 1
             self.high = int(new[-1][0])
             entries += [(int(s), int(f)) for s, f in new]
-        self._give_up_gaps(xmin)
+        self._give_up_gaps(xmin, idle=idle)
         self._advance_watermark()
         return entries
 
@@ -198,10 +218,17 @@ class ChangeFeed:
                 remaining.append(Gap(lo, gap.hi, gap.horizon, gap.seen_at))
         self.gaps = remaining
 
-    def _give_up_gaps(self, xmin: int | None) -> None:
-        """Drop gaps no running transaction can fill any more (PostgreSQL: xmin past their
-        horizon, checked before the re-read that found them still empty; SQLite: at once)."""
-        self.gaps = [g for g in self.gaps if xmin is not None and xmin < g.horizon]
+    def _give_up_gaps(self, xmin: int | None, *, idle: bool) -> None:
+        """Drop gaps no running transaction can fill any more, as checked before the re-read
+        that found them still empty (PostgreSQL: writers idle, or xmin past their horizon;
+        SQLite: at once)."""
+        kept = []
+        for gap in self.gaps:
+            done = xmin is None or xmin >= gap.horizon or (idle and not gap.fresh)
+            if not done:
+                gap.fresh = False
+                kept.append(gap)
+        self.gaps = kept
 
     def _advance_watermark(self) -> None:
         self.gaps.sort(key=lambda g: g.lo)

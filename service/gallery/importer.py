@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -321,12 +321,20 @@ def _existing_hashes(session: Session, identity_ids: list[int]) -> set[tuple[int
 
 
 def _store_chunk(
-    session: Session, chunk: ImportChunk, vectors: np.ndarray, *, dim: int
-) -> tuple[int, int, int, int]:
+    session: Session,
+    chunk: ImportChunk,
+    vectors: np.ndarray,
+    *,
+    dim: int,
+    existing_below: int,
+    matched: set[int],
+) -> tuple[int, int, int]:
     """Insert one chunk's identities and new faces (+ their change-log entries and counts).
-    Returns (rows, identities created, identities matched, faces skipped). Nothing is kept
-    across chunks: duplicates are found in SQL, which sees this transaction's own rows."""
-    identity_ids, created, matched = _identity_ids_for(session, chunk, {})
+    Returns (rows, identities created, faces skipped). Only the ids of matched pre-existing
+    identities (id <= ``existing_below``) are kept across chunks: duplicates and identities are
+    found in SQL, which sees this transaction's own rows, so a new gallery streams flat."""
+    identity_ids, created, _ = _identity_ids_for(session, chunk, {})
+    matched.update(i for i in identity_ids if i <= existing_below)
     seen = _existing_hashes(session, identity_ids)
     faces, skipped, now = [], 0, utcnow()
     for i, identity_id in enumerate(identity_ids):
@@ -352,7 +360,7 @@ def _store_chunk(
         ids = session.scalars(insert(Face).returning(Face.id), faces).all()
         record_face_changes(session, added=[int(i) for i in ids])
     add_counts(session, {IDENTITIES: created, **face_deltas(["legacy"] * len(faces), sign=1)})
-    return len(identity_ids), created, matched, skipped
+    return len(identity_ids), created, skipped
 
 
 def import_gallery(
@@ -382,11 +390,13 @@ def import_gallery(
     fmt: ImportFormat = format or detect_format(filename or (path.name if path else None))
     reader_source: Path | BinaryIO = path if path is not None else source  # type: ignore[assignment]
 
-    rows = created = matched = skipped = 0
+    rows = created = skipped = 0
+    matched: set[int] = set()
     dim: int | None = None
     with session_factory() as session:
         try:
             dim = gallery_dim(session=session, settings=settings)
+            existing_below = int(session.scalar(select(func.max(Identity.id))) or 0)
             for chunk in read_import_file(reader_source, format=fmt, chunk_rows=chunk_rows):
                 if chunk.vectors.shape[0] == 0:
                     continue
@@ -399,8 +409,10 @@ def import_gallery(
                 if dim is None:
                     dim = int(vectors.shape[1])
                 claim_gallery_dim(session=session, dim=dim, settings=settings)
-                n, c, m, k = _store_chunk(session, chunk, vectors, dim=dim)
-                rows, created, matched, skipped = rows + n, created + c, matched + m, skipped + k
+                n, c, k = _store_chunk(
+                    session, chunk, vectors, dim=dim, existing_below=existing_below, matched=matched
+                )
+                rows, created, skipped = rows + n, created + c, skipped + k
             if rows == 0:
                 raise ContractError("the import file holds no rows")
             if model_id:
@@ -424,7 +436,7 @@ def import_gallery(
         format=fmt,
         rows=rows,
         identities_created=created,
-        identities_matched=matched,
+        identities_matched=len(matched),
         faces_added=rows - skipped,
         faces_skipped=skipped,
         dim=dim,

@@ -128,14 +128,15 @@ class GallerySync:
                 log.warning("gallery index too far behind the change log: resynchronising")
                 self._resync_all(session)
                 return 0
-            read = 0
+            read, polled_again = 0, False
             while True:
                 entries = self.feed.poll(session)
                 if entries:
                     self._apply(session, [face_id for _, face_id in entries])
                 read += len(entries)
-                if len(entries) < 1000:  # caught up (a full batch: read on)
-                    break
+                if len(entries) < 1000 and not (self.feed.gaps and not polled_again):
+                    break  # caught up (once more when gaps were found: the second look
+                polled_again = True  # can give up those no transaction can fill any more)
             self.applied_total += read
             return read
 

@@ -76,7 +76,7 @@ def test_crash_between_sql_commit_and_store_write_is_repaired_from_the_log(env, 
     faces = _enrol(env, sync.primary, 3, 2)
     assert sync.refresh() == 6  # the log entries of its own writes (already in the store)
     sync.save()
-    position = sync.feed.watermark
+    position = sync.feed.high
     sync.close()
     # "Crash": a face committed to SQL (with its log entry) but never written to the store...
     with env.session() as session:
@@ -93,7 +93,7 @@ def test_crash_between_sql_commit_and_store_write_is_repaired_from_the_log(env, 
         delete_face(session=session, index=None, identity_id=gone_identity, face_id=gone_face)
     restarted, report = open_gallery(session_factory=env.session_factory, settings=env.settings)
     assert report.method == "counts" and not report.rebuilt  # tailed from the saved position
-    assert restarted.feed.watermark == position + 2
+    assert restarted.feed.high == position + 2
     assert lost.id in restarted.primary and gone_face not in restarted.primary
     assert restarted.check().consistent
     restarted.close()

@@ -14,7 +14,8 @@ from svc_helpers import unit_vectors
 from service.db.models import Face, Identity
 from service.errors import ContractError, InvalidInput
 from service.gallery.importer import import_gallery
-from service.gallery.store import check_consistency, open_gallery
+from service.gallery.store import check_consistency
+from service.gallery.sync import open_gallery
 
 DIM = 8
 
@@ -27,10 +28,14 @@ def counts(env) -> tuple[int, int]:
         )
 
 
-def run_import(env, index, source, **kw):
-    return import_gallery(
-        session_factory=env.session_factory, index=index, source=source, settings=env.settings, **kw
+def run_import(env, sync, source, **kw):
+    """Import, then let this replica apply the change log (what the HTTP route does)."""
+    report = import_gallery(
+        session_factory=env.session_factory, source=source, settings=env.settings, **kw
     )
+    if sync is not None:
+        sync.refresh()
+    return report
 
 
 def write_npz(path, vectors, names, external_ids=None):
@@ -50,13 +55,14 @@ def write_csv(path, vectors, external_ids, names):
 
 
 def test_npz_import_is_idempotent_and_reaches_the_index(env, tmp_path):
-    index, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    sync, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    index = sync.primary
     vectors = unit_vectors(30, DIM) * 1.4  # legacy vectors are not normalised
     names = [f"person_{i % 12}" for i in range(30)]
     path = write_npz(tmp_path / "g.npz", vectors, names)
-    first = run_import(env, index, path, model_id="dlib-resnet-v1", chunk_rows=7)
+    first = run_import(env, sync, path, model_id="dlib-resnet-v1", chunk_rows=7)
     assert (first.rows, first.identities_created, first.faces_added) == (30, 12, 30)
-    again = run_import(env, index, path, chunk_rows=7)
+    again = run_import(env, sync, path, chunk_rows=7)
     assert (again.identities_created, again.identities_matched) == (0, 12)
     assert (again.faces_added, again.faces_skipped) == (0, 30)
     assert counts(env) == (12, 30) and index.ntotal == 30
@@ -73,7 +79,8 @@ def test_npz_import_is_idempotent_and_reaches_the_index(env, tmp_path):
 
 
 def test_parquet_list_column_and_csv_columns_share_identities(env, tmp_path):
-    index, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    sync, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    index = sync.primary
     vectors = unit_vectors(10, DIM, seed=3)
     ext = [f"emp-{i % 4:03d}" for i in range(10)]
     names = [f"Name {i % 4}" for i in range(10)]
@@ -85,26 +92,27 @@ def test_parquet_list_column_and_csv_columns_share_identities(env, tmp_path):
         }
     )
     pq.write_table(table, tmp_path / "g.parquet", row_group_size=3)
-    report = run_import(env, index, tmp_path / "g.parquet", chunk_rows=4)
+    report = run_import(env, sync, tmp_path / "g.parquet", chunk_rows=4)
     assert (report.format, report.identities_created, report.faces_added) == ("parquet", 4, 10)
     # The same people in CSV (v0..vN columns), two new vectors: only those are added.
     more = np.vstack([vectors[:3], unit_vectors(2, DIM, seed=8)])
     csv = write_csv(tmp_path / "g.csv", more, [*ext[:3], "emp-000", "emp-777"], ["x"] * 5)
-    report = run_import(env, index, csv, chunk_rows=2)
+    report = run_import(env, sync, csv, chunk_rows=2)
     assert (report.identities_created, report.faces_added, report.faces_skipped) == (1, 2, 3)
     assert counts(env) == (5, 12) and index.ntotal == 12
 
 
 def test_stream_source_with_filename(env, tmp_path):
-    index, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    sync, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    index = sync.primary
     path = write_csv(tmp_path / "g.csv", unit_vectors(3, DIM), ["a", "b", "c"], ["A", "B", "C"])
     with open(path, "rb") as fh:
-        report = run_import(env, index, fh, filename="upload.csv")
+        report = run_import(env, sync, fh, filename="upload.csv")
     assert report.faces_added == 3
     buffer = io.BytesIO()
     np.savez(buffer, old=unit_vectors(2, DIM, seed=1), external_id=np.array(["a", "z"]))
     buffer.seek(0)
-    report = run_import(env, index, buffer, format="npz")
+    report = run_import(env, sync, buffer, format="npz")
     assert (report.identities_matched, report.identities_created) == (1, 1)
 
 
@@ -167,12 +175,13 @@ def _malformed_csv(tmp_path):
     ],
 )
 def test_malformed_files_store_nothing(env, tmp_path, make, error):
-    index, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    sync, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    index = sync.primary
     seed = write_npz(tmp_path / "seed.npz", unit_vectors(2, DIM, seed=5), ["s1", "s2"])
-    run_import(env, index, seed)
+    run_import(env, sync, seed)
     before_sql, before_index = counts(env), index.ids()
     with pytest.raises(error):
-        run_import(env, index, make(tmp_path), chunk_rows=3)
+        run_import(env, sync, make(tmp_path), chunk_rows=3)
     assert counts(env) == before_sql and index.ids() == before_index
 
 

@@ -12,7 +12,7 @@ from svc_helpers import unit_vectors
 
 from service.db.models import ApiKey
 from service.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from service.gallery.index import GalleryIndex
+from service.gallery.engines.faiss import FaissStore
 from service.identities import (
     UNSET,
     add_face,
@@ -88,7 +88,7 @@ def test_settings_refuse_placeholder_secrets(value, monkeypatch):
 
 
 def test_multi_face_enrolment_is_all_or_nothing(env):
-    index = GalleryIndex(dim=None)
+    index = FaissStore(dim=None)
     fresh = unit_vectors(3, 8, seed=7)
     with env.session() as session:
         ada = create_identity(session=session, name="Ada Lovelace", external_id="emp-1")
@@ -108,7 +108,7 @@ def test_multi_face_enrolment_is_all_or_nothing(env):
 
 
 def test_identity_crud_and_faces(env):
-    index = GalleryIndex(dim=None)
+    index = FaissStore(dim=None)
     with env.session() as session:
         ada = create_identity(session=session, name="Ada Lovelace", external_id="emp-1")
         create_identity(session=session, name="Alan Turing", external_id="emp-2")

@@ -84,6 +84,37 @@ def test_upgrade_keeps_stored_transformers_one_way(tmp_path):
         engine.dispose()
 
 
+def test_upgrade_to_the_change_log_seeds_counters_and_stops_face_id_reuse(tmp_path):
+    """0002 -> 0003: counters start at the real counts; SQLite face ids become AUTOINCREMENT
+    (a deleted newest id is never handed out again: the vector stores key on it)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade_database(url=url, revision="0002")
+    engine = sa.create_engine(url)
+    face = (
+        "INSERT INTO faces (identity_id, vector, dim, content_hash, source, created_at) "
+        "VALUES (1, x'00', 1, :h, :s, '2026-01-01')"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO identities (external_id, metadata, created_at, updated_at) "
+                    "VALUES ('a', '{}', '2026-01-01', '2026-01-01')"
+                )
+            )
+            for h, source in (("h1", "legacy"), ("h2", "legacy"), ("h3", "mapped")):
+                conn.execute(sa.text(face), {"h": h, "s": source})
+        upgrade_database(url=url)
+        with engine.begin() as conn:
+            counts = dict(conn.execute(sa.text("select name, value from gallery_counters")).all())
+            assert counts == {"identities": 1, "faces": 3, "faces.legacy": 2, "faces.mapped": 1}
+            conn.execute(sa.text("DELETE FROM faces WHERE id = 3"))
+            conn.execute(sa.text(face), {"h": "h4", "s": "legacy"})
+            assert conn.execute(sa.text("select max(id) from faces")).scalar() == 4
+    finally:
+        engine.dispose()
+
+
 def test_cli_commands_work_on_the_database(tmp_path, monkeypatch, capsys):
     import numpy as np
 
