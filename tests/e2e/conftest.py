@@ -298,28 +298,60 @@ class KitServer:
     versions: dict[str, str]  # recipe -> version id on this server
 
 
+def _start_kit_server(
+    kit_assets: KitAssets, workdir: Path, **extra: str
+) -> tuple[Server, dict[str, str]]:
+    """A server with the kit backbone, the eval gallery imported over HTTP and both
+    transformers uploaded (default active)."""
+    from service.contracts import KIT_OLD_MODEL_ID
+
+    server = Server(
+        workdir=workdir,
+        env=server_env(
+            workdir, manifest=kit_assets.manifest, gallery_model_id=KIT_OLD_MODEL_ID, **extra
+        ),
+    )
+    server.start()
+    with server.client() as client:
+        report = import_gallery(client, kit_assets.gallery_npz)
+        assert report["faces_added"] == kit_assets.gallery_size
+        versions = {
+            recipe: upload_transformer(client, path, activate=recipe == "default")["version"]
+            for recipe, path in kit_assets.transformers.items()
+        }
+    return server, versions
+
+
 @pytest.fixture(scope="session")
 def kit_server(
     kit_assets: KitAssets, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KitServer]:
-    """One server on SQLite with the kit backbone, the eval gallery imported over HTTP, and both
-    transformers uploaded (default active). Shared by the kit tests."""
-    from service.contracts import KIT_OLD_MODEL_ID
-
-    workdir = tmp_path_factory.mktemp("kit-server")
-    server = Server(
-        workdir=workdir,
-        env=server_env(workdir, manifest=kit_assets.manifest, gallery_model_id=KIT_OLD_MODEL_ID),
-    )
+    """The kit server on SQLite + embedded FAISS. Shared by the kit tests."""
+    server = None
     try:
-        server.start()
-        with server.client() as client:
-            report = import_gallery(client, kit_assets.gallery_npz)
-            assert report["faces_added"] == kit_assets.gallery_size
-            versions = {
-                recipe: upload_transformer(client, path, activate=recipe == "default")["version"]
-                for recipe, path in kit_assets.transformers.items()
-            }
+        server, versions = _start_kit_server(kit_assets, tmp_path_factory.mktemp("kit-server"))
         yield KitServer(server=server, versions=versions)
     finally:
-        server.kill()
+        if server is not None:
+            server.kill()
+
+
+@pytest.fixture(scope="session")
+def kit_server_milvus(
+    kit_assets: KitAssets, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KitServer]:
+    """The same, with FACEBRIDGE_VECTOR_STORE=milvus (Milvus Lite in the server process)."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+    workdir = tmp_path_factory.mktemp("kit-server-milvus")
+    server = None
+    try:
+        server, versions = _start_kit_server(
+            kit_assets,
+            workdir,
+            FACEBRIDGE_VECTOR_STORE="milvus",
+            FACEBRIDGE_MILVUS_URI=str(workdir / "milvus.db"),
+        )
+        yield KitServer(server=server, versions=versions)
+    finally:
+        if server is not None:
+            server.kill()

@@ -113,6 +113,46 @@ def test_a_faceless_image_in_a_batch_fails_alone(
     )
 
 
+MILVUS_PROBES = 512  # enough to compare engines probe by probe; the full set runs on FAISS
+
+
+def test_milvus_gives_faiss_top1_on_the_same_probes(
+    kit_assets: KitAssets, kit_server: KitServer, kit_server_milvus: KitServer
+) -> None:
+    """The same kit probes over HTTP, embedded FAISS vs Milvus (Lite, default HNSW index):
+    the same top-1 identity for every probe."""
+    rows = list(range(min(MILVUS_PROBES, len(kit_assets.probe_paths))))
+    top1: dict[str, list[str | None]] = {}
+    for engine, server in (("faiss", kit_server), ("milvus", kit_server_milvus)):
+        version = server.versions["default"]
+        with server.server.client() as client:
+            activated = client.post(f"/v1/admin/transformers/{version}/activate", headers=ADMIN)
+            assert activated.status_code == 200, activated.text
+            stats = client.get("/v1/gallery/stats", headers=ADMIN).json()
+            assert stats["vector_store"] == engine and stats["consistent"] is True
+            results = [
+                r
+                for start in range(0, len(rows), BATCH)
+                for r in _identify_batch(
+                    client,
+                    kit_assets.aligned_dir,
+                    [kit_assets.probe_paths[i] for i in rows[start : start + BATCH]],
+                )
+            ]
+        top1[engine] = [
+            r["candidates"][0]["external_id"] if r["candidates"] else None for r in results
+        ]
+    differ = [
+        i for i, (f, m) in enumerate(zip(top1["faiss"], top1["milvus"], strict=True)) if f != m
+    ]
+    hits = sum(t == e for t, e in zip(top1["milvus"], kit_assets.probe_identities, strict=False))
+    print(
+        f"\nkit e2e: Milvus top-1 {100 * hits / len(rows):.2f}% on {len(rows)} probes, "
+        f"{len(differ)} differ from FAISS"
+    )
+    assert not differ, differ[:10]
+
+
 def test_hot_swap_under_load_has_no_failures_and_names_a_live_version(
     kit_assets: KitAssets, kit_server: KitServer
 ) -> None:

@@ -254,3 +254,50 @@ def test_two_workers_on_one_database_converge(
 
         _wait_for(b_finds_quinn)
         assert _identify_top(on_b, 11)["transformer"] == v2
+
+
+@pytest.mark.postgres
+def test_two_replicas_on_postgres_follow_the_change_log(
+    tiny_models: dict[str, Path], tmp_path: Path, servers: list[Server], fresh_postgres_url: str
+) -> None:
+    """Replica B learns of an enrolment on replica A from the face change log (no full id
+    comparison, no hot revision row): searchable on B within 2 s."""
+    shared = {
+        "FACEBRIDGE_DATABASE_URL": fresh_postgres_url,
+        "FACEBRIDGE_TRANSFORMERS_DIR": str(tmp_path / "transformers"),
+    }
+    a = _tiny_server(tmp_path / "a", tiny_models, **shared)
+    b = _tiny_server(tmp_path / "b", tiny_models, **shared)
+    servers.extend([a, b])
+    a.start()
+    b.start()
+    with a.client() as on_a, b.client() as on_b:
+        upload_transformer(on_a, tiny_models["t1"], activate=True)
+        gallery = tmp_path / "legacy.npz"
+        rng = np.random.default_rng(9)
+        np.savez(
+            gallery,
+            old=rng.standard_normal((200, TINY_DIM)).astype(np.float32),
+            external_id=np.array([f"legacy-{i}" for i in range(200)]),
+        )
+        assert import_gallery(on_a, gallery)["faces_added"] == 200
+        _wait_for(lambda: on_b.get("/v1/gallery/stats", headers=ADMIN).json()["faces"] == 200)
+        _wait_for(lambda: on_b.get("/readyz").status_code == 200)
+        identity = on_a.post("/v1/identities", json={"name": "Rae"}, headers=ADMIN).json()
+        files = [("image", ("r.png", png_bytes(21), "image/png"))]
+        enrolled = on_a.post(f"/v1/identities/{identity['id']}/faces", files=files, headers=ADMIN)
+        assert enrolled.status_code == 201, enrolled.text
+        started = time.monotonic()
+
+        def b_finds_rae() -> bool:
+            top = _identify_top(on_b, 21)
+            return top["match"] is not None and top["match"]["identity_id"] == identity["id"]
+
+        _wait_for(b_finds_rae, timeout=10.0)
+        took = time.monotonic() - started
+        print(f"\nreplica B could identify the enrolment on A after {took:.2f}s")
+        assert took < 2.0
+        stats_a = on_a.get("/v1/gallery/stats", headers=ADMIN).json()
+        stats_b = on_b.get("/v1/gallery/stats", headers=ADMIN).json()
+        assert stats_a["faces"] == stats_b["faces"] == stats_b["index_vectors"] == 201
+        assert stats_b["consistent"] is True and stats_b["change_log_position"] >= 201

@@ -25,7 +25,11 @@ def _uncommitted_face(env, identity_id: int, seed: int):  # type: ignore[no-unty
     session = env.session()
     blob = vector_bytes(unit_vectors(1, DIM, seed=seed)[0])
     face = Face(
-        identity_id=identity_id, vector=blob, dim=DIM, content_hash=content_hash(blob), source="legacy"
+        identity_id=identity_id,
+        vector=blob,
+        dim=DIM,
+        content_hash=content_hash(blob),
+        source="legacy",
     )
     session.add(face)
     session.flush()  # the face row first (the transaction gets its id), then the seq

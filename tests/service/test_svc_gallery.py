@@ -27,7 +27,9 @@ def _enrol(env, index, n_people: int, per_person: int, *, seed: int = 0) -> list
     face_ids = []
     with env.session() as session:
         for p in range(n_people):
-            person = create_identity(session=session, name=f"person {p}", external_id=f"e{seed}-{p}")
+            person = create_identity(
+                session=session, name=f"person {p}", external_id=f"e{seed}-{p}"
+            )
             for j in range(per_person):
                 face = add_face(
                     session=session,

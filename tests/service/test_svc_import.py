@@ -104,7 +104,6 @@ def test_parquet_list_column_and_csv_columns_share_identities(env, tmp_path):
 
 def test_stream_source_with_filename(env, tmp_path):
     sync, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
-    index = sync.primary
     path = write_csv(tmp_path / "g.csv", unit_vectors(3, DIM), ["a", "b", "c"], ["A", "B", "C"])
     with open(path, "rb") as fh:
         report = run_import(env, sync, fh, filename="upload.csv")

@@ -33,6 +33,9 @@ IVF_POINTS_PER_LIST = 39
 IVF_TRAIN_POINTS_PER_LIST = 40
 # Many lists: an HNSW graph over the centroids finds the nearest lists (a flat scan costs more).
 HNSW_QUANTIZER_FROM_NLIST = 4096
+# k-means over more lists costs too much on a small machine (8192 lists x 40 points x 10 rounds:
+# ~10 min on one core); past it, more probes (ivf_nprobe) buy the recall instead.
+AUTO_MAX_NLIST = 8192
 # ``auto``: exact search while it is cheap, IVF-flat while raw vectors fit comfortably, then SQ.
 AUTO_IVF_FROM = 50_000
 AUTO_IVFSQ_FROM = 500_000
@@ -79,12 +82,13 @@ def resolve_index_type(configured: str, *, rows: int) -> str:
 
 
 def ideal_nlist(rows: int, params: IndexParams) -> int:
-    """Lists for ``rows`` vectors: ~4 sqrt(n) as a power of two, at most n / 39 (trainable)."""
+    """Lists for ``rows`` vectors: ~4 sqrt(n) as a power of two up to 8192, at most n / 39
+    (trainable)."""
     cap = max(1, rows // IVF_POINTS_PER_LIST)
     if params.ivf_nlist is not None:
         return max(1, min(params.ivf_nlist, cap))
     target = 2 ** round(math.log2(max(1.0, 4.0 * math.sqrt(max(rows, 1)))))
-    return max(1, min(target, cap))
+    return max(1, min(target, cap, AUTO_MAX_NLIST))
 
 
 def pq_m(dim: int, params: IndexParams) -> int:
@@ -135,6 +139,7 @@ def new_faiss_index(
         ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m(dim, params), nbits, ip)
         ivf.pq.cp.niter = 10  # PQ k-means: 10 rounds give the same recall as 25 here
     ivf.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
+    ivf.cp.niter = 10
     ivf.train(training_sample(training, nlist))
     configure_search(ivf, kind=kind, params=params)
     return ivf

@@ -63,12 +63,12 @@ class MilvusParams:
             return {"M": self.hnsw_m, "efConstruction": self.ef_construction}
         return {}
 
-    def search_params(self) -> dict[str, Any]:
+    def search_params(self, k: int = 1) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if self.index_type.startswith("IVF"):
             params["nprobe"] = self.nprobe
         elif self.index_type.startswith("HNSW") or self.index_type == "AUTOINDEX":
-            params["ef"] = self.ef_search
+            params["ef"] = max(self.ef_search, k)  # Milvus refuses ef < k
         return {"metric_type": "IP", "params": params}
 
 
@@ -274,7 +274,7 @@ class MilvusStore:
             data=list(queries),
             limit=k,
             output_fields=["vector"] if with_vectors else ["id"],
-            search_params=self.params.search_params(),
+            search_params=self.params.search_params(k),
             consistency_level=self.params.consistency_level,
         )
         out = []
