@@ -182,7 +182,7 @@ def test_compose_wiring() -> None:
     assert migrate["command"] == ["alembic", "upgrade", "head"]
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert migrate.get("restart") == "no"
-    for name in ("api", "api-gpu"):
+    for name in ("api", "api-gpu", "api-milvus"):
         api = services[name]
         assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -228,3 +228,51 @@ def test_env_example_placeholders_are_refused() -> None:
     )
     with pytest.raises(ValueError, match="placeholder"):
         ServiceSettings(database_url=env["FACEBRIDGE_DATABASE_URL"])
+
+
+MILVUS_PROFILE = ("milvus-etcd", "milvus-minio", "milvus", "api-milvus")
+
+
+def test_milvus_profile_is_pinned_health_checked_and_wired() -> None:
+    """Profile ``milvus``: Milvus standalone + etcd + object store with pinned images, health
+    checks and volumes; a replica that reaches Milvus by service name; the image it builds
+    carries the Milvus client."""
+    compose = _compose()
+    services = interpolate_tree(compose, _example_env())["services"]
+    for name in MILVUS_PROFILE:
+        service = services[name]
+        assert service["profiles"] == ["milvus"], name
+        assert service.get("healthcheck", {}).get("test"), f"{name}: no health check"
+        image = service["image"]
+        tag = image.rsplit(":", 1)[-1]
+        if "build" not in service:  # third-party images: a pinned version, never latest
+            assert ":" in image and tag != "latest" and any(c.isdigit() for c in tag), image
+        for source, _ in volume_mounts(service):
+            if not source.startswith((".", "/")):
+                assert source in compose["volumes"], f"{name}: undeclared volume {source}"
+    milvus = services["milvus"]
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    for dependency in ("milvus-etcd", "milvus-minio"):
+        assert milvus["depends_on"][dependency]["condition"] == "service_healthy"
+    env = service_environment(milvus, compose_dir=DOCKER_DIR, env_file_values={})
+    assert env["ETCD_ENDPOINTS"].split(":")[0] == "milvus-etcd"
+    assert env["MINIO_ADDRESS"].split(":")[0] == "milvus-minio"
+    minio = service_environment(
+        services["milvus-minio"], compose_dir=DOCKER_DIR, env_file_values={}
+    )
+    assert env["MINIO_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+    assert "/var/lib/milvus" in {t for _, t in volume_mounts(milvus)}
+    api = services["api-milvus"]
+    assert api["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert api["build"]["args"]["WITH_MILVUS"] == "true"
+    api_env = service_environment(api, compose_dir=DOCKER_DIR, env_file_values={})
+    settings = ServiceSettings(
+        vector_store=api_env["FACEBRIDGE_VECTOR_STORE"], milvus_uri=api_env["FACEBRIDGE_MILVUS_URI"]
+    )
+    assert settings.vector_store == "milvus"
+    assert settings.milvus_file_or_uri == "http://milvus:19530"
+    runs = " ".join(a for i, a in _dockerfile_instructions(DOCKER_DIR / "Dockerfile") if i == "RUN")
+    assert 'if [ "$WITH_MILVUS" = "true" ]; then pip install "pymilvus' in runs
+    # Without its password the profile does not interpolate (no default secret).
+    with pytest.raises(ValueError, match="MILVUS_MINIO_PASSWORD"):
+        interpolate_tree(compose, {k: v for k, v in _example_env().items() if "MINIO" not in k})
