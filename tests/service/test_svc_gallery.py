@@ -146,3 +146,29 @@ def test_another_process_writes_arrive_by_tailing_the_log_not_by_comparing_ids(
     assert worker_b.refresh() == 4  # exactly the 4 new entries, not the 64-face gallery
     assert set(ids) <= worker_b.primary.ids() and worker_b.primary.ntotal == 64
     assert worker_b.refresh() == 0  # nothing changed since: one cheap read
+
+
+def test_an_outgrown_ivf_index_is_retrained_off_to_the_side_and_swapped_in(sqlite_env, tmp_path):
+    from service.gallery.importer import import_gallery
+
+    env = sqlite_env
+    env.with_settings(index_type="ivf")
+
+    def load(n: int, seed: int) -> None:
+        path = tmp_path / f"g{seed}.npz"
+        names = np.array([f"s{seed}-{i}" for i in range(n)])
+        np.savez(path, old=unit_vectors(n, DIM, seed=seed), external_id=names)
+        import_gallery(session_factory=env.session_factory, source=path, settings=env.settings)
+
+    load(400, 1)
+    sync, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    first = sync.primary
+    assert first.index_type == "ivf" and first._index.nlist == 400 // 39
+    load(6000, 2)
+    sync.refresh()
+    assert first.ntotal == 6400 and "retrain" in first.outgrown()
+    reason = sync.rebuild_if_outgrown()
+    assert "retrain" in reason and sync.primary is not first
+    assert sync.primary._index.nlist > 4 * first._index.nlist and not sync.primary.outgrown()
+    assert sync.primary.ids() == first.ids() and sync.check().consistent
+    assert sync.rebuild_if_outgrown() == ""
