@@ -114,6 +114,24 @@ class GallerySync:
         self.last_check: ConsistencyReport | None = None  # the last full id comparison
         self.last_check_at: datetime | None = None
 
+    @classmethod
+    def of_one_space(
+        cls,
+        *,
+        session_factory: sessionmaker[Session],
+        settings: ServiceSettings,
+        store: VectorStore,
+        feed: ChangeFeed,
+    ) -> GallerySync:
+        """Today's gallery: the old model's space only (its store's ``space``)."""
+        return cls(
+            session_factory=session_factory,
+            settings=settings,
+            stores={store.space: store},
+            primary_space=store.space,
+            feed=feed,
+        )
+
     @property
     def primary(self) -> VectorStore:
         """The old model's store (read once per request: a rebuild swaps it)."""
@@ -305,12 +323,8 @@ def open_gallery(
                 extra_in_index=0,
                 rebuilt=True,
             )
-    sync = GallerySync(
-        session_factory=session_factory,
-        settings=settings,
-        stores={space: store},
-        primary_space=space,
-        feed=feed,
+    sync = GallerySync.of_one_space(
+        session_factory=session_factory, settings=settings, store=store, feed=feed
     )
     sync.refresh()
     sync.save()
@@ -330,12 +344,8 @@ def rebuild_gallery(
         if hasattr(store, "drop"):
             store.drop()
         fill_from_sql(store=store, session=session, settings=settings)
-    sync = GallerySync(
-        session_factory=session_factory,
-        settings=settings,
-        stores={space: store},
-        primary_space=space,
-        feed=feed,
+    sync = GallerySync.of_one_space(
+        session_factory=session_factory, settings=settings, store=store, feed=feed
     )
     try:
         sync.refresh()

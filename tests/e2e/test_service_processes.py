@@ -215,18 +215,26 @@ def _wait_for(predicate, timeout: float = 10.0) -> float:  # type: ignore[no-unt
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-def test_two_workers_on_one_database_converge(
-    tiny_models: dict[str, Path], tmp_path: Path, servers: list[Server]
-) -> None:
+def _two_servers(
+    tmp_path: Path, models: dict[str, Path], servers: list[Server], database_url: str
+) -> tuple[Server, Server]:
+    """Two started servers on one database and one transformer store, own index files."""
     shared = {
-        "FACEBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}",
+        "FACEBRIDGE_DATABASE_URL": database_url,
         "FACEBRIDGE_TRANSFORMERS_DIR": str(tmp_path / "transformers"),
     }
-    a = _tiny_server(tmp_path / "a", tiny_models, **shared)
-    b = _tiny_server(tmp_path / "b", tiny_models, **shared)
+    a = _tiny_server(tmp_path / "a", models, **shared)
+    b = _tiny_server(tmp_path / "b", models, **shared)
     servers.extend([a, b])
     a.start()
     b.start()
+    return a, b
+
+
+def test_two_workers_on_one_database_converge(
+    tiny_models: dict[str, Path], tmp_path: Path, servers: list[Server]
+) -> None:
+    a, b = _two_servers(tmp_path, tiny_models, servers, f"sqlite:///{tmp_path / 'shared.db'}")
     with a.client() as on_a, b.client() as on_b:
         v1 = upload_transformer(on_a, tiny_models["t1"], activate=True)["version"]
         v2 = upload_transformer(on_a, tiny_models["t2"], activate=False)["version"]
@@ -262,15 +270,7 @@ def test_two_replicas_on_postgres_follow_the_change_log(
 ) -> None:
     """Replica B learns of an enrolment on replica A from the face change log (no full id
     comparison, no hot revision row): searchable on B within 2 s."""
-    shared = {
-        "FACEBRIDGE_DATABASE_URL": fresh_postgres_url,
-        "FACEBRIDGE_TRANSFORMERS_DIR": str(tmp_path / "transformers"),
-    }
-    a = _tiny_server(tmp_path / "a", tiny_models, **shared)
-    b = _tiny_server(tmp_path / "b", tiny_models, **shared)
-    servers.extend([a, b])
-    a.start()
-    b.start()
+    a, b = _two_servers(tmp_path, tiny_models, servers, fresh_postgres_url)
     with a.client() as on_a, b.client() as on_b:
         upload_transformer(on_a, tiny_models["t1"], activate=True)
         gallery = tmp_path / "legacy.npz"
