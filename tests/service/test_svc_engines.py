@@ -75,8 +75,9 @@ def test_mixed_adds_and_removals_stay_consistent(store) -> None:  # type: ignore
         store.add(ids=ids, vectors=vectors[ids % 600])
         reference.update({int(i): vectors[i % 600] for i in ids})
         if step % 3 == 2:  # upsert: the same id with another vector replaces it
-            store.add(ids=[int(ids[0])], vectors=vectors[(ids[0] + 7) % 600])
+            store.add(ids=[int(ids[0])], vectors=vectors[(ids[0] + 7) % 600], replace=True)
             reference[int(ids[0])] = vectors[(ids[0] + 7) % 600]
+            store.add(ids=[int(ids[1])], vectors=vectors[0])  # held already: kept as it is
         gone = rng.choice(sorted(reference), size=min(15, len(reference)), replace=False)
         assert store.remove(ids=gone.tolist()) == len(gone)
         for i in gone:
@@ -128,10 +129,14 @@ def test_hnsw_removal_is_a_tombstone_not_a_rebuild() -> None:
     assert store.ntotal == 370 and not store.outgrown()
     for q in vectors[:30]:  # a removed vector is never returned, not even as its own match
         assert not set(store.search(q, k=10)[0].ids.tolist()) & set(range(30))
-    store.add(ids=[3], vectors=vectors[3])  # an id can come back
-    assert store.search(vectors[3], k=1)[0].ids.tolist() == [3]
+    store.add(ids=[3], vectors=vectors[3])  # an id can come back (the graph is rebuilt)
+    assert store.search(vectors[3], k=1)[0].ids.tolist() == [3] and store.ntotal == 371
+    assert store._index.ntotal == 371 and not store._deleted
+    graph = store._index
     store.remove(ids=list(range(30, 80)))
-    assert "tombstones" in store.outgrown()  # past 10%: the poller rebuilds the graph
+    assert (
+        store._index is graph and "tombstones" in store.outgrown()
+    )  # past 10%: the poller rebuilds the graph
 
 
 def test_auto_picks_by_size_and_ivf_asks_to_retrain_when_outgrown() -> None:

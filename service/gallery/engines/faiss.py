@@ -148,8 +148,12 @@ class FaissStore:
                 self._kind, dim=self._dim, training=vectors, params=self.params, rows=rows
             )
 
-    def add(self, *, ids: Iterable[int] | np.ndarray, vectors: np.ndarray) -> None:
-        """Add (or replace: upsert = remove, then add) vectors under ``ids``."""
+    def add(
+        self, *, ids: Iterable[int] | np.ndarray, vectors: np.ndarray, replace: bool = False
+    ) -> None:
+        """Add vectors under ``ids``. An id already held is kept as it is (a face's vector never
+        changes and its id is never reused: the writer and the log tail may both add it), or
+        replaced with ``replace=True`` (remove, then add)."""
         ids_arr = as_id_array(ids)
         if ids_arr.size == 0:
             return
@@ -157,18 +161,33 @@ class FaissStore:
             if self._dim is None:
                 self._dim = int(np.asarray(vectors).shape[-1])
             ids_arr, vectors = self._check(ids_arr, vectors)
-            existing = ids_arr[self._ids.contains_many(ids_arr)]
-            if existing.size:
-                self._remove_locked(existing)
+            held = self._ids.contains_many(ids_arr)
+            if held.any() and not replace:
+                ids_arr, vectors = ids_arr[~held], vectors[~held]
+                if ids_arr.size == 0:
+                    return
+            elif held.any():
+                self._remove_locked(ids_arr[held])
             if self._index is None:
                 self._kind = resolve_index_type(self.configured_type, rows=ids_arr.shape[0])
                 self._index = new_faiss_index(
                     self._kind, dim=self._dim, training=vectors, params=self.params
                 )
-            if self._deleted:  # an HNSW id coming back: its tombstone must go first
-                self._deleted.difference_update(ids_arr.tolist())
+            if self._deleted and np.isin(ids_arr, np.fromiter(self._deleted, np.int64)).any():
+                self._rebuild_graph_locked()  # an HNSW id coming back: drop its old node first
             self._index.add_with_ids(vectors, ids_arr)
             self._ids.add(ids_arr)
+
+    def _rebuild_graph_locked(self) -> None:
+        """HNSW: a new graph from the live nodes (tombstones gone). O(n); rare by design."""
+        live = self._ids.to_array()
+        vectors = self._reconstruct_locked(live)
+        self._deleted.clear()
+        self._index = new_faiss_index(
+            "hnsw", dim=self._dim or 0, training=vectors, params=self.params
+        )
+        if live.size:
+            self._index.add_with_ids(vectors, live)
 
     def remove(self, *, ids: Iterable[int] | np.ndarray) -> int:
         """Remove ``ids`` (unknown ids are ignored); returns how many were removed."""
@@ -344,6 +363,8 @@ class FaissStore:
         target = Path(path)
         meta = read_sidecar(target)
         kind, configured = meta.get("index_type"), meta.get("configured_type")
+        if index_type == "auto" and kind == resolve_index_type("auto", rows=meta.get("count", 0)):
+            configured = "auto"  # e.g. a flat file from before ``auto``: what auto would build
         if index_type is not None and index_type not in (kind, configured):
             raise ContractError(f"{target}: stored index type {kind!r}, configured {index_type!r}")
         if space is not None and meta.get("space", space) != space:

@@ -201,8 +201,11 @@ class MilvusStore:
         self.client.close()
 
     # ------------------------------------------------------------------------------------------
-    def add(self, *, ids: Iterable[int] | np.ndarray, vectors: np.ndarray) -> None:
-        """Upsert vectors under ``ids`` (a face id already there is replaced)."""
+    def add(
+        self, *, ids: Iterable[int] | np.ndarray, vectors: np.ndarray, replace: bool = False
+    ) -> None:
+        """Add vectors under ``ids``; an id already there is kept (faces never change), or
+        replaced with ``replace=True`` (Milvus upsert)."""
         ids_arr = as_id_array(ids)
         if ids_arr.size == 0:
             return
@@ -213,6 +216,9 @@ class MilvusStore:
             raise InvalidInput(f"{ids_arr.shape[0]} ids for {vectors.shape[0]} vectors")
         if np.unique(ids_arr).shape[0] != ids_arr.shape[0]:
             raise InvalidInput("duplicate ids in one add")
+        if not replace:
+            new = ~self.contains_many(ids_arr)
+            ids_arr, vectors = ids_arr[new], vectors[new]
         for start in range(0, ids_arr.shape[0], WRITE_BATCH):
             rows = [
                 {"id": int(i), "vector": v}
