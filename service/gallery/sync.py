@@ -326,8 +326,9 @@ def open_gallery(
     sync = GallerySync.of_one_space(
         session_factory=session_factory, settings=settings, store=store, feed=feed
     )
-    sync.refresh()
-    sync.save()
+    applied = sync.refresh()
+    if applied or report.rebuilt or report.repaired or not saved:
+        sync.save()  # a 10M-vector index is ~1 GB: rewritten only when something changed
     return sync, report
 
 
