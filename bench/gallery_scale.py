@@ -51,6 +51,26 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def cached_exact_top1(
+    gen: GalleryGenerator, queries: np.ndarray, rows: int, cache: Path | None
+) -> np.ndarray:
+    """:func:`exact_top1`, kept in ``cache`` (keyed by the queries and the generator)."""
+    import hashlib
+
+    if cache is None:
+        return exact_top1(gen, queries, rows)
+    key = hashlib.sha256(
+        queries.tobytes() + gen.mu.tobytes() + gen.within.tobytes() + f"{rows}".encode()
+    ).hexdigest()[:16]
+    path = cache / f"exact-{rows}-{key}.npy"
+    if path.exists():
+        return np.load(path)
+    cache.mkdir(parents=True, exist_ok=True)
+    exact = exact_top1(gen, queries, rows)
+    np.save(path, exact)
+    return exact
+
+
 def exact_top1(gen: GalleryGenerator, queries: np.ndarray, rows: int) -> np.ndarray:
     """Row of the best inner product per query, streamed over the generator's chunks."""
     best = np.full(queries.shape[0], -np.inf, np.float32)
@@ -107,7 +127,12 @@ def run_faiss(kind: str, gen: GalleryGenerator, rows: int, queries, params, work
     t0 = time.perf_counter()
     loaded = FaissStore.load(path, params=params)
     startup_s = time.perf_counter() - t0
-    del loaded
+    sweep = []
+    for nprobe in params_sweep(kind):  # the same index, other probe counts
+        loaded._index.nprobe = nprobe
+        qps, p50_sweep, top_sweep = time_queries(lambda q: loaded.search(q, k=1), queries, 1)
+        sweep.append({"nprobe": nprobe, "qps": qps, "p50": p50_sweep, "top": top_sweep})
+    loaded = None
     path.unlink()
     gc.collect()
     extra = (
@@ -115,7 +140,16 @@ def run_faiss(kind: str, gen: GalleryGenerator, rows: int, queries, params, work
     )
     if kind == "hnsw":
         extra = f"M={params.hnsw_m} efSearch={params.hnsw_ef_search}"
-    return _row("faiss", kind, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, extra)
+    row = _row("faiss", kind, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, extra)
+    row["_sweep"] = sweep
+    return row
+
+
+NPROBE_SWEEP: list[int] = []
+
+
+def params_sweep(kind: str) -> list[int]:
+    return NPROBE_SWEEP if kind in ("ivf", "ivfsq", "ivfpq") else []
 
 
 def _nlist(kind: str, rows: int, params: IndexParams) -> int:
@@ -235,11 +269,13 @@ def run_isolated(config: str, rows: int, queries: np.ndarray, params, per_identi
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_run_one, (config, rows, queries, params, per_identity, work))
+        args = (config, rows, queries, params, per_identity, work, list(NPROBE_SWEEP))
+        return pool.apply(_run_one, args)
 
 
-def _run_one(config: str, rows: int, queries, params, per_identity: int, work) -> dict:  # type: ignore[no-untyped-def]
+def _run_one(config: str, rows: int, queries, params, per_identity: int, work, sweep) -> dict:  # type: ignore[no-untyped-def]
     set_faiss_threads(1)
+    NPROBE_SWEEP[:] = sweep
     engine, kind = config.split(":")
     gen = GalleryGenerator.fitted(per_identity=per_identity)
     run = run_faiss if engine == "faiss" else run_milvus
@@ -284,10 +320,18 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--index", default=DEFAULT_INDEXES, help="engine:type, comma-separated")
     parser.add_argument("--nprobe", type=int, default=None, help="default: the service's")
+    parser.add_argument("--nprobe-sweep", type=int, nargs="*", default=[], help="also these")
     parser.add_argument("--per-identity", type=int, default=4)
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.add_argument("--extrapolate-from", type=Path, action="append", default=[])
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep exact ground truth")
+    parser.add_argument(
+        "--reference-from",
+        type=Path,
+        default=None,
+        help="reuse the exact reference (faiss:flat) row of this --json output at the same N",
+    )
     args = parser.parse_args()
     from service.settings import ServiceSettings
 
@@ -297,7 +341,9 @@ def main() -> None:
         params = IndexParams(**{**params.__dict__, "ivf_nprobe": args.nprobe})
     set_faiss_threads(2)  # the exact ground truth; each configuration runs with 1 thread
     gen = GalleryGenerator.fitted(per_identity=args.per_identity)
-    previous = [r for p in args.extrapolate_from for r in json.loads(p.read_text())["rows"]]
+    NPROBE_SWEEP[:] = args.nprobe_sweep
+    sources = [*args.extrapolate_from, *([args.reference_from] if args.reference_from else [])]
+    previous = [r for p in sources for r in _read_rows(p)]
     configs = [c.strip() for c in args.index.split(",") if c.strip()]
     work = Path(tempfile.mkdtemp(prefix="fb-scale-", dir=args.work_dir))
     results: list[dict] = []
@@ -321,14 +367,40 @@ def main() -> None:
                     continue
                 if exact is None:
                     t0 = time.perf_counter()
-                    exact = exact_top1(gen, queries, rows)
+                    exact = cached_exact_top1(gen, queries, rows, args.cache_dir)
                     log(f"{rows:,} rows: exact ground truth in {time.perf_counter() - t0:.1f}s")
+                reused = [
+                    r
+                    for r in previous
+                    if config == "faiss:flat"
+                    and args.reference_from
+                    and r["rows"] == rows
+                    and (r["engine"], r["index"]) == ("faiss", "flat")
+                ]
+                if reused:  # measured before (same generator, same queries): not rebuilt
+                    row = {**reused[0], "note": f"exact reference, from {args.reference_from}"}
+                    row.pop("recall_at_1", None)
+                    row.pop("speedup_vs_exact", None)
+                    row["_top"] = exact[:EXACT_QUERIES] + 1
+                    exact_qps1 = row["qps_batch1"]
+                    results.append(_finish(row, gen, exact, exact_qps1))
+                    continue
                 log(f"{rows:,} rows: {config} ...")
                 row = run_isolated(config, rows, queries, params, args.per_identity, work)
                 if exact_qps1 is None:
                     exact_qps1 = row["qps_batch1"]  # faiss:flat runs first: the reference
+                sweep = row.pop("_sweep", [])
                 results.append(_finish(row, gen, exact, exact_qps1))
                 log(f"  {json.dumps(results[-1])}")
+                for point in sweep:  # same index, another nprobe: search figures only
+                    again = {k: v for k, v in results[-1].items() if k not in ("recall_at_1",)}
+                    again.update(
+                        qps_batch1=round(point["qps"], 1), p50_ms_batch1=round(point["p50"], 3)
+                    )
+                    again.update(qps_batch32=None, _top=point["top"])
+                    again["note"] = f"nprobe={point['nprobe']} (the same index)"
+                    results.append(_finish(again, gen, exact, exact_qps1))
+                    log(f"  {json.dumps(results[-1])}")
                 if config == "faiss:flat" and config not in configs:
                     results[-1]["note"] = "exact reference"
     finally:
@@ -339,6 +411,15 @@ def main() -> None:
         return
     print(f"\ngallery scale bench: {args.queries} queries, 1 FAISS thread; {gen.source}\n")
     _print_table(results, dim=gen.dim)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a --json output (or of a log's JSON lines)."""
+    text = path.read_text()
+    try:
+        return json.loads(text)["rows"]
+    except (ValueError, KeyError):
+        return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
 
 
 def log(message: str) -> None:
