@@ -127,6 +127,7 @@ def run_faiss(kind: str, gen: GalleryGenerator, rows: int, queries, params, work
     store = build_faiss(kind, gen, rows, params)
     build_s = time.perf_counter() - t0
     rss = rss_mb() - rss0
+    store_nprobe = getattr(store._index, "nprobe", None)
     path = store.save(work / f"{kind}.faiss")
     size = path.stat().st_size
     qps1, p50, top = time_queries(lambda q: store.search(q, k=1), queries, 1)
@@ -144,9 +145,7 @@ def run_faiss(kind: str, gen: GalleryGenerator, rows: int, queries, params, work
     loaded = None
     path.unlink()
     gc.collect()
-    extra = (
-        f"nlist={_nlist(kind, rows, params)} nprobe={params.ivf_nprobe}" if "ivf" in kind else ""
-    )
+    extra = f"nlist={_nlist(kind, rows, params)} nprobe={store_nprobe}" if "ivf" in kind else ""
     if kind == "hnsw":
         extra = f"M={params.hnsw_m} efSearch={params.hnsw_ef_search}"
     row = _row("faiss", kind, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, extra)
@@ -177,7 +176,7 @@ def run_milvus(kind: str, gen: GalleryGenerator, rows: int, queries, params, wor
     mparams = MilvusParams(
         index_type=kind,
         nlist=nlist,
-        nprobe=params.ivf_nprobe,
+        nprobe=params.ivf_nprobe or 32,
         hnsw_m=params.hnsw_m,
         ef_search=params.hnsw_ef_search,
         ef_construction=params.hnsw_ef_construction,
@@ -205,7 +204,7 @@ def run_milvus(kind: str, gen: GalleryGenerator, rows: int, queries, params, wor
     again.close()
     server_manager_instance.release_server(uri)
     shutil.rmtree(uri, ignore_errors=True)
-    extra = f"nlist={nlist} nprobe={params.ivf_nprobe}" if "IVF" in kind else ""
+    extra = f"nlist={nlist} nprobe={mparams.nprobe}" if "IVF" in kind else ""
     if "HNSW" in kind:
         extra = f"M={params.hnsw_m} ef={params.hnsw_ef_search}"
     note = f"Milvus Lite {_milvus_lite_version()}; {extra}; bytes = data dir (raw + index)"

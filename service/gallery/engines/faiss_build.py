@@ -49,7 +49,7 @@ class IndexParams:
     """Build and search knobs. ``ivf_nlist``/``ivfpq_m`` None = chosen from size / dim."""
 
     ivf_nlist: int | None = None
-    ivf_nprobe: int = 16
+    ivf_nprobe: int | None = None
     ivfpq_m: int | None = None
     hnsw_m: int = 32
     hnsw_ef_search: int = 64
@@ -89,6 +89,13 @@ def ideal_nlist(rows: int, params: IndexParams) -> int:
         return max(1, min(params.ivf_nlist, cap))
     target = 2 ** round(math.log2(max(1.0, 4.0 * math.sqrt(max(rows, 1)))))
     return max(1, min(target, cap, AUTO_MAX_NLIST))
+
+
+def search_nprobe(nlist: int, params: IndexParams) -> int:
+    """Lists probed a query: ``ivf_nprobe``, or max(32, nlist / 128) (bench/gallery_scale.py:
+    recall@1 0.960 at 1M rows with 4,096 lists and 32 probes, 0.932 at 10M with 8,192 and 64)."""
+    wanted = params.ivf_nprobe if params.ivf_nprobe is not None else max(32, nlist // 128)
+    return max(1, min(wanted, nlist))
 
 
 def pq_m(dim: int, params: IndexParams) -> int:
@@ -162,7 +169,7 @@ def configure_search(index: Any, *, kind: str, params: IndexParams) -> None:
     if kind in IVF_TYPES:
         if kind == "ivf":  # exact vectors by id (the compressed types read them from SQL)
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
-        index.nprobe = min(params.ivf_nprobe, index.nlist)
+        index.nprobe = search_nprobe(int(index.nlist), params)
         quantizer = faiss.downcast_index(index.quantizer)
         if isinstance(quantizer, faiss.IndexHNSW):
             quantizer.hnsw.efSearch = max(64, 2 * index.nprobe)

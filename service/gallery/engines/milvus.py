@@ -46,7 +46,7 @@ class MilvusParams:
         return cls(
             index_type=settings.milvus_index_type,
             nlist=settings.ivf_nlist or 1024,
-            nprobe=settings.ivf_nprobe,
+            nprobe=settings.ivf_nprobe or 32,
             hnsw_m=settings.hnsw_m,
             ef_construction=settings.hnsw_ef_construction,
             ef_search=settings.hnsw_ef_search,
