@@ -172,7 +172,7 @@ def configure_search(index: Any, *, kind: str, params: IndexParams) -> None:
         index.nprobe = search_nprobe(int(index.nlist), params)
         quantizer = faiss.downcast_index(index.quantizer)
         if isinstance(quantizer, faiss.IndexHNSW):
-            quantizer.hnsw.efSearch = max(64, 2 * index.nprobe)
+            quantizer.hnsw.efSearch = max(64, index.nprobe)  # as measured
     elif kind == "hnsw":
         faiss.downcast_index(index.index).hnsw.efSearch = params.hnsw_ef_search
 
