@@ -35,7 +35,7 @@ def test_migrated_schema_matches_the_models(env):
     with env.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0004"
         assert set(sa.inspect(conn).get_table_names()) >= TABLES
         generation = conn.execute(sa.text("select generation from registry_state")).scalar()
     assert generation == 0
@@ -85,10 +85,10 @@ def test_upgrade_keeps_stored_transformers_one_way(tmp_path):
 
 
 def test_upgrade_to_the_change_log_seeds_counters_and_stops_face_id_reuse(tmp_path):
-    """0002 -> 0003: counters start at the real counts; SQLite face ids become AUTOINCREMENT
+    """0003 -> 0004: counters start at the real counts; SQLite face ids become AUTOINCREMENT
     (a deleted newest id is never handed out again: the vector stores key on it)."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade_database(url=url, revision="0002")
+    upgrade_database(url=url, revision="0003")
     engine = sa.create_engine(url)
     face = (
         "INSERT INTO faces (identity_id, vector, dim, content_hash, source, created_at) "
