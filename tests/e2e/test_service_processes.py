@@ -272,7 +272,8 @@ def test_two_replicas_on_postgres_follow_the_change_log(
     comparison, no hot revision row): searchable on B within 2 s."""
     a, b = _two_servers(tmp_path, tiny_models, servers, fresh_postgres_url)
     with a.client() as on_a, b.client() as on_b:
-        upload_transformer(on_a, tiny_models["t1"], activate=True)
+        version = upload_transformer(on_a, tiny_models["t1"], activate=True)["version"]
+        _wait_for(lambda: on_b.get("/readyz").json()["checks"]["transformer"] == version)
         gallery = tmp_path / "legacy.npz"
         rng = np.random.default_rng(9)
         np.savez(
