@@ -1,10 +1,14 @@
 """The FastAPI application: ``create_app(settings)`` + a lifespan that builds everything.
 
 Importing this module starts nothing. ``create_app()`` with no argument reads the settings from
-the environment (so ``uvicorn --factory service.app:create_app`` works); the lifespan then
+the environment (so ``uvicorn --factory service.app:create_app`` works). The lifespan checks the
+configuration (a broken manifest stops the process), fixes the FAISS thread count for the
+process, and returns at once so the server binds; in the background (:mod:`service.startup`) it
 migrates the database, opens the engine, bootstraps the admin key, loads the backbone (ONNX),
-the FAISS gallery (reconciled with SQL) and the active transformer, starts the generation poller
-and a bounded inference thread pool; shutdown stops them in reverse and saves the index.
+the FAISS gallery (reconciled with SQL) and the active transformer, starts the pollers and a
+bounded inference thread pool. ``/readyz`` and the data routes answer 503 until that is done
+(:func:`wait_until_started` waits for it in-process). Shutdown undoes it in reverse and saves
+the index.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import ExitStack, asynccontextmanager
+from dataclasses import replace
 
 import numpy as np
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import admin, gallery, health, identify, identities, operator, rollout
+from service.api.auth import AuthMiddleware, FailedAuthLimiter
 from service.api.docs import install_docs
 from service.api.problems import (
     BodyLimitMiddleware,
@@ -26,6 +32,7 @@ from service.api.problems import (
 )
 from service.api.state import InferencePool, ServiceState
 from service.console import install_console
+from service.contracts import load_backbone_manifest
 from service.db.session import make_engine, make_session_factory, upgrade_database
 from service.decision import GalleryCounter
 from service.errors import ServiceUnavailable
@@ -35,12 +42,16 @@ from service.identities import face_vectors_by_id, identities_for_faces
 from service.inference.backbone import OnnxBackbone
 from service.inference.detect import FaceDetector, make_detector
 from service.inference.facecheck import CropFaceCheck, make_face_check
+from service.inference.transformer import NonFiniteOutput
 from service.keys import bootstrap_admin_key
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.pipeline import ActiveMapping, GalleryHit, Pipeline
 from service.registry.holder import ActiveTransformerHolder, Poller
 from service.registry.shadow import ShadowEvaluator
+from service.registry.store import backbone_facts_of
 from service.settings import ServiceSettings
+from service.startup import Startup
+from service.threads import configure_faiss_threads
 from service.vectors import QUERIES_FLIP, QUERIES_PLAIN
 
 log = logging.getLogger("facebridge.app")
@@ -87,12 +98,21 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with ExitStack() as stack:
-            app.state.facebridge = _start(settings=settings, metrics=metrics, stack=stack)
-            try:
-                yield
-            finally:
-                app.state.facebridge = None
+        _preflight(settings)
+        configure_faiss_threads(settings.faiss_threads)  # before anything loads FAISS
+        startup: Startup[ServiceState] = Startup(
+            build=lambda stack, step: _start(
+                settings=settings, metrics=metrics, stack=stack, step=step
+            ),
+            on_ready=lambda state: setattr(app.state, "facebridge", state),
+        )
+        app.state.facebridge_startup = startup
+        startup.start()
+        try:
+            yield
+        finally:
+            app.state.facebridge = None
+            startup.stop()
 
     app = FastAPI(
         title="facebridge",
@@ -104,21 +124,54 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.facebridge = None
+    app.state.facebridge_startup = None
     install_problem_handlers(app)
     for module in (identify, identities, gallery, admin, rollout, operator, health):
         app.include_router(module.router)
     install_docs(app)
     install_console(app)
-    # Added last = outermost: the request id exists before anything else runs.
+    # Added last = outermost: the request id exists before anything else runs; the key is
+    # checked from the headers before the body limit (and the app) reads a byte of the body.
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
+    app.add_middleware(
+        AuthMiddleware,
+        limiter=FailedAuthLimiter(
+            limit=settings.auth_failure_limit, window_seconds=settings.auth_failure_window_seconds
+        ),
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
     return app
 
 
+def wait_until_started(app: FastAPI, *, timeout: float = 60.0) -> ServiceState:
+    """Block until the background start-up of ``app`` (its lifespan running) is done; its
+    state, or the start-up's exception re-raised. For in-process use (tests, the demo):
+    ``with TestClient(app) as client: wait_until_started(app)``."""
+    startup: Startup[ServiceState] | None = app.state.facebridge_startup
+    if startup is None:
+        raise RuntimeError("the app's lifespan is not running (use `with TestClient(app)`)")
+    return startup.wait(timeout)
+
+
 # ---------------------------------------------------------------------------------------------
 # lifespan
 # ---------------------------------------------------------------------------------------------
+def _preflight(settings: ServiceSettings) -> None:
+    """The configuration checks that fail at once, before the server binds: a manifest that
+    does not parse or names no file, CUDA required where ONNX Runtime has none."""
+    if settings.backbone_manifest is not None:
+        load_backbone_manifest(settings.backbone_manifest)
+    if settings.require_cuda:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise ServiceUnavailable(
+                f"FACEBRIDGE_REQUIRE_CUDA is set but ONNX Runtime offers only {available}"
+            )
+
+
 def _load_backbone(settings: ServiceSettings) -> OnnxBackbone | None:
     if settings.backbone_manifest is None:
         log.warning("FACEBRIDGE_BACKBONE_MANIFEST unset: identify/verify/enrol answer 503")
@@ -142,21 +195,31 @@ def _load_backbone(settings: ServiceSettings) -> OnnxBackbone | None:
     return backbone
 
 
-def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitStack) -> ServiceState:
-    """Build everything in order; ``stack`` undoes it in reverse (also when a step fails)."""
+def _start(
+    *,
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    stack: ExitStack,
+    step: Callable[[str], None],
+) -> ServiceState:
+    """Build everything in order; ``stack`` undoes it in reverse (also when a step fails).
+    ``step(what)`` names each part for /readyz (and stops here when the server is stopping)."""
     if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+    set_faiss_threads(settings.faiss_threads)  # this thread rebuilds the index
+    step("migrating the database")
     upgrade_database(url=settings.database_url)
     engine = make_engine(settings.database_url)
     stack.callback(engine.dispose)
     session_factory = make_session_factory(engine)
     with session_factory() as session:
         bootstrap_admin_key(session=session, settings=settings)
-    set_faiss_threads(settings.faiss_threads)
+    step("loading the backbone")
     backbone = _load_backbone(settings)
+    step("loading the face detector")
     detector = make_detector(settings.detector)
     face_check = make_face_check(settings.face_check)
     if face_check is None:
@@ -165,6 +228,7 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
             settings.face_check,
             "; dlib is not installed" if settings.face_check == "auto" else "",
         )
+    step("opening the gallery index")
     gallery_sync, report = open_gallery(session_factory=session_factory, settings=settings)
     log.info(
         "gallery opened (%s, %s): %s",
@@ -174,7 +238,14 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
     )
     stack.callback(gallery_sync.close)
     stack.callback(_save_gallery, gallery_sync=gallery_sync)
-    holder = ActiveTransformerHolder(session_factory=session_factory, settings=settings)
+    step("loading the active transformer")
+    holder = ActiveTransformerHolder(
+        session_factory=session_factory,
+        settings=settings,
+        serving=backbone_facts_of(backbone),
+        on_load_error=lambda message: metrics.transformer_load_failures.inc(),
+        thread_initializer=lambda: set_faiss_threads(settings.faiss_threads),
+    )
     holder.refresh()
     holder.start_polling()
     stack.callback(holder.stop_polling)
@@ -195,6 +266,7 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
         gallery_sync=gallery_sync,
         session_factory=session_factory,
     )
+    step("starting the shadow evaluator and the pollers")
     shadow = ShadowEvaluator(
         session_factory=session_factory,
         settings=settings,
@@ -213,6 +285,7 @@ def _start(*, settings: ServiceSettings, metrics: ServiceMetrics, stack: ExitSta
         interval_seconds=settings.generation_poll_seconds,
         tasks=[gallery_sync.maintain, shadow.refresh],
         name="facebridge-gallery-poller",
+        thread_initializer=lambda: set_faiss_threads(settings.faiss_threads),
     )
     gallery_poller.start()
     stack.callback(gallery_poller.stop)
@@ -250,6 +323,22 @@ class _NoBackbone:
         raise ServiceUnavailable("no backbone configured: set FACEBRIDGE_BACKBONE_MANIFEST")
 
 
+def _counting_nonfinite(
+    run: Callable[[np.ndarray], np.ndarray], *, version: str, metrics: ServiceMetrics
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``run`` (a transformer head); a NaN/inf output is counted per version and answered 503
+    naming the version (it never reaches the search as a silent empty answer)."""
+
+    def checked(vectors: np.ndarray) -> np.ndarray:
+        try:
+            return run(vectors)
+        except NonFiniteOutput as exc:
+            metrics.transformer_nonfinite.labels(version=version).inc()
+            raise NonFiniteOutput(f"transformer {version}: {exc.detail}") from exc
+
+    return checked
+
+
 def _build_pipeline(
     *,
     settings: ServiceSettings,
@@ -267,9 +356,23 @@ def _build_pipeline(
         active = holder.current()  # ONE read: the request keeps this version throughout
         session = active.session
         if active.version is None or session is None:
+            refused = holder.status()
+            if refused.expected_version is not None:
+                raise ServiceUnavailable(
+                    f"transformer {refused.expected_version} is active but this worker does not "
+                    f"serve it: {refused.last_error}"
+                )
             return None
-        return ActiveMapping.from_session(
+        mapping = ActiveMapping.from_session(
             version=active.version, session=session, threshold=active.threshold, queries=queries
+        )
+        # NaN/inf out of either head: counted per version, answered 503 naming it.
+        return replace(
+            mapping,
+            map=_counting_nonfinite(mapping.map, version=active.version, metrics=metrics),
+            map_gallery=None
+            if mapping.map_gallery is None
+            else _counting_nonfinite(mapping.map_gallery, version=active.version, metrics=metrics),
         )
 
     def count_identities() -> int:
@@ -331,6 +434,8 @@ def _build_pipeline(
         lookup=lookup,
         max_image_bytes=settings.max_upload_bytes,
         max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
+        detect_max_side=settings.detect_max_side,
         default_threshold=settings.default_threshold,
         flip_average_queries=settings.flip_average_queries,
         observe=metrics.observe_stage,

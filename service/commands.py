@@ -142,11 +142,12 @@ def transformers_upload(
 
     if not Path(path).is_file():
         raise InvalidInput(f"transformer file not found: {path}")
-    with open_storage(settings=settings) as storage:
+    with open_storage(settings=settings) as storage, open(path, "rb") as handle:
         return upload_transformer(
             session_factory=storage.session_factory,
             settings=storage.settings,
-            data=Path(path).read_bytes(),
+            data=handle,
+            filename=Path(path).name,
             activate=activate,
             note=note,
         )

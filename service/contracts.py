@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service import decision
+from service import metadata_fields as fields
 from service.errors import ContractError
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +254,7 @@ META_FUSION_WEIGHT = "facebridge.fusion_weight"
 # score_kind, space and queries; optional (older files: the 1:1 fallback, docs/service.md)
 META_CALIBRATION = "facebridge.calibration"
 META_SHA256 = "facebridge.weights_sha256"  # optional; the file's own sha256 lives beside it
+META_VALIDATION_SAMPLE = "facebridge.validation_sample"  # optional: real fit-row query vectors
 META_REQUIRED = (
     META_FORMAT_VERSION,
     META_INPUT_DIM,
@@ -281,6 +283,7 @@ class TransformerMetadata:
     metrics: dict[str, float] = field(default_factory=dict)
     fusion_weight: float = 1.0  # 1 = forward map only; < 1 = two-way (service.fusion)
     calibrations: tuple[decision.ScoreCalibration, ...] = ()
+    validation_sample: str | None = None  # META_VALIDATION_SAMPLE as stored (encode_vectors)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fusion_weight <= 1.0:
@@ -315,37 +318,34 @@ class TransformerMetadata:
             props[META_FUSION_WEIGHT] = repr(float(self.fusion_weight))
         if self.calibrations:
             props[META_CALIBRATION] = decision.calibrations_to_json(self.calibrations)
+        if self.validation_sample is not None:
+            props[META_VALIDATION_SAMPLE] = self.validation_sample
         return props
 
     @classmethod
     def from_props(
         cls, props: dict[str, str], *, source: str = "transformer"
     ) -> TransformerMetadata:
-        missing = [k for k in META_REQUIRED if k not in props]
-        if missing:
-            raise ContractError(f"{source}: metadata_props lacks {', '.join(missing)}")
-        try:
-            threshold = float(props[META_THRESHOLD]) if META_THRESHOLD in props else None
-            metrics = json.loads(props[META_METRICS]) if META_METRICS in props else {}
-            fusion_weight = float(props.get(META_FUSION_WEIGHT, "1.0"))
-            calibrations = decision.calibrations_from_json(
+        """Parse ``metadata_props``, each field's type and range checked (one ContractError)."""
+        fields.meta_required(props, META_REQUIRED, source, (META_FORMAT_VERSION, FORMAT_VERSION))
+        weight = fields.meta_float(props, META_FUSION_WEIGHT, source)
+        input_dim = fields.meta_dim(props, META_INPUT_DIM, source)
+        return cls(
+            input_dim=input_dim,
+            output_dim=fields.meta_dim(props, META_OUTPUT_DIM, source),
+            source_model=fields.meta_text(props, META_SOURCE_MODEL, source),
+            target_model=fields.meta_text(props, META_TARGET_MODEL, source),
+            recipe=fields.meta_text(props, META_RECIPE, source),
+            created_at=fields.meta_text(props, META_CREATED_AT, source),
+            format_version=props[META_FORMAT_VERSION],
+            threshold=fields.meta_float(props, META_THRESHOLD, source),
+            metrics=fields.meta_scalar_object(props, META_METRICS, source),
+            fusion_weight=1.0 if weight is None else weight,  # range: __post_init__
+            calibrations=decision.calibrations_from_json(
                 props.get(META_CALIBRATION), source=source
-            )
-            return cls(
-                input_dim=int(props[META_INPUT_DIM]),
-                output_dim=int(props[META_OUTPUT_DIM]),
-                source_model=props[META_SOURCE_MODEL],
-                target_model=props[META_TARGET_MODEL],
-                recipe=props[META_RECIPE],
-                created_at=props[META_CREATED_AT],
-                format_version=props[META_FORMAT_VERSION],
-                threshold=threshold,
-                metrics=metrics,
-                fusion_weight=fusion_weight,
-                calibrations=calibrations,
-            )
-        except (ValueError, TypeError) as exc:
-            raise ContractError(f"{source}: malformed metadata_props ({exc})") from exc
+            ),
+            validation_sample=fields.meta_vectors(props, META_VALIDATION_SAMPLE, input_dim, source),
+        )
 
 
 # ---------------------------------------------------------------------------------------------

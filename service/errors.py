@@ -83,5 +83,11 @@ class Forbidden(FacebridgeError):
     status, code, title = 403, "forbidden", "API key lacks the required scope"
 
 
+class TooManyRequests(FacebridgeError):
+    """Refused for a while (e.g. too many failed authentications from one address)."""
+
+    status, code, title = 429, "too-many-requests", "Too many requests"
+
+
 class ServiceUnavailable(FacebridgeError):
     status, code, title = 503, "unavailable", "Service not ready"

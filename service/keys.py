@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from collections.abc import Iterable
@@ -23,12 +24,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.models import ApiKey, utcnow
-from service.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from service.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from service.registry import audit
 from service.registry.audit import LOCAL_ACTOR, SYSTEM_ACTOR, Actor
 
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 Scope = Literal["identify", "enrol", "admin"]
 SCOPES: tuple[str, ...] = ("identify", "enrol", "admin")
@@ -193,12 +196,27 @@ def list_keys(*, session: Session, include_revoked: bool = True) -> list[ApiKeyI
 
 
 def revoke_key(
-    *, session: Session, key_id: int, actor: Actor = LOCAL_ACTOR, reason: str | None = None
+    *,
+    session: Session,
+    key_id: int,
+    actor: Actor = LOCAL_ACTOR,
+    reason: str | None = None,
+    caller_id: int | None = None,
+    confirm: bool = False,
 ) -> ApiKeyInfo:
-    """Revoke a key (idempotent; audited once). NotFound for an unknown id."""
+    """Revoke a key (idempotent; audited once). NotFound for an unknown id.
+
+    A key revoking itself (``caller_id == key_id``) is refused (Conflict) unless ``confirm``:
+    an operator who locks themselves out by mistake cannot undo it through the API.
+    """
     row = session.get(ApiKey, key_id)
     if row is None:
         raise NotFound(f"API key {key_id} not found")
+    if caller_id is not None and int(caller_id) == int(key_id) and not confirm:
+        raise Conflict(
+            f"API key {key_id} is the key making this request; a key revoking itself needs "
+            "?confirm=true"
+        )
     if row.revoked_at is None:
         _revoke(session, row, actor=actor, reason=reason)
         session.commit()
@@ -208,7 +226,8 @@ def revoke_key(
 def bootstrap_admin_key(*, session: Session, settings: ServiceSettings) -> ApiKeyInfo | None:
     """Store ``settings.admin_key``'s hash as an admin key (at start-up). Idempotent.
 
-    A changed env key replaces the previous bootstrap key (the old one is revoked).
+    A changed env key replaces the previous bootstrap key (the old one is revoked). A key that
+    was revoked stays revoked, also when the environment still names it: revocation is final.
     """
     if settings.admin_key is None:
         return None
@@ -228,8 +247,11 @@ def bootstrap_admin_key(*, session: Session, settings: ServiceSettings) -> ApiKe
         )
         session.add(existing)
         created = True
-    elif existing.revoked_at is not None and existing.name == BOOTSTRAP_KEY_NAME:
-        existing.revoked_at = None  # the operator put the key back in the environment
+    elif existing.revoked_at is not None:
+        log.warning(
+            "FACEBRIDGE_ADMIN_KEY names a key revoked at %s: it stays revoked; set a new one",
+            existing.revoked_at.isoformat(),
+        )
     try:
         if created:
             session.flush()

@@ -124,6 +124,29 @@ class ServiceMetrics:
             ("candidate",),
             registry=self.registry,
         )
+        self.transformer_in_sync = Gauge(
+            "facebridge_transformer_in_sync",
+            "1 when this worker serves the version the database says is active, else 0 (a "
+            "failed load: see /readyz for the reason).",
+            registry=self.registry,
+        )
+        self.transformer_load_failures = Counter(
+            "facebridge_transformer_load_failures_total",
+            "Failed attempts to load (or fit) the active transformer in this worker; retried "
+            "with backoff.",
+            registry=self.registry,
+        )
+        self.transformer_nonfinite = Counter(
+            "facebridge_transformer_nonfinite_total",
+            "Requests answered 503 because the transformer returned NaN/inf.",
+            ("version",),
+            registry=self.registry,
+        )
+        self.gallery_sql_faces = Gauge(
+            "facebridge_gallery_sql_faces",
+            "Faces in SQL (the source of truth), as last counted by /readyz.",
+            registry=self.registry,
+        )
         self._active_version: str | None = None
 
     def count_decisions(self, outcomes: list[IdentifyOutcome]) -> None:

@@ -33,12 +33,13 @@ from typing import TypeVar
 import numpy as np
 
 from service.decision import Decision, GalleryCount, decide_identify, decide_verify
-from service.errors import FacebridgeError, InvalidInput, ServiceUnavailable
+from service.errors import FacebridgeError, ImageError, InvalidInput, ServiceUnavailable
 from service.fusion import RERANK_DEPTH, candidate_scores, fused_scores
+from service.inference.align import ARCFACE_SIZE
 from service.inference.detect import FaceDetector
 from service.inference.facecheck import CropFaceCheck
-from service.inference.faces import FaceCrop, aligned_faces, face_crops
-from service.inference.images import decode_image
+from service.inference.faces import NO_DETECTOR_MESSAGE, FaceCrop, aligned_faces, face_crops
+from service.inference.images import image_size, load_rgb_image
 from service.pipeline_types import (
     ActiveMapping,
     AfterIdentifyFn,
@@ -90,6 +91,8 @@ class Pipeline:
         max_image_bytes: int,
         max_image_pixels: int,
         default_threshold: float,
+        max_request_pixels: int | None = None,
+        detect_max_side: int | None = None,
         flip_average_queries: bool = False,
         observe: Callable[[str, float], None] | None = None,
         face_check: CropFaceCheck | None = None,
@@ -107,6 +110,8 @@ class Pipeline:
         self.lookup = lookup
         self.max_image_bytes = int(max_image_bytes)
         self.max_image_pixels = int(max_image_pixels)
+        self.max_request_pixels = max_request_pixels
+        self.detect_max_side = detect_max_side
         self.default_threshold = float(default_threshold)
         self._observe = observe or (lambda stage, seconds: None)
         self.face_check = face_check
@@ -127,9 +132,12 @@ class Pipeline:
             )
         return mapping
 
-    def _crop(self, upload: ImageUpload, t: StageTimes) -> np.ndarray:
+    def _crop(self, upload: ImageUpload, size: tuple[int, int], t: StageTimes) -> np.ndarray:
+        if self.detector is None and size != (ARCFACE_SIZE, ARCFACE_SIZE):
+            width, height = size  # refused from the header: no need to decode a photo
+            raise ImageError(f"{NO_DETECTOR_MESSAGE} (got a {width}x{height} image)")
         start = time.perf_counter()
-        image = decode_image(
+        image = load_rgb_image(
             upload.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
         )
         t.decode = time.perf_counter() - start
@@ -139,7 +147,12 @@ class Pipeline:
                 faces = aligned_faces(image, detector=None, face_check=self.face_check)
             else:
                 with self._detector_lock:
-                    faces = aligned_faces(image, detector=self.detector, face_check=self.face_check)
+                    faces = aligned_faces(
+                        image,
+                        detector=self.detector,
+                        face_check=self.face_check,
+                        detect_max_side=self.detect_max_side,
+                    )
         finally:
             t.align = time.perf_counter() - start
         self._observe("decode", t.decode)
@@ -158,26 +171,45 @@ class Pipeline:
         times = [StageTimes() for _ in images]
         ok: list[int] = []
         errors: dict[int, FacebridgeError] = {}
+
+        def failed(i: int, exc: FacebridgeError) -> None:
+            if len(images) > 1:
+                # Name the image so a batch caller knows which part failed.
+                exc.detail = f"image {i}: {exc.detail}"
+                exc.args = (exc.detail,)
+                exc.extra.setdefault("image_index", i)
+            if not per_image:
+                raise exc
+            errors[i] = exc
+
+        # Headers first: the request's pixel budget is checked before anything is decoded.
+        sizes: dict[int, tuple[int, int]] = {}
         for i, upload in enumerate(images):
             try:
-                crops.append(self._crop(upload, times[i]))
+                sizes[i] = image_size(
+                    upload.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
+                )
+            except FacebridgeError as exc:
+                failed(i, exc)
+        total = sum(width * height for width, height in sizes.values())
+        if self.max_request_pixels is not None and total > self.max_request_pixels:
+            raise ImageError(
+                f"the images of this request have {total} pixels together; the limit is "
+                f"{self.max_request_pixels} (send fewer or smaller images)"
+            )
+        for i, size in sizes.items():
+            try:
+                crops.append(self._crop(images[i], size, times[i]))
                 ok.append(i)
             except FacebridgeError as exc:
-                if len(images) > 1:
-                    # Name the image so a batch caller knows which part failed.
-                    exc.detail = f"image {i}: {exc.detail}"
-                    exc.args = (exc.detail,)
-                    exc.extra.setdefault("image_index", i)
-                if not per_image:
-                    raise
-                errors[i] = exc
+                failed(i, exc)
         stacked = np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
         return stacked, times, ok, errors
 
     def detect(self, *, image: ImageUpload) -> tuple[tuple[int, int], list[FaceCrop]]:
         """(width, height) of the decoded image and its aligned faces, the one identify uses
         first; an aligned 112 x 112 crop passes through (no detection)."""
-        decoded = decode_image(
+        decoded = load_rgb_image(
             image.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
         )
         if self.detector is None:
@@ -185,9 +217,13 @@ class Pipeline:
         else:
             with self._detector_lock:
                 crops = face_crops(
-                    decoded, detector=self.detector, all_faces=True, face_check=self.face_check
+                    decoded,
+                    detector=self.detector,
+                    all_faces=True,
+                    face_check=self.face_check,
+                    detect_max_side=self.detect_max_side,
                 )
-        return (int(decoded.shape[1]), int(decoded.shape[0])), crops
+        return decoded.size, crops
 
     def map_images(
         self,

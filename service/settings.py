@@ -7,6 +7,8 @@ values such as ``changeme`` are refused so a copied example never reaches produc
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +32,9 @@ PLACEHOLDER_SECRETS = frozenset(
     }
 )
 MIN_ADMIN_KEY_LENGTH = 16
+# Shannon entropy of the characters x length: 16 repeated characters score 0, "abcd" x 4 scores
+# 32, a random 16-character token_urlsafe ~55-60. A rough floor, not a strength meter.
+MIN_ADMIN_KEY_BITS = 40.0
 
 IndexType = Literal["auto", "flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
 VectorStoreEngine = Literal["faiss", "milvus"]
@@ -37,6 +42,14 @@ MilvusIndexType = Literal["AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", 
 Detector = Literal["auto", "dlib", "none"]
 FaceCheck = Literal["auto", "dlib", "off"]
 Device = Literal["cpu", "cuda"]
+
+
+def character_entropy_bits(value: str) -> float:
+    """Shannon entropy of ``value``'s characters times its length (bits, a rough estimate)."""
+    n = len(value)
+    if n == 0:
+        return 0.0
+    return -n * sum(c / n * math.log2(c / n) for c in Counter(value).values())
 
 
 def is_placeholder_secret(value: str) -> bool:
@@ -228,6 +241,44 @@ class ServiceSettings(BaseSettings):
     max_batch_images: int = Field(
         default=16, ge=1, description="Most images in one identify/verify request."
     )
+    max_request_pixels: int = Field(
+        default=64_000_000,
+        ge=112 * 112,
+        description="Most decoded pixels (width x height, summed over the images) in one "
+        "request; checked from the image headers before decoding.",
+    )
+    detect_max_side: int = Field(
+        default=1280,
+        ge=112,
+        description="The face detector runs on a copy of the photo scaled down to at most this "
+        "many pixels on its longest side; the face is then aligned from the full-size photo.",
+    )
+    max_import_rows: int = Field(
+        default=5_000_000,
+        ge=1,
+        description="Most rows in one gallery import file (checked from the file's headers "
+        "before its data is read).",
+    )
+    max_import_expanded_bytes: int = Field(
+        default=16 * 1024**3,
+        ge=1024,
+        description="Most bytes a gallery import file may expand to once decompressed (the "
+        "sum of its arrays or columns, from the headers before its data is read): a zip bomb is "
+        "refused with 422, never allocated.",
+    )
+    auth_failure_limit: int = Field(
+        default=20,
+        ge=0,
+        description="Failed authentications (401) allowed per client address within "
+        "`auth_failure_window_seconds`; past it that address gets 429 with `Retry-After` (keys "
+        "it already used successfully still pass). 0 turns the limit off. Behind a reverse "
+        "proxy, run uvicorn with `--proxy-headers` so the client address is the real one.",
+    )
+    auth_failure_window_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="The window of `auth_failure_limit`, in seconds.",
+    )
 
     # --- behaviour ----------------------------------------------------------------------------
     default_top_k: int = Field(
@@ -284,8 +335,10 @@ class ServiceSettings(BaseSettings):
     )
     admin_key: SecretStr | None = Field(
         default=None,
-        description="Bootstrap admin API key (at least 16 characters; stored hashed at start). "
-        "Alternative: `facebridge keys create --scope admin`.",
+        description="Bootstrap admin API key (at least 16 characters, not a placeholder nor a "
+        "repeated pattern; stored hashed at start). Revoking it through the API is final: a "
+        "revoked key is not restored at the next start, set a new one. Alternative: "
+        "`facebridge keys create --scope admin`.",
     )
 
     # --- server -------------------------------------------------------------------------------
@@ -306,6 +359,11 @@ class ServiceSettings(BaseSettings):
             raise ValueError("admin_key is a placeholder; generate one (secrets.token_urlsafe)")
         if len(raw) < MIN_ADMIN_KEY_LENGTH:
             raise ValueError(f"admin_key must have at least {MIN_ADMIN_KEY_LENGTH} characters")
+        if character_entropy_bits(raw) < MIN_ADMIN_KEY_BITS:
+            raise ValueError(
+                "admin_key has too little entropy (repeated characters or a short pattern); "
+                "generate one (secrets.token_urlsafe)"
+            )
         return value
 
     @field_validator("database_url")

@@ -21,6 +21,7 @@ from service.api.deps import (
 )
 from service.api.rollout_schemas import ChangeReason
 from service.api.schemas import (
+    MAX_DB_INT,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyInfo,
@@ -110,14 +111,16 @@ async def upload_transformer(
     """Validated against the artefact contract, the backbone and the gallery; a file that fails
     is refused (422) and nothing is stored, the active version unchanged."""
     check_media_type(file, allowed=ONNX_MEDIA_TYPES, what="transformer file")
-    data = await file.read()
-    if not data:
+    if not file.size:
         raise InvalidInput("empty file: the upload has no bytes")
+    # The part was spooled to a temp file as it streamed in (never held whole in memory);
+    # the registry copies it in chunks, hashing as it goes.
     info = await state.pool.run(
         registry.upload_transformer,
         session_factory=state.session_factory,
         settings=state.settings,
-        data=data,
+        data=file.file,
+        filename=file.filename,
         activate=activate,
         note=note,
         actor=actor,
@@ -278,16 +281,27 @@ def list_api_keys(session: DbSession) -> ApiKeyList:
     summary="Revoke an API key",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(403, 404),
+    responses=problem_responses(403, 404, 409),
 )
 def revoke_api_key(
-    key_id: Annotated[int, Path(ge=1)],
+    key_id: Annotated[int, Path(ge=1, le=MAX_DB_INT)],
     state: StateDep,
     session: DbSession,
     actor: AdminActor,
     reason: ReasonQuery = None,
+    confirm: Annotated[
+        bool, Query(description="required when the key revokes itself (409 otherwise)")
+    ] = False,
 ) -> Response:
-    """Effective at once in this worker; other workers forget cached keys within seconds."""
-    keys.revoke_key(session=session, key_id=key_id, actor=actor, reason=reason)
+    """Effective at once in this worker; other workers forget cached keys within seconds.
+    A revoked key stays revoked (also the bootstrap key: set a new FACEBRIDGE_ADMIN_KEY)."""
+    keys.revoke_key(
+        session=session,
+        key_id=key_id,
+        actor=actor,
+        reason=reason,
+        caller_id=actor.key_id,
+        confirm=confirm,
+    )
     state.verified_keys.clear()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

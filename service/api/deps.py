@@ -16,9 +16,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
-from service.api.state import ServiceState, VerifiedKeys
-from service.errors import Forbidden, ServiceUnavailable, UnsupportedMediaType
-from service.keys import ApiKeyInfo, hash_key, verify_key
+from service.api.auth import ANY_VALID_KEY, API_KEY_SCOPE_KEY, SCOPE_ATTRIBUTE, authenticate
+from service.api.state import ServiceState, state_or_unavailable
+from service.errors import Forbidden, UnsupportedMediaType
+from service.keys import ApiKeyInfo
 from service.registry.audit import Actor
 from service.settings import ServiceSettings
 
@@ -33,10 +34,7 @@ api_key_header = APIKeyHeader(
 
 def app_state(request: Request) -> ServiceState:
     """The state the lifespan built (503 while starting or stopping)."""
-    state = getattr(request.app.state, "facebridge", None)
-    if state is None:
-        raise ServiceUnavailable("service is starting or stopping")
-    return state
+    return state_or_unavailable(request.app)
 
 
 # Trivial dependencies are ``async`` on purpose: a plain ``def`` costs a thread hop per request.
@@ -72,32 +70,28 @@ def require_scope(scope: str | None) -> Callable[..., Any]:
     ``None`` admits any valid key. One callable per scope, so FastAPI runs it once per request
     even when a route and its router both depend on it.
 
-    Scope rules (admin implies all) live in :mod:`service.keys`; a cache miss verifies the key
-    against SQL in a worker thread, off the event loop. The verified key's record is kept on
-    ``request.state.api_key`` (who made a change: :func:`admin_actor`).
+    :class:`service.api.auth.AuthMiddleware` reads the scope from the returned callable and
+    verifies the key before the body is read; this dependency then only re-checks the verified
+    key it left in the request scope (or verifies the key itself, off the event loop, where the
+    middleware is not installed). Scope rules (admin implies all) live in :mod:`service.keys`.
+    The verified key's record is kept on ``request.state.api_key`` (who made a change:
+    :func:`admin_actor`).
     """
 
     async def check(
         request: Request, key: Annotated[str | None, Security(api_key_header)] = None
     ) -> str:
-        state = app_state(request)
-        cache: VerifiedKeys = state.verified_keys
-        key_hash = hash_key(key) if key else ""
-        info = cache.get(key_hash) if key else None
+        info: ApiKeyInfo | None = request.scope.get(API_KEY_SCOPE_KEY)
         if info is None:
-
-            def verify() -> ApiKeyInfo:
-                with state.session_factory() as session:
-                    return verify_key(session=session, key=key, scope=scope)
-
-            info = await run_in_threadpool(verify)
-            cache.put(key_hash, info)
+            info = await run_in_threadpool(authenticate, app_state(request), key, [scope])
+            request.scope[API_KEY_SCOPE_KEY] = info
         elif scope is not None and not info.allows(scope):
             raise Forbidden(f"this API key lacks the {scope!r} scope")
         request.state.api_key = info
         return scope or "any"
 
     check.__name__ = f"require_{scope or 'any_key'}"
+    setattr(check, SCOPE_ATTRIBUTE, scope if scope is not None else ANY_VALID_KEY)
     return check
 
 

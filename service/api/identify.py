@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from service.api.deps import IdentifyScope, MultipartBody, StateDep
 from service.api.schemas import (
+    MAX_DB_INT,
     Candidate,
     IdentifyResponse,
     IdentifyResult,
@@ -119,7 +120,9 @@ async def verify(
     _auth: IdentifyScope,
     _multipart: MultipartBody,
     image: Annotated[UploadFile, File(description="one image (aligned crop or photo)")],
-    identity_id: Annotated[int, Form(description="the identity to compare with")],
+    identity_id: Annotated[
+        int, Form(ge=1, le=MAX_DB_INT, description="the identity to compare with")
+    ],
     threshold: Threshold = None,
 ) -> VerifyResponse:
     """Best cosine between the image and the identity's gallery vectors, and the decision."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Path, Query, Response, UploadFile, status
 from service import identities as domain
 from service.api.deps import DbSession, EnrolScope, IdentifyScope, MultipartBody, StateDep
 from service.api.schemas import (
+    MAX_DB_INT,
     EnrolResponse,
     Face,
     Identity,
@@ -23,8 +24,8 @@ from service.api.uploads import read_images
 
 router = APIRouter(prefix="/v1/identities", tags=["identities"])
 
-IdentityId = Annotated[int, Path(ge=1, description="the identity's id")]
-FaceId = Annotated[int, Path(ge=1, description="the face's id (also its FAISS id)")]
+IdentityId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the identity's id")]
+FaceId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the face's id (also its FAISS id)")]
 
 
 @router.post(
@@ -52,7 +53,7 @@ def list_identities(
     session: DbSession,
     _auth: IdentifyScope,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
     external_id: Annotated[str | None, Query(description="exact external id")] = None,
     name: Annotated[str | None, Query(description="case-insensitive substring of the name")] = None,
 ) -> IdentityPage:

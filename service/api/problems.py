@@ -23,7 +23,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import FacebridgeError, PayloadTooLarge
@@ -136,7 +138,21 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
         detail=detail,
         instance=request.url.path,
     )
-    return problem_response(body, headers=dict(exc.headers or {}) or None)
+    headers = dict(exc.headers or {})
+    if status == 405:
+        # The router names only the first route that matched the path; list them all.
+        headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
+    return problem_response(body, headers=headers or None)
+
+
+def allowed_methods(app: Any, path: str) -> list[str]:
+    """Every method some route of ``app`` answers on ``path`` (HEAD with GET)."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(app.routes):
+        route, full_path = context.original_route, context.path
+        if full_path and compile_path(full_path)[0].match(path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _internal_error(path: str | None, exc: BaseException) -> JSONResponse:

@@ -499,7 +499,10 @@ class ApiKeyList(BaseModel):
 
 class Health(BaseModel):
     model_config = _example({"status": "ok"})
-    status: str
+    status: str = Field(description="ok (serving), starting (still loading) or failed")
+    detail: str | None = Field(
+        default=None, description="what the start-up is doing, or why it failed"
+    )
 
 
 class Readiness(BaseModel):
@@ -509,8 +512,8 @@ class Readiness(BaseModel):
             "checks": {
                 "database": "ok",
                 "backbone": "mobilefacenet-128",
-                "transformer": "tf-20260101-ab12cd34",
-                "index": "ok: 1431 vectors, consistent with SQL",
+                "transformer": "t-3f2a9c0b1d4e",
+                "index": "ok: 1431 vectors = 1431 faces in SQL",
             },
             "ready": True,
         }
@@ -520,6 +523,10 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
+# The largest id/offset the databases hold (64-bit signed): larger values are refused with 422
+# in the schema rather than overflowing in the driver (a 500).
+MAX_DB_INT = 2**63 - 1
+
 _PROBLEM_TITLES = {
     401: ("unauthorized", "Missing or unknown API key"),
     403: ("forbidden", "API key lacks the required scope"),
@@ -528,6 +535,7 @@ _PROBLEM_TITLES = {
     413: ("payload-too-large", "Payload too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
     422: ("invalid-input", "Invalid input"),
+    429: ("too-many-requests", "Too many requests"),
     503: ("unavailable", "Service not ready"),
 }
 
@@ -535,7 +543,9 @@ _PROBLEM_TITLES = {
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the problem+json errors a route can answer."""
     out: dict[int | str, dict[str, Any]] = {}
-    for status in sorted({401, 422, *statuses}):
+    # Every route can answer these: no/unknown key, invalid input, too many failed
+    # authentications from the address, the service still starting.
+    for status in sorted({401, 422, 429, 503, *statuses}):
         code, title = _PROBLEM_TITLES[status]
         example = {
             "type": f"https://facebridge.dev/problems/{code}",

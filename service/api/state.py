@@ -33,6 +33,7 @@ from service.settings import ServiceSettings
 
 T = TypeVar("T")
 KEY_CACHE_SECONDS = 5.0
+MISMATCH_GRACE_S = 10.0  # a FAISS/SQL count mismatch lasting longer fails readiness
 
 
 class InferencePool:
@@ -103,6 +104,23 @@ class VerifiedKeys:
             self._entries.clear()
 
 
+def state_or_unavailable(app: Any) -> ServiceState:
+    """The state the background start-up built; 503 saying what is still loading (or why the
+    start-up failed) until then."""
+    state = getattr(app.state, "facebridge", None)
+    if state is not None:
+        return state
+    startup = getattr(app.state, "facebridge_startup", None)
+    if startup is not None and startup.error is not None:
+        raise ServiceUnavailable(f"service failed to start: {startup.error}")
+    if startup is not None and not startup.stopping:
+        raise ServiceUnavailable(
+            f"service is starting ({startup.describe()}); retry shortly",
+            extra={"retry_after_s": 1},
+        )
+    raise ServiceUnavailable("service is starting or stopping")
+
+
 @dataclass
 class ServiceState:
     """Everything the lifespan builds; routes reach it through ``deps.StateDep``."""
@@ -121,6 +139,7 @@ class ServiceState:
     verified_keys: VerifiedKeys = field(
         default_factory=lambda: VerifiedKeys(ttl_seconds=KEY_CACHE_SECONDS)
     )
+    _count_mismatch_since: float | None = field(default=None, repr=False)
 
     @property
     def index(self) -> VectorStore:
@@ -133,39 +152,70 @@ class ServiceState:
             return face_vectors(session=session, identity_id=identity_id)
 
     def readiness(self) -> dict[str, str]:
-        """One line per check; a line starting with ``fail`` makes /readyz answer 503."""
+        """One line per check; a line starting with ``fail`` makes /readyz answer 503.
+
+        O(1) in the gallery size: a ping, then SQL's face counter against the store's count
+        (the id-set comparison runs in the background: ``GET /v1/gallery/stats``). A count
+        mismatch is "syncing" for a few poll intervals (another worker's write reaches this
+        store at the next poll) and fails only when it lasts.
+        """
         checks: dict[str, str] = {}
         db_ok = database_reachable(engine=self.engine)
         checks["database"] = "ok" if db_ok else "fail: unreachable"
         checks["backbone"] = (
             self.backbone.model_id if self.backbone is not None else "fail: not configured"
         )
-        active = self.holder.current()
-        if active.version is not None:
-            checks["transformer"] = active.version
-        elif self.holder.last_error:
-            checks["transformer"] = f"fail: {self.holder.last_error}"
-        else:
-            checks["transformer"] = "none active (identify answers 503 until one is activated)"
+        checks["transformer"] = self._transformer_check()
         if not db_ok:
             checks["index"] = "fail: database unreachable"
             return checks
-        try:  # O(1): counts only (the full id comparison is in GET /v1/gallery/stats)
+        try:
             with self.session_factory() as session:
                 report = count_report(session=session, index=self.index)
         except (ContractError, ServiceUnavailable) as exc:
             checks["index"] = f"fail: {exc}"
             return checks
-        checks["index"] = (
-            f"ok: {report.index_count} vectors, consistent with SQL"
-            if report.consistent
-            else f"fail: {report.detail}"
-        )
+        checks["index"] = self._index_check(report.sql_count, report.index_count)
         return checks
 
+    def _transformer_check(self) -> str:
+        status = self.holder.status()
+        served = status.served_version
+        if status.expected_version is not None:
+            retry = f"retry in {status.retry_in_seconds or 0:.0f} s"
+            if served is None:
+                return f"fail: {status.last_error} ({retry})"
+            # Keep serving the previous version (availability), but say so loudly.
+            return (
+                f"degraded: serving {served} while the database says "
+                f"{status.expected_version} is active: {status.last_error} ({retry})"
+            )
+        if served is not None:
+            return served
+        return "none active (identify answers 503 until one is activated)"
+
+    def _index_check(self, sql_faces: int, vectors: int) -> str:
+        self.metrics.gallery_sql_faces.set(sql_faces)
+        if vectors == sql_faces:
+            self._count_mismatch_since = None
+            return f"ok: {vectors} vectors = {sql_faces} faces in SQL"
+        now = time.monotonic()
+        if self._count_mismatch_since is None:
+            self._count_mismatch_since = now
+        lasted = now - self._count_mismatch_since
+        grace = max(MISMATCH_GRACE_S, 5 * self.settings.generation_poll_seconds)
+        if lasted < grace:
+            return f"ok: syncing (index {vectors} vectors, SQL {sql_faces} faces)"
+        return (
+            f"fail: index has {vectors} vectors, SQL {sql_faces} faces, for {lasted:.0f} s "
+            "(details: GET /v1/gallery/stats)"
+        )
+
     def refresh_gauges(self) -> None:
+        """Gauges that cost nothing to read (no SQL): scraping /metrics stays cheap."""
         self.metrics.gallery_size.set(self.index.ntotal)
         checked = self.gallery.last_check
         self.metrics.gallery_consistent.set(-1 if checked is None else int(checked.consistent))
         self.metrics.gallery_log_position.set(self.gallery.feed.watermark)
         self.metrics.set_active_transformer(self.holder.current().version)
+        self.metrics.transformer_in_sync.set(1 if self.holder.status().in_sync else 0)

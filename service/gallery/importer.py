@@ -26,11 +26,12 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db.locks import exclusive
 from service.db.models import Face, Identity, utcnow
 from service.errors import ContractError, FacebridgeError, InvalidInput
 from service.gallery.changes import record_face_changes
 from service.gallery.counters import IDENTITIES, add_counts, face_deltas
-from service.gallery.npz_stream import NpzColumns
+from service.gallery.npz_stream import ImportLimits, NpzColumns
 from service.gallery.store import (
     claim_gallery_dim,
     content_hash,
@@ -119,9 +120,12 @@ def _make_chunk(
 # ---------------------------------------------------------------------------------------------
 # Readers
 # ---------------------------------------------------------------------------------------------
-def _read_npz(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]:
+def _read_npz(
+    source: Path | BinaryIO, chunk_rows: int, limits: ImportLimits
+) -> Iterator[ImportChunk]:
     archive = NpzColumns(source, ("old", "name", "external_id", "path"))
     try:
+        archive.check_sizes(limits)  # before a byte is inflated: zip bombs, lying headers
         if "old" not in archive.names:
             raise ContractError(f".npz lacks the 'old' array (has {archive.files})")
         if "name" not in archive.names and "external_id" not in archive.names:
@@ -129,6 +133,7 @@ def _read_npz(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]
         shape, dtype = archive.shapes["old"], archive.dtypes["old"]
         if len(shape) != 2 or not np.issubdtype(dtype, np.number):
             raise ContractError(f"'old' must be a numeric [N, d] array, got {dtype} {shape}")
+        limits.check_rows(shape[0])
         for key in archive.names[1:]:
             if archive.shapes[key] != (shape[0],):
                 got = archive.shapes[key]
@@ -218,7 +223,9 @@ def _batch_to_chunk(batch: Any, first_row: int) -> ImportChunk:
     )
 
 
-def _read_parquet(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]:
+def _read_parquet(
+    source: Path | BinaryIO, chunk_rows: int, limits: ImportLimits
+) -> Iterator[ImportChunk]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -226,6 +233,10 @@ def _read_parquet(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportCh
         parquet = pq.ParquetFile(source)
     except (pa.ArrowException, OSError) as exc:
         raise ContractError(f"not a readable Parquet file ({exc})") from exc
+    meta = parquet.metadata
+    limits.check_rows(int(meta.num_rows))
+    groups = range(meta.num_row_groups)
+    limits.check_expanded(sum(meta.row_group(i).total_byte_size for i in groups), what="the file")
     row = 0
     try:
         for batch in parquet.iter_batches(batch_size=chunk_rows):
@@ -235,7 +246,9 @@ def _read_parquet(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportCh
         raise ContractError(f"Parquet file unreadable near row {row} ({exc})") from exc
 
 
-def _read_csv(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]:
+def _read_csv(
+    source: Path | BinaryIO, chunk_rows: int, limits: ImportLimits
+) -> Iterator[ImportChunk]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -251,6 +264,7 @@ def _read_csv(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]
     row = 0
     try:
         for batch in reader:
+            limits.check_rows(row + batch.num_rows)  # counted as blocks stream in
             for start in range(0, batch.num_rows, chunk_rows):
                 part = batch.slice(start, chunk_rows)
                 yield _batch_to_chunk(part, row)
@@ -260,13 +274,17 @@ def _read_csv(source: Path | BinaryIO, chunk_rows: int) -> Iterator[ImportChunk]
 
 
 def read_import_file(
-    source: Path | BinaryIO, *, format: ImportFormat, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    source: Path | BinaryIO,
+    *,
+    format: ImportFormat,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    limits: ImportLimits | None = None,
 ) -> Iterator[ImportChunk]:
-    """Chunks of a gallery import file (no database involved)."""
+    """Chunks of a gallery import file (no database involved), within ``limits``."""
     readers = {"npz": _read_npz, "parquet": _read_parquet, "csv": _read_csv}
     if format not in readers:
         raise InvalidInput(f"unknown import format {format!r}; choose {', '.join(FORMATS)}")
-    return readers[format](source, chunk_rows)
+    return readers[format](source, chunk_rows, limits or ImportLimits())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,14 +408,20 @@ def import_gallery(
     fmt: ImportFormat = format or detect_format(filename or (path.name if path else None))
     reader_source: Path | BinaryIO = path if path is not None else source  # type: ignore[assignment]
 
+    limits = ImportLimits.from_settings(settings)
     rows = created = skipped = 0
     matched: set[int] = set()
     dim: int | None = None
-    with session_factory() as session:
+    # One import at a time (threads, workers, the CLI): a second import waits for the first to
+    # commit, then sees its identities, instead of both creating the same external id.
+    with session_factory() as session, exclusive(session, "gallery-import"):
         try:
             dim = gallery_dim(session=session, settings=settings)
             existing_below = int(session.scalar(select(func.max(Identity.id))) or 0)
-            for chunk in read_import_file(reader_source, format=fmt, chunk_rows=chunk_rows):
+            chunks = read_import_file(
+                reader_source, format=fmt, chunk_rows=chunk_rows, limits=limits
+            )
+            for chunk in chunks:
                 if chunk.vectors.shape[0] == 0:
                     continue
                 try:

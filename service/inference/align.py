@@ -79,7 +79,9 @@ def alignment_matrix(landmarks5: np.ndarray, *, size: int = ARCFACE_SIZE) -> np.
     return umeyama(points, template_for_size(size))[:2]
 
 
-def warp_affine(image: np.ndarray, matrix: np.ndarray, *, size: tuple[int, int]) -> np.ndarray:
+def warp_affine(
+    image: np.ndarray | Image.Image, matrix: np.ndarray, *, size: tuple[int, int]
+) -> np.ndarray:
     """Pillow's bilinear affine warp by ``matrix`` (black border), the kit's convention.
 
     ``matrix`` maps input coordinates to output ones; ``size`` is (width, height). Pillow is
@@ -92,7 +94,11 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, *, size: tuple[int, int])
         raise ImageError("alignment transform is singular (degenerate landmarks)") from exc
     a, b, c = inverse[0]
     d, e, f = inverse[1]
-    source = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    source = (
+        image
+        if isinstance(image, Image.Image)  # a large photo is sampled in place, never copied
+        else Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    )
     warped = source.transform(
         size, Image.Transform.AFFINE, (a, b, c, d, e, f), resample=Image.Resampling.BILINEAR
     )
@@ -100,14 +106,18 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, *, size: tuple[int, int])
 
 
 def align_face(
-    image: np.ndarray, landmarks5: np.ndarray, *, size: int = ARCFACE_SIZE
+    image: np.ndarray | Image.Image, landmarks5: np.ndarray, *, size: int = ARCFACE_SIZE
 ) -> np.ndarray:
-    """Warp ``image`` (H x W x 3 uint8) so ``landmarks5`` land on the ArcFace template.
+    """Warp ``image`` (H x W x 3 uint8, or an RGB Pillow image) so ``landmarks5`` land on the
+    ArcFace template.
 
     ``landmarks5`` = (left eye centre, right eye centre, nose tip, left mouth corner, right mouth
     corner) in image pixels, "left" meaning the image's left. Returns size x size x 3 uint8.
     """
-    if image.ndim != 3 or image.shape[2] != 3:
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            raise ImageError(f"expected an RGB image, got mode {image.mode}")
+    elif image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"expected an H x W x 3 image, got shape {image.shape}")
     matrix = alignment_matrix(landmarks5, size=size)
     return warp_affine(image, matrix, size=(size, size))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from service.errors import ImageError, NoFaceFound
 from service.inference.align import ARCFACE_SIZE, align_face
@@ -25,47 +26,96 @@ class FaceCrop:
     face: DetectedFace | None
 
 
-def is_aligned_crop(image: np.ndarray, *, size: int = ARCFACE_SIZE) -> bool:
+def _size(image: np.ndarray | Image.Image) -> tuple[int, int]:
+    """(width, height) of an array or a Pillow image."""
+    if isinstance(image, Image.Image):
+        return image.size
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f"expected an H x W x 3 image, got shape {image.shape}")
+    return int(image.shape[1]), int(image.shape[0])
+
+
+def is_aligned_crop(image: np.ndarray | Image.Image, *, size: int = ARCFACE_SIZE) -> bool:
     """A size x size image is taken as already aligned (the kit's ``aligned/`` crops)."""
-    return image.ndim == 3 and image.shape[0] == size and image.shape[1] == size
+    return _size(image) == (size, size)
+
+
+def detection_copy(
+    image: np.ndarray | Image.Image, *, max_side: int | None
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """The array the detector runs on: ``image`` itself, or a copy whose longest side is at most
+    ``max_side`` (Pillow's ``reduce``: a box filter by a whole factor, cheap in time and memory);
+    with the (x, y) factors that take its coordinates back to ``image``'s."""
+    width, height = _size(image)
+    factor = 1 if max_side is None else -(-max(width, height) // int(max_side))
+    if factor <= 1:
+        array = image if isinstance(image, np.ndarray) else np.asarray(image, dtype=np.uint8)
+        return np.ascontiguousarray(array, dtype=np.uint8), (1.0, 1.0)
+    source = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    small = source.reduce(factor)
+    scale = (width / small.size[0], height / small.size[1])
+    return np.ascontiguousarray(np.asarray(small, dtype=np.uint8)), scale
+
+
+def _scaled(face: DetectedFace, scale: tuple[float, float]) -> DetectedFace:
+    """A detection on the reduced copy, in the original image's pixels (the detector's own
+    object no longer fits, so it is dropped)."""
+    sx, sy = scale
+    x0, y0, x1, y1 = face.box
+    return DetectedFace(
+        box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy),
+        landmarks5=(face.landmarks5 * np.array([sx, sy], dtype=np.float32)).astype(np.float32),
+        score=face.score,
+    )
 
 
 def face_crops(
-    image: np.ndarray,
+    image: np.ndarray | Image.Image,
     *,
     detector: FaceDetector | None,
     all_faces: bool = False,
     face_check: CropFaceCheck | None = None,
+    detect_max_side: int | None = None,
 ) -> list[FaceCrop]:
     """Aligned crops with their detections; largest / most central face first.
 
     A 112 x 112 image passes straight through when ``face_check`` accepts it (always without a
     check). Raises :class:`NoFaceFound` when the check refuses the crop or the detector finds
-    nothing, and :class:`ImageError` when a photo arrives but no detector is installed.
+    nothing, and :class:`ImageError` when a photo arrives but no detector is installed. With
+    ``detect_max_side`` the detector sees a reduced copy of a larger photo (its time and memory
+    grow with the pixels) and the face is aligned from the full-size ``image``.
     """
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ImageError(f"expected an H x W x 3 image, got shape {image.shape}")
+    width, height = _size(image)
     if is_aligned_crop(image):
-        crop = np.ascontiguousarray(image, dtype=np.uint8)
+        crop = np.ascontiguousarray(np.asarray(image), dtype=np.uint8)
         require_face(face_check, crop)
         return [FaceCrop(crop=crop, face=None)]
     if detector is None:
-        height, width = image.shape[:2]
         raise ImageError(f"{NO_DETECTOR_MESSAGE} (got a {width}x{height} image)")
-    faces = detector.detect(image)
+    small, scale = detection_copy(image, max_side=detect_max_side)
+    faces = detector.detect(small)
     if not faces:
         raise NoFaceFound(f"no face found by the {detector.name} detector")
+    if scale != (1.0, 1.0):
+        faces = [_scaled(face, scale) for face in faces]
     chosen = faces if all_faces else faces[:1]
     return [FaceCrop(crop=align_face(image, face.landmarks5), face=face) for face in chosen]
 
 
 def aligned_faces(
-    image: np.ndarray,
+    image: np.ndarray | Image.Image,
     *,
     detector: FaceDetector | None,
     all_faces: bool = False,
     face_check: CropFaceCheck | None = None,
+    detect_max_side: int | None = None,
 ) -> list[np.ndarray]:
     """112 x 112 x 3 uint8 RGB crops, largest / most central first; one unless ``all_faces``."""
-    found = face_crops(image, detector=detector, all_faces=all_faces, face_check=face_check)
+    found = face_crops(
+        image,
+        detector=detector,
+        all_faces=all_faces,
+        face_check=face_check,
+        detect_max_side=detect_max_side,
+    )
     return [fc.crop for fc in found]

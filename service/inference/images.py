@@ -42,13 +42,8 @@ def _sniff_other_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """Decode JPEG/PNG/WebP bytes to a C-contiguous H x W x 3 uint8 RGB array.
-
-    EXIF orientation is applied. Raises :class:`PayloadTooLarge` when ``data`` exceeds
-    ``max_bytes`` and :class:`ImageError` for empty, non-image, unsupported, truncated or
-    oversized (more than ``max_pixels`` pixels, checked from the header) images.
-    """
+def _open(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The image's header parsed (pixels not decoded yet), sizes checked."""
     size = len(data)
     if size == 0:
         raise ImageError("empty image: the upload has no bytes")
@@ -70,25 +65,53 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
         ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"unreadable image header: {exc}") from exc
-    with image:
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise ImageError(f"image has an empty size {width}x{height}")
-        if width * height > max_pixels:
-            raise ImageError(
-                f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-            )
-        try:
-            image.load()
-        except (OSError, ValueError, SyntaxError) as exc:
-            # Pillow says "image file is truncated" / "broken data stream" etc.
-            raise ImageError(f"truncated or corrupt {image.format} image: {exc}") from exc
-        try:
-            oriented = ImageOps.exif_transpose(image)
-        except Exception:  # a corrupt EXIF block must not lose an otherwise good image
-            oriented = image
-        rgb = oriented if oriented.mode == "RGB" else _to_rgb(oriented)
-        return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        image.close()
+        raise ImageError(f"image has an empty size {width}x{height}")
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    return image
+
+
+def image_size(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the header alone, with the checks of :func:`decode_image`."""
+    with _open(data, max_bytes=max_bytes, max_pixels=max_pixels) as image:
+        return image.size
+
+
+def load_rgb_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Decode JPEG/PNG/WebP bytes to a loaded RGB Pillow image, EXIF orientation applied.
+
+    The errors of :func:`decode_image`. Kept as a Pillow image (one copy of the pixels) so a
+    large photo is not converted to an array whole: see ``service.inference.faces``.
+    """
+    # Not closed with `with`: closing a Pillow image frees its pixels (the source is in memory).
+    image = _open(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as exc:
+        # Pillow says "image file is truncated" / "broken data stream" etc.
+        raise ImageError(f"truncated or corrupt {image.format} image: {exc}") from exc
+    try:
+        oriented = ImageOps.exif_transpose(image)
+    except Exception:  # a corrupt EXIF block must not lose an otherwise good image
+        oriented = image
+    return oriented if oriented.mode == "RGB" else _to_rgb(oriented)
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Decode JPEG/PNG/WebP bytes to a C-contiguous H x W x 3 uint8 RGB array.
+
+    EXIF orientation is applied. Raises :class:`PayloadTooLarge` when ``data`` exceeds
+    ``max_bytes`` and :class:`ImageError` for empty, non-image, unsupported, truncated or
+    oversized (more than ``max_pixels`` pixels, checked from the header) images.
+    """
+    rgb = load_rgb_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

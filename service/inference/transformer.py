@@ -29,8 +29,25 @@ from service.contracts import (
     TRANSFORMER_OUTPUT,
     TransformerMetadata,
 )
-from service.errors import ContractError
+from service.errors import ContractError, ServiceUnavailable
 from service.vectors import as_float32_matrix, l2_normalize
+
+
+class NonFiniteOutput(ServiceUnavailable):
+    """The transformer returned NaN/inf for a real query: this version cannot answer it (503;
+    counted in ``facebridge_transformer_nonfinite_total``)."""
+
+    code, title = "transformer-nonfinite", "Transformer output is not finite"
+
+
+def _finite(out: np.ndarray, *, head: str) -> np.ndarray:
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        raise NonFiniteOutput(
+            f"the {head} returned NaN/inf for {int(bad.sum())} of {len(out)} vectors; roll back "
+            "or activate another version (POST /v1/admin/transformers/rollback)"
+        )
+    return out
 
 
 def file_sha256(path: str | Path) -> str:
@@ -88,6 +105,7 @@ class TransformerSession:
         *,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 1,
+        name: str | None = None,
     ) -> None:
         import onnx
         import onnxruntime as ort
@@ -95,7 +113,8 @@ class TransformerSession:
         self.path = Path(path)
         if not self.path.is_file():
             raise ContractError(f"transformer file not found: {self.path}")
-        source = f"transformer {self.path.name}"
+        # Messages name the file as its owner knows it (an upload's temp file means nothing).
+        source = f"transformer {name or self.path.name}"
         data = self.path.read_bytes()
         self.sha256 = hashlib.sha256(data).hexdigest()
 
@@ -240,8 +259,9 @@ class TransformerSession:
         return self._run(TRANSFORMER_OUTPUT, feeds)
 
     def map(self, new: np.ndarray) -> np.ndarray:
-        """Map new-model embeddings [n, d_new] to L2-normalised old-space vectors [n, d_old]."""
-        return l2_normalize(self.map_raw(new))
+        """Map new-model embeddings [n, d_new] to L2-normalised old-space vectors [n, d_old].
+        :class:`NonFiniteOutput` when a row comes out NaN/inf."""
+        return l2_normalize(_finite(self.map_raw(new), head="forward map"))
 
     def map_gallery_raw(self, old: np.ndarray) -> np.ndarray:
         """The backward network's output as is (not normalised); two-way files only."""
@@ -260,5 +280,5 @@ class TransformerSession:
 
     def map_gallery(self, old: np.ndarray) -> np.ndarray:
         """Map old-model gallery vectors [m, d_old] to L2-normalised new-space vectors
-        [m, d_new] (the backward map ``h`` of fused scoring)."""
-        return l2_normalize(self.map_gallery_raw(old))
+        [m, d_new] (the backward map ``h`` of fused scoring). NonFiniteOutput for NaN/inf."""
+        return l2_normalize(_finite(self.map_gallery_raw(old), head="backward (gallery) map"))

@@ -5,23 +5,30 @@ A swap builds and validates the new ONNX session off to the side, then publishes
 ONCE and uses that snapshot to the end, so in-flight requests finish on the version they
 started with. Every worker polls ``registry_state.generation`` (a :class:`Poller` started by the
 app's lifespan, never at import) and swaps when it moves, so workers and replicas converge.
+A version this process cannot serve (its file, or a backbone or gallery it does not fit) is
+retried with backoff and reported by :meth:`ActiveTransformerHolder.status` (``/readyz``,
+metrics) instead of being forgotten.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import REGISTRY_STATE_ID, RegistryState, TransformerVersion
+from service.errors import ContractError
+from service.gallery.store import gallery_dim, gallery_model_id
 
 if TYPE_CHECKING:
     from service.inference.transformer import TransformerSession
+    from service.registry.store import BackboneFacts
     from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -47,8 +54,41 @@ class ActiveTransformer:
 NO_TRANSFORMER = ActiveTransformer(version=None, session=None, threshold=None, generation=-1)
 
 
+@dataclass(frozen=True)
+class HolderStatus:
+    """What this process serves versus what the database says is active."""
+
+    served_version: str | None
+    expected_version: str | None  # active in the database but not served here (None: in sync)
+    last_error: str | None
+    failures: int  # consecutive failed loads of ``expected_version``
+    retry_in_seconds: float | None
+
+    @property
+    def in_sync(self) -> bool:
+        return self.expected_version is None
+
+
+@dataclass
+class _FailedLoad:
+    generation: int
+    version: str
+    attempts: int
+    retry_at: float
+
+
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
+
 class ActiveTransformerHolder:
-    """Holds the current :class:`ActiveTransformer`; ``refresh`` follows the database."""
+    """Holds the current :class:`ActiveTransformer`; ``refresh`` follows the database.
+
+    A version that cannot be served here (file missing or corrupt, or not fitting the running
+    backbone and gallery: ``serving``) is retried with exponential backoff (1 s doubling up to
+    60 s) while the previous snapshot keeps serving; :meth:`status` says which version is
+    served, which one the database expects, and why they differ.
+    """
 
     def __init__(
         self,
@@ -56,18 +96,35 @@ class ActiveTransformerHolder:
         session_factory: sessionmaker[Session],
         settings: ServiceSettings,
         loader: Callable[..., TransformerSession] | None = None,
+        serving: BackboneFacts | None = None,
+        on_load_error: Callable[[str], None] | None = None,
+        thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         self._session_factory = session_factory
         self._settings = settings
         self._loader = loader
+        self._serving = serving
+        self._on_load_error = on_load_error or (lambda message: None)
+        self._thread_initializer = thread_initializer
         self._current: ActiveTransformer = NO_TRANSFORMER
         self._refresh_lock = threading.Lock()  # one swap at a time; readers never wait
         self.last_error: str | None = None
+        self._failed: _FailedLoad | None = None
         self._poller: Poller | None = None
 
     def current(self) -> ActiveTransformer:
         """The snapshot to use for one whole request (a single attribute read)."""
         return self._current
+
+    def status(self) -> HolderStatus:
+        failed, now = self._failed, time.monotonic()
+        return HolderStatus(
+            served_version=self._current.version,
+            expected_version=None if failed is None else failed.version,
+            last_error=self.last_error if failed is not None else None,
+            failures=0 if failed is None else failed.attempts,
+            retry_in_seconds=None if failed is None else max(0.0, failed.retry_at - now),
+        )
 
     def _load(self, path: Any) -> TransformerSession:
         if self._loader is not None:
@@ -79,15 +136,18 @@ class ActiveTransformerHolder:
     def refresh(self) -> bool:
         """Follow the database: swap when the generation moved. Returns True on a swap.
 
-        A version that fails to load keeps the previous snapshot and sets ``last_error``
-        (the generation is remembered so the failure is logged once, not every poll).
+        A version that fails to load (or does not fit this process's backbone and gallery)
+        keeps the previous snapshot, sets ``last_error`` and is retried with backoff.
         """
         with self._refresh_lock:
             with self._session_factory() as session:
                 state = session.get(RegistryState, REGISTRY_STATE_ID)
                 generation = int(state.generation) if state is not None else 0
-                current = self._current
-                if generation == current.generation:
+                current, failed = self._current, self._failed
+                if generation == current.generation and failed is None:
+                    return False
+                retry_later = failed is not None and time.monotonic() < failed.retry_at
+                if retry_later and failed.generation == generation:  # type: ignore[union-attr]
                     return False
                 row = session.scalars(
                     select(TransformerVersion).where(TransformerVersion.state == "active")
@@ -96,33 +156,24 @@ class ActiveTransformerHolder:
                 if row is not None:
                     facts = (row.version, row.file_name, row.threshold, row.sha256)
                     models = (row.source_model, row.target_model)
+                    gallery = (
+                        gallery_dim(session=session, settings=self._settings),
+                        gallery_model_id(session=session, settings=self._settings),
+                    )
             if facts is None:
                 snapshot = ActiveTransformer(
                     version=None, session=None, threshold=None, generation=generation
                 )
             elif facts[0] == current.version and current.session is not None:
                 # Same version (e.g. gallery-only change of generation): keep the session.
-                snapshot = ActiveTransformer(
-                    version=current.version,
-                    session=current.session,
-                    threshold=facts[2],
-                    generation=generation,
-                    sha256=current.sha256,
-                    source_model=current.source_model,
-                    target_model=current.target_model,
-                )
+                snapshot = replace(current, threshold=facts[2], generation=generation)
             else:
                 version, file_name, threshold, sha256 = facts
-                path = self._settings.transformers_path / file_name
                 try:
-                    built = self._load(path)  # off to the side: requests still use `current`
-                    if getattr(built, "sha256", sha256) != sha256:
-                        raise ValueError(f"file {path} does not match sha256 of {version}")
+                    built = self._build(version, file_name, sha256, gallery)
                     _warn_if_uncalibrated(version, built)
                 except Exception as exc:
-                    self.last_error = f"cannot load transformer {version}: {exc}"
-                    log.error("%s; keeping %s", self.last_error, current.version)
-                    self._current = _with_generation(current, generation)
+                    self._record_failure(generation, version, f"{exc}")
                     return False
                 snapshot = ActiveTransformer(
                     version=version,
@@ -133,7 +184,7 @@ class ActiveTransformerHolder:
                     source_model=models[0],
                     target_model=models[1],
                 )
-            self.last_error = None
+            self.last_error, self._failed = None, None
             swapped = snapshot.version != current.version
             self._current = snapshot  # THE publication: one reference assignment
             if swapped:
@@ -145,6 +196,38 @@ class ActiveTransformerHolder:
                 )
             return swapped
 
+    def _build(
+        self, version: str, file_name: str, sha256: str, gallery: tuple[int | None, str | None]
+    ) -> TransformerSession:
+        """Load the version's file off to the side and check it fits what runs here."""
+        path = self._settings.transformers_path / file_name
+        built = self._load(path)  # requests still use `current` meanwhile
+        if getattr(built, "sha256", sha256) != sha256:
+            raise ContractError(f"file {path} does not match the sha256 of {version}")
+        if self._serving is not None:
+            from service.registry.store import check_fits
+
+            check_fits(
+                built,
+                backbone=self._serving,
+                gallery_dim=gallery[0],
+                gallery_model=gallery[1],
+            )
+        return built
+
+    def _record_failure(self, generation: int, version: str, reason: str) -> None:
+        previous = self._failed
+        attempts = 1
+        if previous is not None and previous.version == version:
+            attempts = previous.attempts + 1
+        delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (attempts - 1))
+        message = f"cannot serve transformer {version}: {reason}"
+        if message != self.last_error:  # once per distinct reason, not every retry
+            log.error("%s; still serving %s; retrying with backoff", message, self._current.version)
+        self.last_error = message
+        self._failed = _FailedLoad(generation, version, attempts, time.monotonic() + delay)
+        self._on_load_error(message)
+
     def start_polling(self) -> None:
         """Poll the generation every ``generation_poll_seconds`` in a daemon thread."""
         if self._poller is None:
@@ -152,6 +235,7 @@ class ActiveTransformerHolder:
                 interval_seconds=self._settings.generation_poll_seconds,
                 tasks=[self.refresh],
                 name="facebridge-transformer-poller",
+                thread_initializer=self._thread_initializer,
             )
             self._poller.start()
 
@@ -174,18 +258,6 @@ def _warn_if_uncalibrated(version: str, session: object) -> None:
         )
 
 
-def _with_generation(snapshot: ActiveTransformer, generation: int) -> ActiveTransformer:
-    return ActiveTransformer(
-        version=snapshot.version,
-        session=snapshot.session,
-        threshold=snapshot.threshold,
-        generation=generation,
-        sha256=snapshot.sha256,
-        source_model=snapshot.source_model,
-        target_model=snapshot.target_model,
-    )
-
-
 class Poller:
     """Runs ``tasks`` every ``interval_seconds`` in one daemon thread until ``stop``.
 
@@ -198,9 +270,11 @@ class Poller:
         interval_seconds: float,
         tasks: Sequence[Callable[[], object]],
         name: str = "facebridge-poller",
+        thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         self.interval_seconds = float(interval_seconds)
         self.tasks = list(tasks)
+        self._thread_initializer = thread_initializer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -217,6 +291,8 @@ class Poller:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        if self._thread_initializer is not None:
+            self._thread_initializer()
         while not self._stop.wait(self.interval_seconds):
             for task in self.tasks:
                 try:

@@ -10,6 +10,7 @@ which every worker polls (:mod:`service.registry.holder`).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
@@ -17,13 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.contracts import META_VALIDATION_SAMPLE
+from service.db.locks import lock_registry_state
 from service.db.models import (
     REGISTRY_STATE_ID,
     STATE_ACTIVE,
@@ -34,6 +37,7 @@ from service.db.models import (
 )
 from service.errors import Conflict, ContractError, InvalidInput, NotFound, PayloadTooLarge
 from service.gallery.store import gallery_dim, gallery_model_id, registry_row
+from service.metadata_fields import decode_vectors
 from service.registry import audit, shadow_store
 from service.registry.audit import LOCAL_ACTOR, Actor
 from service.vectors import l2_normalize
@@ -147,12 +151,25 @@ def backbone_facts(settings: ServiceSettings) -> BackboneFacts:
     return BackboneFacts(model_id=manifest.model_id, output_dim=manifest.output_dim)
 
 
-def load_transformer_session(path: Path, *, settings: ServiceSettings) -> TransformerSession:
-    """An ORT session for a stored transformer, with the service's providers and threads."""
+def backbone_facts_of(backbone: Any) -> BackboneFacts | None:
+    """Model id and output dim of a LOADED backbone (None when there is none)."""
+    if backbone is None:
+        return None
+    return BackboneFacts(model_id=backbone.model_id, output_dim=int(backbone.output_dim))
+
+
+def load_transformer_session(
+    path: Path, *, settings: ServiceSettings, name: str | None = None
+) -> TransformerSession:
+    """An ORT session for a stored transformer, with the service's providers and threads.
+    ``name`` is what error messages call the file (the uploader's file name)."""
     from service.inference.transformer import TransformerSession
 
     return TransformerSession(
-        path, providers=settings.providers, intra_op_threads=settings.ort_intra_op_threads
+        path,
+        providers=settings.providers,
+        intra_op_threads=settings.ort_intra_op_threads,
+        name=name,
     )
 
 
@@ -173,7 +190,15 @@ def _score_validation_pairs(
             f"validation pairs are {pairs.new_dim} -> {pairs.old_dim}; the transformer maps "
             f"{session.input_dim} -> {session.output_dim}"
         )
-    mapped = session.map(np.asarray(pairs.new, dtype=np.float32))
+    new = np.asarray(pairs.new, dtype=np.float32)
+    _probe_map(
+        session.map_raw,
+        new,
+        what="transformer",
+        d_out=session.output_dim,
+        probes_are=f"the validation pairs' new-model vectors ({path.name})",
+    )
+    mapped = session.map(new)
     old = l2_normalize(np.asarray(pairs.old, dtype=np.float32))
     metrics: dict[str, float] = {
         "validation_rows": float(len(pairs)),
@@ -215,16 +240,17 @@ def _flatten_report(report: Any) -> dict[str, float]:
     return out
 
 
-def validate_transformer(
+def check_fits(
     session: TransformerSession,
     *,
-    settings: ServiceSettings,
-    expected_output_dim: int | None,
-    expected_target_model: str | None,
-) -> dict[str, float]:
-    """Check a loaded transformer fits this service; returns validation metrics."""
+    backbone: BackboneFacts,
+    gallery_dim: int | None,
+    gallery_model: str | None,
+) -> None:
+    """ContractError unless the transformer maps ``backbone``'s space into the gallery's:
+    input dim and source model = the backbone's, output dim and target model = the gallery's
+    (each check only where that fact is known)."""
     meta = session.metadata
-    backbone = backbone_facts(settings)
     if backbone.output_dim is not None and session.input_dim != backbone.output_dim:
         raise ContractError(
             f"transformer input dim {session.input_dim} != backbone output dim "
@@ -234,34 +260,61 @@ def validate_transformer(
         raise ContractError(
             f"transformer source model {meta.source_model!r} != backbone {backbone.model_id!r}"
         )
-    if expected_output_dim is not None and session.output_dim != expected_output_dim:
+    if gallery_dim is not None and session.output_dim != gallery_dim:
         raise ContractError(
-            f"transformer output dim {session.output_dim} != gallery dim {expected_output_dim}"
+            f"transformer output dim {session.output_dim} != gallery dim {gallery_dim}"
         )
-    if expected_target_model is not None and meta.target_model != expected_target_model:
+    if gallery_model is not None and meta.target_model != gallery_model:
         raise ContractError(
-            f"transformer target model {meta.target_model!r} != gallery model "
-            f"{expected_target_model!r}"
+            f"transformer target model {meta.target_model!r} != gallery model {gallery_model!r}"
         )
+
+
+def validate_transformer(
+    session: TransformerSession,
+    *,
+    settings: ServiceSettings,
+    expected_output_dim: int | None,
+    expected_target_model: str | None,
+) -> dict[str, float]:
+    """Check a loaded transformer fits this service; returns validation metrics.
+
+    Its outputs must be finite and non-zero on random unit probes, on the calibration sample
+    of real new-model vectors the file carries (``facebridge.validation_sample``, written at
+    fit time) and on the validation pairs' ``new`` vectors when configured.
+    """
+    meta = session.metadata
+    check_fits(
+        session,
+        backbone=backbone_facts(settings),
+        gallery_dim=expected_output_dim,
+        gallery_model=expected_target_model,
+    )
     if meta.threshold is not None and not -1.0 <= meta.threshold <= 1.0:
         raise ContractError(f"transformer threshold {meta.threshold} is not a cosine in [-1, 1]")
     rng = np.random.default_rng(PROBE_SEED)
-    _probe_map(
-        session.map_raw,
-        what="transformer",
-        d_in=session.input_dim,
-        d_out=session.output_dim,
-        n=settings.probe_vectors,
-        rng=rng,
-    )
+    probes = l2_normalize(rng.standard_normal((settings.probe_vectors, session.input_dim)))
+    _probe_map(session.map_raw, probes, what="transformer", d_out=session.output_dim)
     if session.two_way:
+        gallery_probes = l2_normalize(
+            rng.standard_normal((settings.probe_vectors, session.output_dim))
+        )
         _probe_map(
             session.map_gallery_raw,
+            gallery_probes,
             what="transformer's gallery map",
-            d_in=session.output_dim,
             d_out=session.input_dim,
-            n=settings.probe_vectors,
-            rng=rng,
+        )
+    if meta.validation_sample is not None:
+        sample = decode_vectors(
+            meta.validation_sample, dim=session.input_dim, key=META_VALIDATION_SAMPLE
+        )
+        _probe_map(
+            session.map_raw,
+            l2_normalize(sample),
+            what="transformer",
+            d_out=session.output_dim,
+            probes_are="its calibration sample of real face vectors",
         )
     metrics: dict[str, float] = {}
     if settings.validation_pairs is not None:
@@ -275,37 +328,26 @@ def validate_transformer(
 
 def _probe_map(
     run: Callable[[np.ndarray], np.ndarray],
+    probes: np.ndarray,
     *,
     what: str,
-    d_in: int,
     d_out: int,
-    n: int,
-    rng: np.random.Generator,
+    probes_are: str = "random probe vectors",
 ) -> None:
-    """One head of a transformer on ``n`` random unit probes: runs, [n, d_out], finite, non-zero."""
-    probes = l2_normalize(rng.standard_normal((n, d_in)))
+    """One head of a transformer on ``probes``: runs, [n, d_out], finite, non-zero."""
     try:
         raw = run(probes)
     except Exception as exc:
-        raise ContractError(f"{what} fails on probe vectors ({type(exc).__name__})") from exc
+        raise ContractError(f"{what} fails on {probes_are} ({type(exc).__name__})") from exc
     if raw.shape != (probes.shape[0], d_out):
         raise ContractError(f"{what} returned shape {raw.shape} for {probes.shape} probes")
-    if not np.isfinite(raw).all():
-        raise ContractError(f"{what} outputs NaN/inf on probe vectors")
+    bad = ~np.isfinite(raw).all(axis=1)
+    if bad.any():
+        raise ContractError(
+            f"{what} outputs NaN/inf on {int(bad.sum())} of {len(raw)} of {probes_are}"
+        )
     if (np.linalg.norm(raw, axis=1) == 0).any():
-        raise ContractError(f"{what} outputs zero vectors on probe vectors")
-
-
-def _write_atomically(directory: Path, name: str, data: bytes) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / name
-    tmp = directory / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    return target
+        raise ContractError(f"{what} outputs zero vectors on {probes_are}")
 
 
 def _row(session: Session, version: str) -> TransformerVersion:
@@ -320,45 +362,98 @@ def _row(session: Session, version: str) -> TransformerVersion:
 # ---------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------
+UPLOAD_CHUNK = 1 << 20
+
+
+def _receive_upload(
+    source: bytes | BinaryIO, *, directory: Path, limit: int
+) -> tuple[Path, str, int]:
+    """Copy an upload into a private temp file beside the stored ones, hashing it and enforcing
+    ``limit`` as the bytes arrive. Returns (temp path, sha256, size); the caller removes it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stream: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source
+    digest, size = hashlib.sha256(), 0
+    tmp = directory / f".upload-{os.getpid()}-{os.urandom(6).hex()}.part"
+    try:
+        with open(tmp, "wb") as out:
+            while chunk := stream.read(UPLOAD_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"transformer file is over {limit} bytes (the limit)")
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if size == 0:
+            raise InvalidInput("empty transformer upload")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, digest.hexdigest(), size
+
+
 def upload_transformer(
     *,
     session_factory: sessionmaker[Session],
     settings: ServiceSettings,
-    data: bytes,
+    data: bytes | BinaryIO,
+    filename: str | None = None,
     activate: bool = False,
     note: str | None = None,
     actor: Actor = LOCAL_ACTOR,
 ) -> TransformerInfo:
-    """Validate and store an ONNX transformer (audited); optionally activate it.
+    """Validate and store an ONNX transformer (bytes, or a binary file read in chunks;
+    audited); optionally activate it.
 
-    Garbage, wrong dims or wrong model ids raise ContractError with nothing stored and the
-    active version unchanged. The same bytes uploaded again return the existing version
-    (``created=False``).
+    Garbage, wrong dims or wrong model ids raise ContractError naming ``filename``, with
+    nothing stored (no row, no file) and the active version unchanged. The same bytes uploaded
+    again return the existing version (``created=False``).
     """
-    if not data:
-        raise InvalidInput("empty transformer upload")
-    if len(data) > settings.max_transformer_bytes:
-        raise PayloadTooLarge(
-            f"transformer file is {len(data)} bytes; the limit is {settings.max_transformer_bytes}"
-        )
     directory = settings.transformers_path
-    sha256 = hashlib.sha256(data).hexdigest()
-    version = version_for(sha256)
-    expected_dim: int | None = None
-    expected_model: str | None = None
-    info: TransformerInfo | None = None
+    tmp, sha256, size = _receive_upload(
+        data, directory=directory, limit=settings.max_transformer_bytes
+    )
+    try:
+        return _store_upload(
+            tmp,
+            sha256=sha256,
+            size=size,
+            filename=filename or "upload.onnx",
+            session_factory=session_factory,
+            settings=settings,
+            activate=activate,
+            note=note,
+            actor=actor,
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _store_upload(
+    tmp: Path,
+    *,
+    sha256: str,
+    size: int,
+    filename: str,
+    session_factory: sessionmaker[Session],
+    settings: ServiceSettings,
+    activate: bool,
+    note: str | None,
+    actor: Actor,
+) -> TransformerInfo:
+    directory, version = settings.transformers_path, version_for(sha256)
+    file_name = f"{sha256}.onnx"
     with session_factory() as session:
         existing = session.scalars(
             select(TransformerVersion).where(TransformerVersion.sha256 == sha256)
         ).first()
-        if existing is not None:
-            info = TransformerInfo.from_row(existing, directory=directory, created=False)
-            if not info.file.is_file():  # file lost: restore it from the upload
-                _write_atomically(directory, existing.file_name, data)
-        else:
+        if existing is None:
             expected_dim = gallery_dim(session=session, settings=settings)
             expected_model = gallery_model_id(session=session, settings=settings)
-    if info is not None:
+    if existing is not None:
+        info = TransformerInfo.from_row(existing, directory=directory, created=False)
+        if not info.file.is_file():  # file lost: restore it from the upload
+            os.replace(tmp, info.file)
         if activate and not info.active:
             return activate_transformer(
                 session_factory=session_factory,
@@ -369,59 +464,63 @@ def upload_transformer(
             )
         return info
 
-    # Validate a private temp copy; only a valid file gets its content-addressed name.
-    directory.mkdir(parents=True, exist_ok=True)
-    probe_path = _write_atomically(directory, f".upload-{sha256}.onnx.check", data)
+    # Everything is validated and computed on the temp file; only then does it get its name.
+    session_obj = load_transformer_session(tmp, settings=settings, name=filename)
+    metrics = validate_transformer(
+        session_obj,
+        settings=settings,
+        expected_output_dim=expected_dim,
+        expected_target_model=expected_model,
+    )
+    meta = session_obj.metadata
+    row = TransformerVersion(
+        version=version,
+        sha256=sha256,
+        file_name=file_name,
+        size_bytes=size,
+        input_dim=session_obj.input_dim,
+        output_dim=session_obj.output_dim,
+        source_model=meta.source_model,
+        target_model=meta.target_model,
+        recipe=meta.recipe,
+        threshold=meta.threshold,
+        fusion_weight=session_obj.fusion_weight,
+        metrics=_json_safe({**meta.metrics, **metrics}),
+        note=note,
+        state=STATE_INACTIVE,
+    )
+    final = directory / file_name
+    os.replace(tmp, final)
     try:
-        session_obj = load_transformer_session(probe_path, settings=settings)
-        metrics = validate_transformer(
-            session_obj,
-            settings=settings,
-            expected_output_dim=expected_dim,
-            expected_target_model=expected_model,
-        )
-        meta = session_obj.metadata
-        file_name = f"{sha256}.onnx"
-        os.replace(probe_path, directory / file_name)
-    finally:
-        probe_path.unlink(missing_ok=True)
-    all_metrics = _json_safe({**dict(meta.metrics or {}), **metrics})
-    with session_factory() as session:
-        row = TransformerVersion(
-            version=version,
-            sha256=sha256,
-            file_name=file_name,
-            size_bytes=len(data),
-            input_dim=session_obj.input_dim,
-            output_dim=session_obj.output_dim,
-            source_model=meta.source_model,
-            target_model=meta.target_model,
-            recipe=meta.recipe,
-            threshold=meta.threshold,
-            fusion_weight=session_obj.fusion_weight,
-            metrics=all_metrics,
-            note=note,
-            state=STATE_INACTIVE,
-        )
-        session.add(row)
-        try:
-            session.flush()
-            audit.record_event(
-                session,
-                action=audit.ACTION_UPLOAD,
-                actor=actor,
-                subject=version,
-                to_value=version,
-                reason=note,
-                details={"recipe": meta.recipe, "sha256": sha256},
+        with session_factory() as session:
+            session.add(row)
+            try:
+                session.flush()
+                audit.record_event(
+                    session,
+                    action=audit.ACTION_UPLOAD,
+                    actor=actor,
+                    subject=version,
+                    to_value=version,
+                    reason=note,
+                    details={"recipe": meta.recipe, "sha256": sha256},
+                )
+                session.commit()
+            except IntegrityError:  # the same file uploaded concurrently: its row stands
+                session.rollback()
+                info = TransformerInfo.from_row(
+                    _row(session, version), directory=directory, created=False
+                )
+            else:
+                info = TransformerInfo.from_row(row, directory=directory, created=True)
+    except BaseException:
+        with session_factory() as session:
+            referenced = session.scalar(
+                select(TransformerVersion.id).where(TransformerVersion.sha256 == sha256)
             )
-            session.commit()
-        except IntegrityError:  # the same file uploaded concurrently
-            session.rollback()
-            row = _row(session, version)
-            info = TransformerInfo.from_row(row, directory=directory, created=False)
-        else:
-            info = TransformerInfo.from_row(row, directory=directory, created=True)
+        if referenced is None:
+            final.unlink(missing_ok=True)  # never a file without its row
+        raise
     log.info("stored transformer %s (%s)", version, meta.recipe)
     if activate:
         return activate_transformer(
@@ -458,31 +557,38 @@ def registry_state(*, session: Session) -> RegistryStateInfo:
     )
 
 
-def _switch_active(session: Session, *, target: TransformerVersion | None) -> str | None:
-    """Within the caller's transaction: make ``target`` the only active row (None: no active).
+def _switch_active(session: Session, *, target_version: str | None) -> str | None:
+    """Within the caller's transaction: make ``target_version`` the only active row (None: no
+    active row). Returns the previously active version.
 
-    Locks the registry_state row first (Postgres: SELECT ... FOR UPDATE), so concurrent
-    activations serialise; the partial unique index is the last line of defence.
-    Returns the previously active version.
+    The registry lock is taken BEFORE anything is read, so a concurrent activation, deletion or
+    rollback runs entirely before or after this one; every UPDATE's row count is checked. The
+    partial unique index stays the last line of defence.
     """
-    state = registry_row(session, for_update=True)
+    lock_registry_state(session)
+    state = registry_row(session)
+    target = _row(session, target_version) if target_version is not None else None
     current = session.scalars(
         select(TransformerVersion).where(TransformerVersion.state == STATE_ACTIVE)
     ).first()
     previous = current.version if current is not None else None
     if current is not None and (target is None or current.id != target.id):
         # Deactivate first and flush: the index must never see two active rows.
-        session.execute(
+        _update_one(
+            session,
             update(TransformerVersion)
             .where(TransformerVersion.id == current.id)
-            .values(state=STATE_INACTIVE)
+            .values(state=STATE_INACTIVE),
+            what=f"deactivating {current.version}",
         )
         session.flush()
     if target is not None:
-        session.execute(
+        _update_one(
+            session,
             update(TransformerVersion)
             .where(TransformerVersion.id == target.id)
-            .values(state=STATE_ACTIVE, activated_at=utcnow())
+            .values(state=STATE_ACTIVE, activated_at=utcnow()),
+            what=f"activating {target.version}",
         )
     if previous != (target.version if target is not None else None):
         state.previous_version = previous
@@ -490,12 +596,21 @@ def _switch_active(session: Session, *, target: TransformerVersion | None) -> st
     state.updated_at = utcnow()
     session.flush()
     # Increment in SQL (not from a value read earlier): concurrent activations never reuse one.
-    session.execute(
+    _update_one(
+        session,
         update(RegistryState)
         .where(RegistryState.id == REGISTRY_STATE_ID)
-        .values(generation=RegistryState.generation + 1)
+        .values(generation=RegistryState.generation + 1),
+        what="bumping the generation",
     )
     return previous
+
+
+def _update_one(session: Session, statement: Any, *, what: str) -> None:
+    """Run an UPDATE that must change exactly one row (Conflict otherwise: retry)."""
+    result = session.execute(statement)
+    if result.rowcount != 1:
+        raise Conflict(f"the registry changed while {what}; retry")
 
 
 def activate_transformer(
@@ -563,8 +678,7 @@ def _commit_switch(
     """
     with session_factory() as session:
         try:
-            _lock_registry(session)
-            row = _row(session, version)
+            lock_registry_state(session)  # first: then everything read is current
             if expected_target is not None:
                 active = session.scalars(
                     select(TransformerVersion.version).where(
@@ -573,7 +687,7 @@ def _commit_switch(
                 ).first()
                 if audit.rollback_target(session, active=active) != expected_target:
                     raise Conflict("the activation history changed meanwhile; retry the rollback")
-            previous = _switch_active(session, target=row)
+            previous = _switch_active(session, target_version=version)
             details = shadow_store.summary_for_promotion(session, version=version)
             audit.record_event(
                 session,
@@ -591,21 +705,14 @@ def _commit_switch(
         except IntegrityError as exc:
             session.rollback()
             raise Conflict("another activation happened at the same time; retry") from exc
-        session.refresh(row)
+        except Exception:
+            session.rollback()
+            raise
         log.info("%s: transformer %s -> %s (%s)", action, previous, version, actor.label)
+        # Re-read, not refresh: the active row cannot be deleted, so it is there.
+        session.expire_all()
+        row = _row(session, version)
         return TransformerInfo.from_row(row, directory=settings.transformers_path)
-
-
-def _lock_registry(session: Session) -> None:
-    """Take the registry_state row's write lock FIRST in the transaction: a no-op UPDATE locks
-    the row on Postgres and, as the first write, takes SQLite's database write lock, so what
-    the transaction reads afterwards (the active row, the history) is current."""
-    registry_row(session)
-    session.execute(
-        update(RegistryState)
-        .where(RegistryState.id == REGISTRY_STATE_ID)
-        .values(generation=RegistryState.generation)
-    )
 
 
 def _point_previous_at_rollback_target(session: Session, *, active: str | None) -> None:
@@ -660,7 +767,7 @@ def deactivate_transformer(
 ) -> str | None:
     """Leave no version active (identify then answers 503). Returns the version deactivated."""
     with session_factory() as session:
-        previous = _switch_active(session, target=None)
+        previous = _switch_active(session, target_version=None)
         if previous is not None:
             audit.record_event(
                 session,
@@ -687,11 +794,11 @@ def delete_transformer(
     """Delete an inactive version and its file (audited; it leaves the rollback history and
     any shadow run of it stops). Conflict for the active version."""
     with session_factory() as session:
+        lock_registry_state(session)  # first: an activation of this version waits, or ran
         row = _row(session, version)
         if row.state == STATE_ACTIVE:
             raise Conflict(f"{version} is the active transformer; activate another one first")
         path = settings.transformers_path / row.file_name
-        registry_row(session, for_update=True)
         shadow_store.stop_running(
             session, reason=f"candidate {version} deleted", actor=actor, candidate=version
         )

@@ -7,6 +7,7 @@ poller), exactly as uvicorn would.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.app import create_app, wait_until_started
 from service.settings import ServiceSettings
 
 from .onnx_fixtures import (
@@ -83,9 +84,19 @@ def settings(tmp_path: Path, tiny_manifest: Path) -> ServiceSettings:
     return make_settings(tmp_path, tiny_manifest)
 
 
+@contextmanager
+def started_client(settings: ServiceSettings, **kwargs: Any) -> Iterator[TestClient]:
+    """``with TestClient(create_app(settings))`` whose background start-up is done (its error
+    re-raised): the lifespan returns at once, the server binds first."""
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False, **kwargs) as test_client:
+        wait_until_started(app)
+        yield test_client
+
+
 @pytest.fixture
 def client(settings: ServiceSettings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+    with started_client(settings) as test_client:
         yield test_client
 
 

@@ -23,6 +23,7 @@ from service.contracts import (
     TransformerMetadata,
 )
 from service.decision import ScoreCalibration
+from service.metadata_fields import encode_vectors
 
 TINY_BACKBONE_ID = "tiny-backbone-16"
 TINY_OLD_MODEL_ID = "tiny-old-16"
@@ -85,6 +86,9 @@ def write_matrix_transformer(
     gallery_output: bool = True,
     gallery_batch: str = "gallery",
     calibrations: tuple[ScoreCalibration, ...] = (),
+    extra_props: dict[str, str] | None = None,
+    nan_above: tuple[np.ndarray, float] | None = None,
+    validation_sample: np.ndarray | None = None,
 ) -> Path:
     """A transformer ONNX file computing ``new @ matrix`` with facebridge metadata.
 
@@ -92,7 +96,10 @@ def write_matrix_transformer(
     @ backward``, metadata fusion weight ``fusion_weight`` (default 0.9; 1.0 without
     ``backward``). ``gallery_output=False`` / ``gallery_batch="batch"`` / a one-way file with a
     weight < 1 build the off-contract files the contract tests need. ``calibrations``: the
-    open-set calibrations to store (none: an "older" file).
+    open-set calibrations to store (none: an "older" file). ``extra_props`` override
+    metadata entries. ``nan_above=(u, c)`` makes the forward map output NaN for inputs whose
+    cosine with the unit vector ``u`` exceeds ``c`` (a "broken on real faces" transformer);
+    ``validation_sample`` is stored as the file's calibration sample.
     """
     matrix = np.asarray(matrix, dtype=np.float32)
     d_in, d_out = matrix.shape
@@ -102,6 +109,22 @@ def write_matrix_transformer(
         helper.make_tensor_value_info(TRANSFORMER_OUTPUT, TensorProto.FLOAT, ["batch", d_out])
     ]
     initializers = [numpy_helper.from_array(matrix, "w")]
+    if nan_above is not None:
+        # out = x @ w + 0 * sqrt(c - x . u): NaN exactly where x . u > c.
+        trap, limit = nan_above
+        nodes = [
+            helper.make_node("MatMul", [TRANSFORMER_INPUT, "w"], ["mapped"]),
+            helper.make_node("MatMul", [TRANSFORMER_INPUT, "trap"], ["along"]),
+            helper.make_node("Sub", ["limit", "along"], ["room"]),
+            helper.make_node("Sqrt", ["room"], ["root"]),
+            helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
+            helper.make_node("Add", ["mapped", "nan_or_zero"], [TRANSFORMER_OUTPUT]),
+        ]
+        initializers += [
+            numpy_helper.from_array(np.asarray(trap, np.float32).reshape(d_in, 1), "trap"),
+            numpy_helper.from_array(np.array([limit], np.float32), "limit"),
+            numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+        ]
     if backward is not None:
         back = np.asarray(backward, dtype=np.float32)
         inputs.append(
@@ -138,8 +161,9 @@ def write_matrix_transformer(
         threshold=threshold,
         fusion_weight=fusion_weight,
         calibrations=tuple(calibrations),
+        validation_sample=None if validation_sample is None else encode_vectors(validation_sample),
     )
-    for key, value in meta.to_props().items():
+    for key, value in {**meta.to_props(), **(extra_props or {})}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.app import create_app, wait_until_started
 from service.errors import ContractError
 from service.settings import ServiceSettings
 
-from .conftest import ADMIN, assert_problem, image_part, make_settings
+from .conftest import ADMIN, assert_problem, image_part, make_settings, started_client
 
 
 def test_healthz_and_readyz(client: TestClient) -> None:
@@ -67,6 +67,7 @@ def test_unexpected_exception_is_a_500_problem_without_traceback(
         raise RuntimeError("secret internals /etc/passwd")
 
     with TestClient(app, raise_server_exceptions=False) as test_client:
+        wait_until_started(app)
         response = test_client.get("/boom")
     body = assert_problem(response, 500, "internal-error")
     assert "secret" not in response.text and "Traceback" not in response.text
@@ -77,7 +78,7 @@ def test_without_a_backbone_readyz_is_503_and_identify_says_why(
     tmp_path: Path, tiny_manifest: Path
 ) -> None:
     settings = make_settings(tmp_path, tiny_manifest, backbone_manifest=None)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+    with started_client(settings) as test_client:
         ready = test_client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["backbone"].startswith("fail")

@@ -175,11 +175,7 @@ def test_too_many_images_is_422(client: TestClient, keys: dict, active_version: 
 @pytest.mark.dlib
 def test_photo_without_a_face_is_422_no_face(tmp_path, tiny_manifest) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("dlib")
-    from fastapi.testclient import TestClient as Client
-
-    from service.app import create_app
-
-    from .conftest import ADMIN, upload_transformer
+    from .conftest import ADMIN, started_client, upload_transformer
     from .onnx_fixtures import random_rotation, write_matrix_transformer
 
     settings: ServiceSettings = make_settings(tmp_path, tiny_manifest, detector="dlib")
@@ -187,7 +183,7 @@ def test_photo_without_a_face_is_422_no_face(tmp_path, tiny_manifest) -> None:  
     blank = np.full((250, 250, 3), 127, np.uint8)
     buf = io.BytesIO()
     Image.fromarray(blank).save(buf, format="PNG")
-    with Client(create_app(settings), raise_server_exceptions=False) as client:
+    with started_client(settings) as client:
         assert upload_transformer(client, path, activate=True).status_code == 201
         response = client.post(
             "/v1/identify",

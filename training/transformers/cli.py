@@ -176,6 +176,7 @@ def fit_command(
         target_model=target_model,
         threshold=threshold,
         calibrations=calibrations,
+        validation_new=fit_pairs.new,
     )
     report = export_transformer(fitted, output, metadata=metadata())
     metrics: dict[str, float] = {}

@@ -35,11 +35,13 @@ from service.contracts import (
 from service.decision import ScoreCalibration
 from service.errors import ContractError
 from service.inference.transformer import TransformerSession, file_sha256
+from service.metadata_fields import encode_vectors, evenly_spaced_unit_rows
 from service.vectors import l2_normalize
 from training.transformers.fit import FittedTransformer
 from training.transformers.models import TwoWayMap
 
 PARITY_BATCHES = (1, 7, 256)
+VALIDATION_SAMPLE_ROWS = 32
 PARITY_MIN_COSINE = 0.9999
 OPSET = 17
 
@@ -69,6 +71,13 @@ class ExportReport:
         return out
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def default_metadata(
     fitted: FittedTransformer,
     *,
@@ -77,7 +86,16 @@ def default_metadata(
     threshold: float | None = None,
     metrics: dict[str, float] | None = None,
     calibrations: Sequence[ScoreCalibration] = (),
+    validation_new: np.ndarray | None = None,
 ) -> TransformerMetadata:
+    """The artefact's metadata. ``validation_new``: new-model vectors of the fit rows, of which
+    ``VALIDATION_SAMPLE_ROWS`` evenly spaced ones are stored as the calibration sample the
+    service validates uploads on (``facebridge.validation_sample``)."""
+    sample = None
+    if validation_new is not None and len(validation_new):
+        sample = encode_vectors(
+            evenly_spaced_unit_rows(validation_new, rows=VALIDATION_SAMPLE_ROWS)
+        )
     return TransformerMetadata(
         input_dim=fitted.input_dim,
         output_dim=fitted.output_dim,
@@ -89,6 +107,7 @@ def default_metadata(
         metrics=dict(metrics or {}),
         fusion_weight=fitted.fusion_weight,
         calibrations=tuple(calibrations),
+        validation_sample=sample,
     )
 
 
@@ -170,6 +189,7 @@ def export_transformer(
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~current_umask())  # mkstemp makes it 0600; the file gets what open() gives
     try:
         _export_graph(fitted, tmp)
         model = onnx.load(str(tmp))
