@@ -97,10 +97,11 @@ def load_rgb_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Ima
         # Pillow says "image file is truncated" / "broken data stream" etc.
         raise ImageError(f"truncated or corrupt {image.format} image: {exc}") from exc
     try:
-        oriented = ImageOps.exif_transpose(image)
+        # In place: without an orientation tag, the default returns a copy of every pixel.
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # a corrupt EXIF block must not lose an otherwise good image
-        oriented = image
-    return oriented if oriented.mode == "RGB" else _to_rgb(oriented)
+        pass
+    return image if image.mode == "RGB" else _to_rgb(image)
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:

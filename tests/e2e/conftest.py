@@ -50,7 +50,8 @@ class Server:
     def log_path(self) -> Path:
         return self.workdir / f"server-{self.port}.log"
 
-    def start(self) -> Server:
+    def start(self, *, wait: bool = True) -> Server:
+        """Start the process; with ``wait``, until /readyz answers 200."""
         assert self.process is None, "already running"
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         command = [
@@ -71,6 +72,8 @@ class Server:
                 command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         self.starts += 1
+        if not wait:
+            return self
         try:
             self.wait_ready()
         except RuntimeError:
@@ -162,6 +165,54 @@ def servers() -> Iterator[list[Server]]:
     yield started
     for server in started:
         server.kill()
+
+
+def post_until_answered(
+    server: Server,
+    path: str,
+    *,
+    total: int,
+    api_key: str | None = ADMIN_KEY,
+    declare_length: bool = False,
+    part_name: str = "image",
+) -> tuple[int, int]:
+    """POST a multipart body of up to ``total`` bytes over a raw socket, stopping as soon as the
+    server answers. Chunked, or with ``Content-Length: total`` when ``declare_length``.
+    Returns (status, bytes of body sent before the answer)."""
+    import select
+    import socket
+
+    chunk = b"\xff" * 65536
+    sent = 0
+    key = f"X-API-Key: {api_key}\r\n" if api_key else ""
+    framing = f"Content-Length: {total}" if declare_length else "Transfer-Encoding: chunked"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{key}"
+            f"Content-Type: multipart/form-data; boundary=x\r\n{framing}\r\n\r\n"
+        )
+        part = (
+            f'--x\r\nContent-Disposition: form-data; name="{part_name}"; filename="big.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        frame = (
+            (lambda data: data)
+            if declare_length
+            else (lambda data: b"%x\r\n%s\r\n" % (len(data), data))
+        )
+        sock.sendall(head.encode() + frame(part))
+        sent = len(part)
+        while sent < total:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sock.sendall(frame(chunk[: total - sent]))
+            except OSError:
+                break  # the server closed the connection after answering
+            sent += min(len(chunk), total - sent)
+        answer = sock.recv(4096).decode("latin-1")
+    return int(answer.split(" ", 2)[1]), sent
 
 
 def upload_transformer(client: httpx.Client, path: Path, *, activate: bool) -> dict[str, Any]:

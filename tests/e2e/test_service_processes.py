@@ -22,7 +22,14 @@ from api.onnx_fixtures import (
     write_tiny_backbone,
 )
 
-from .conftest import ADMIN, Server, import_gallery, server_env, upload_transformer
+from .conftest import (
+    ADMIN,
+    Server,
+    import_gallery,
+    post_until_answered,
+    server_env,
+    upload_transformer,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -58,38 +65,6 @@ def _identify_top(client: httpx.Client, seed: int) -> dict:
     return response.json()["results"][0]
 
 
-def _post_chunked_until_answered(server: Server, path: str, *, total: int) -> tuple[int, int]:
-    """POST a chunked body of up to ``total`` bytes over a raw socket, stopping as soon as the
-    server answers. Returns (status, bytes sent before the answer)."""
-    import select
-    import socket
-
-    chunk = b"\xff" * 65536
-    sent = 0
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {ADMIN['X-API-Key']}\r\n"
-            "Content-Type: multipart/form-data; boundary=x\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n"
-        )
-        part = (
-            b'--x\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n'
-            b"Content-Type: image/jpeg\r\n\r\n"
-        )
-        sock.sendall(head.encode() + b"%x\r\n%s\r\n" % (len(part), part))
-        while sent < total:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if readable:
-                break
-            try:
-                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            except OSError:
-                break  # the server closed the connection after answering
-            sent += len(chunk)
-        answer = sock.recv(4096).decode("latin-1")
-    return int(answer.split(" ", 2)[1]), sent
-
-
 def test_sigkill_during_enrolments_loses_nothing_acknowledged(
     tiny_models: dict[str, Path], tmp_path: Path, servers: list[Server]
 ) -> None:
@@ -99,7 +74,7 @@ def test_sigkill_during_enrolments_loses_nothing_acknowledged(
     with server.client() as client:
         upload_transformer(client, tiny_models["t1"], activate=True)
     # Upload limit on a real socket: a 256 MB chunked body is cut off near the 1 MB limit.
-    status, sent = _post_chunked_until_answered(server, "/v1/identify", total=256 << 20)
+    status, sent = post_until_answered(server, "/v1/identify", total=256 << 20)
     assert status == 413 and sent < 32 << 20
 
     acknowledged: list[tuple[int, int, int]] = []  # (seed, identity id, face id)
