@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from service.db.models import FACE_SOURCES, Face, Identity
 from service.errors import Conflict, InvalidInput, NotFound
@@ -137,6 +138,9 @@ def _commit(session: Session, *, what: str) -> None:
     except IntegrityError as exc:
         session.rollback()
         raise Conflict(f"{what} conflicts with an existing record") from exc
+    except StaleDataError as exc:  # deleted by a concurrent request since it was read
+        session.rollback()
+        raise NotFound(f"{what} was deleted meanwhile") from exc
 
 
 def _flush(session: Session, *, what: str) -> None:

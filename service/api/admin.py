@@ -104,7 +104,10 @@ async def upload_transformer(
     actor: AdminActor,
     response: Response,
     _multipart: MultipartBody,
-    file: Annotated[UploadFile, File(description="the transformer ONNX file")],
+    file: Annotated[
+        UploadFile,
+        File(description="the transformer ONNX file", json_schema_extra={"minLength": 1}),
+    ],
     activate: Annotated[bool, Form(description="activate it once validated")] = False,
     note: Annotated[str | None, Form(max_length=2000)] = None,
 ) -> TransformerInfo:

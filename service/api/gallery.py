@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
 
@@ -44,11 +44,13 @@ async def import_gallery(
         UploadFile,
         File(
             description="`.npz` with `old` [N, d] + `name` and/or `external_id`; or Parquet/CSV "
-            "with `external_id`, `name` and `v0..v{d-1}` (or a `vector` list column)"
+            "with `external_id`, `name` and `v0..v{d-1}` (or a `vector` list column)",
+            json_schema_extra={"minLength": 1},
         ),
     ],
     format: Annotated[
-        str | None, Form(description="npz | parquet | csv; default: from the file name")
+        Literal["npz", "parquet", "csv"] | None,
+        Form(description="npz | parquet | csv; default: from the file name"),
     ] = None,
     model_id: Annotated[
         str | None, Form(description="id of the old model that made the vectors")
@@ -58,8 +60,6 @@ async def import_gallery(
     to a temporary file (never held in memory whole); one transaction: a malformed file stores
     nothing."""
     check_media_type(file, allowed=IMPORT_MEDIA_TYPES, what="gallery file")
-    if format is not None and format not in ("npz", "parquet", "csv"):
-        raise InvalidInput(f"format must be npz, parquet or csv, got {format!r}")
     size = file.size if file.size is not None else 0
     if size == 0:
         raise InvalidInput("empty file: the upload has no bytes")

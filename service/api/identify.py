@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from service.api.deps import IdentifyScope, MultipartBody, StateDep
 from service.api.schemas import (
     MAX_DB_INT,
+    NON_EMPTY_PARTS,
     Candidate,
     IdentifyResponse,
     IdentifyResult,
@@ -27,8 +28,10 @@ router = APIRouter(prefix="/v1", tags=["identify"])
 ImageParts = Annotated[
     list[UploadFile],
     File(
+        min_length=1,
+        json_schema_extra=NON_EMPTY_PARTS,
         description="one or more images (JPEG/PNG/WebP): aligned 112x112 crops or photos; "
-        "several parts named `image` form a batch answered in order"
+        "several parts named `image` form a batch answered in order",
     ),
 ]
 TopK = Annotated[int, Query(ge=1, le=100, description="candidates per image")]
@@ -119,7 +122,10 @@ async def verify(
     state: StateDep,
     _auth: IdentifyScope,
     _multipart: MultipartBody,
-    image: Annotated[UploadFile, File(description="one image (aligned crop or photo)")],
+    image: Annotated[
+        UploadFile,
+        File(description="one image (aligned crop or photo)", json_schema_extra={"minLength": 1}),
+    ],
     identity_id: Annotated[
         int, Form(ge=1, le=MAX_DB_INT, description="the identity to compare with")
     ],

@@ -11,6 +11,7 @@ from service import identities as domain
 from service.api.deps import DbSession, EnrolScope, IdentifyScope, MultipartBody, StateDep
 from service.api.schemas import (
     MAX_DB_INT,
+    NON_EMPTY_PARTS,
     EnrolResponse,
     Face,
     Identity,
@@ -132,7 +133,12 @@ async def enrol_faces(
     _auth: EnrolScope,
     _multipart: MultipartBody,
     image: Annotated[
-        list[UploadFile], File(description="one or more images; one face is enrolled per image")
+        list[UploadFile],
+        File(
+            min_length=1,
+            json_schema_extra=NON_EMPTY_PARTS,
+            description="one or more images; one face is enrolled per image",
+        ),
     ],
 ) -> EnrolResponse:
     """New backbone -> active transformer -> stored in the OLD space, marked ``mapped`` with the

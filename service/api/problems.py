@@ -146,13 +146,18 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
 
 
 def allowed_methods(app: Any, path: str) -> list[str]:
-    """Every method some route of ``app`` answers on ``path`` (HEAD with GET)."""
-    methods: set[str] = set()
+    """The methods of the resource ``path`` is: every route with the most specific path
+    template matching it (a literal ``/transformers/rollback`` before ``/{version}``)."""
+    by_template: dict[str, set[str]] = {}
     for context in iter_route_contexts(app.routes):
-        route, full_path = context.original_route, context.path
-        if full_path and compile_path(full_path)[0].match(path):
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+        template = context.path
+        if template and compile_path(template)[0].match(path):
+            methods = set(getattr(context.original_route, "methods", None) or ())
+            by_template.setdefault(template, set()).update(methods)
+    if not by_template:
+        return []
+    best = min(by_template, key=lambda template: template.count("{"))
+    return sorted(by_template[best])
 
 
 def _internal_error(path: str | None, exc: BaseException) -> JSONResponse:

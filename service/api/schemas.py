@@ -526,8 +526,13 @@ class Readiness(BaseModel):
 # The largest id/offset the databases hold (64-bit signed): larger values are refused with 422
 # in the schema rather than overflowing in the driver (a 500).
 MAX_DB_INT = 2**63 - 1
+# Multipart file parts are never empty (an empty part is a 422): say so in the schema.
+NON_EMPTY_PARTS = {
+    "items": {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1}
+}
 
 _PROBLEM_TITLES = {
+    400: ("bad-request", "Bad request"),
     401: ("unauthorized", "Missing or unknown API key"),
     403: ("forbidden", "API key lacks the required scope"),
     404: ("not-found", "Not found"),
@@ -543,9 +548,9 @@ _PROBLEM_TITLES = {
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the problem+json errors a route can answer."""
     out: dict[int | str, dict[str, Any]] = {}
-    # Every route can answer these: no/unknown key, invalid input, too many failed
-    # authentications from the address, the service still starting.
-    for status in sorted({401, 422, 429, 503, *statuses}):
+    # Every route can answer these: a body that cannot be parsed, no/unknown key, invalid
+    # input, too many failed authentications from the address, the service still starting.
+    for status in sorted({400, 401, 422, 429, 503, *statuses}):
         code, title = _PROBLEM_TITLES[status]
         example = {
             "type": f"https://facebridge.dev/problems/{code}",

@@ -9,6 +9,7 @@ No Pillow global (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES`
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -96,11 +97,10 @@ def load_rgb_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Ima
     except (OSError, ValueError, SyntaxError) as exc:
         # Pillow says "image file is truncated" / "broken data stream" etc.
         raise ImageError(f"truncated or corrupt {image.format} image: {exc}") from exc
-    try:
-        # In place: without an orientation tag, the default returns a copy of every pixel.
+    # In place: without an orientation tag, the default returns a copy of every pixel. A
+    # corrupt EXIF block must not lose an otherwise good image.
+    with contextlib.suppress(Exception):
         ImageOps.exif_transpose(image, in_place=True)
-    except Exception:  # a corrupt EXIF block must not lose an otherwise good image
-        pass
     return image if image.mode == "RGB" else _to_rgb(image)
 
 
