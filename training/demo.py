@@ -790,10 +790,12 @@ def _verify_examples(
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.app import create_app, wait_until_started
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per in-process request
-    with TestClient(create_app(settings_from_env(env))) as client:
+    app = create_app(settings_from_env(env))
+    with TestClient(app) as client:
+        wait_until_started(app, timeout=600)  # the lifespan returns first; loading follows
         verified, stats = _first_correct(
             client, api_key=api_key, candidates=candidates, wanted=N_EXAMPLES
         )

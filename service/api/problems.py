@@ -91,8 +91,10 @@ def problem_response(
 def _facebridge_error_response(request: Request, exc: FacebridgeError) -> JSONResponse:
     if exc.status >= 500:
         log.error("request %s failed: %s: %s", current_request_id(), type(exc).__name__, exc)
-    headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else None
-    return problem_response(exc.problem(instance=request.url.path), headers=headers)
+    headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else {}
+    if "retry_after_s" in exc.extra:  # 429, 503 while starting or saturated
+        headers["Retry-After"] = str(exc.extra["retry_after_s"])
+    return problem_response(exc.problem(instance=request.url.path), headers=headers or None)
 
 
 async def _handle_facebridge_error(request: Request, exc: Exception) -> JSONResponse:

@@ -39,8 +39,10 @@ def test_healthz_answers_while_the_gallery_loads(
             assert ready.status_code == 503
             assert ready.json()["status"] == "starting"
             assert "opening the gallery index" in ready.json()["checks"]["startup"]
-            body = assert_problem(client.get("/v1/identities", headers=ADMIN), 503, "unavailable")
+            starting = client.get("/v1/identities", headers=ADMIN)
+            body = assert_problem(starting, 503, "unavailable")
             assert "starting" in body["detail"] and "gallery index" in body["detail"]
+            assert starting.headers["retry-after"] == "1"
         finally:
             release.set()
         wait_until_started(app)

@@ -48,10 +48,12 @@ def _identify_top1(state: DemoState, images: list[Path]) -> list[str | None]:
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.app import create_app, wait_until_started
 
     names: list[str | None] = []
-    with TestClient(create_app(settings_from_env(state.env))) as client:
+    app = create_app(settings_from_env(state.env))
+    with TestClient(app) as client:
+        wait_until_started(app)
         for image in images:
             with open(image, "rb") as fh:
                 response = client.post(

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from service.app import create_app
+from service.app import create_app, wait_until_started
 from service.errors import ServiceUnavailable
 from service.settings import ServiceSettings
 
@@ -58,6 +58,8 @@ def test_cpu_image_settings_start(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    with TestClient(create_app(_settings(tmp_path, cpu_env))) as client:
+    app = create_app(_settings(tmp_path, cpu_env))
+    with TestClient(app) as client:
+        wait_until_started(app)
         body = client.get("/readyz").json()
     assert body["checks"]["backbone"] == "deploy-test-tiles-96"

@@ -134,6 +134,7 @@ def run_schemathesis(
             text=True,
             timeout=timeout_s,
             check=False,
+            cwd=server.workdir,  # Schemathesis keeps a cache in its working directory
         )
         output = completed.stdout + completed.stderr
         outputs.append(output)
