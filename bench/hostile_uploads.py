@@ -25,33 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 import httpx  # noqa: E402
-from api.onnx_fixtures import (  # noqa: E402
-    TINY_DIM,
-    TINY_OLD_MODEL_ID,
-    random_rotation,
-    write_matrix_transformer,
-    write_tiny_backbone,
-)
-from e2e.conftest import ADMIN, Server, post_until_answered, server_env, upload_transformer  # noqa: E402
+from e2e.conftest import ADMIN, Server, post_until_answered, start_tiny_server  # noqa: E402
 from e2e.hostile import huge_png, npz_bomb, rss_peak  # noqa: E402
-
-
-def _server(root: Path) -> Server:
-    manifest = write_tiny_backbone(root / "backbone")
-    env = server_env(
-        root / "server",
-        manifest=manifest,
-        gallery_model_id=TINY_OLD_MODEL_ID,
-        FACEBRIDGE_GALLERY_DIM=str(TINY_DIM),
-        FACEBRIDGE_DETECTOR="dlib",
-    )
-    server = Server(workdir=root / "server", env=env).start()
-    with server.client() as client:
-        transformer = write_matrix_transformer(
-            root / "t.onnx", matrix=random_rotation(TINY_DIM, seed=1)
-        )
-        upload_transformer(client, transformer, activate=True)
-    return server
 
 
 def _post_file(server: Server, path: str, name: str, data: object, part: str) -> httpx.Response:
@@ -73,7 +48,7 @@ def main() -> int:
         big_bomb = npz_bomb(root / "bomb.npz", rows=bomb_rows, dim=128)
         small_bomb = npz_bomb(root / "bomb-1g.npz", rows=2_000_000, dim=128)
         png = huge_png(6000)
-        server = _server(root)
+        server = start_tiny_server(root, FACEBRIDGE_DETECTOR="dlib")
         assert server.process is not None
         cases = [
             (

@@ -111,6 +111,7 @@ class ShadowEvaluator:
         self.worker = worker_name()
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=settings.shadow_queue_size)
         self._lock = threading.Lock()  # guards _run and its stats
+        self._flush_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._run: _Run | None = None
         self._stop = threading.Event()
@@ -273,19 +274,21 @@ class ShadowEvaluator:
         return load_transformer_session(path, settings=self._settings)
 
     def flush(self) -> None:
-        """Write this worker's statistics of the held run when they changed."""
-        with self._lock:
-            run = self._run
-            if run is None or not run.dirty:
-                return
-            stats = run.stats.to_dict()
-            run.dirty = False
-        shadow_store.save_worker_stats(
-            session_factory=self._session_factory,
-            run_id=run.id,
-            worker=self.worker,
-            stats=stats,
-        )
+        """Write this worker's statistics of the held run when they changed. One write at a
+        time (a route and the poller may flush at once: both would insert this worker's row)."""
+        with self._flush_lock:
+            with self._lock:
+                run = self._run
+                if run is None or not run.dirty:
+                    return
+                stats = run.stats.to_dict()
+                run.dirty = False
+            shadow_store.save_worker_stats(
+                session_factory=self._session_factory,
+                run_id=run.id,
+                worker=self.worker,
+                stats=stats,
+            )
 
     @property
     def queue_depth(self) -> int:

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 
-from .conftest import assert_problem, create_key
+from .conftest import assert_problem, create_key, make_settings, started_client
+
+
+@pytest.fixture
+def client(tmp_path: Path, tiny_manifest: Path) -> Iterator[TestClient]:
+    """These tests fail authentication on purpose for every admin route: limit off."""
+    with started_client(make_settings(tmp_path, tiny_manifest, auth_failure_limit=0)) as test:
+        yield test
 
 
 def _admin_routes(client: TestClient) -> list[tuple[str, str]]:

@@ -167,6 +167,38 @@ def servers() -> Iterator[list[Server]]:
         server.kill()
 
 
+def start_tiny_server(root: Path, **extra: str) -> Server:
+    """A started server on the tiny synthetic models (tests/api/onnx_fixtures.py) with a
+    rotation transformer uploaded and active; ``extra``: more FACEBRIDGE_* variables."""
+    from api.onnx_fixtures import (
+        TINY_DIM,
+        TINY_OLD_MODEL_ID,
+        random_rotation,
+        write_matrix_transformer,
+        write_tiny_backbone,
+    )
+
+    manifest = write_tiny_backbone(root / "backbone")
+    transformer = write_matrix_transformer(
+        root / "t.onnx", matrix=random_rotation(TINY_DIM, seed=1)
+    )
+    env = server_env(
+        root / "server",
+        manifest=manifest,
+        gallery_model_id=TINY_OLD_MODEL_ID,
+        FACEBRIDGE_GALLERY_DIM=str(TINY_DIM),
+        **extra,
+    )
+    server = Server(workdir=root / "server", env=env).start()
+    try:
+        with server.client() as client:
+            upload_transformer(client, transformer, activate=True)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
 def post_until_answered(
     server: Server,
     path: str,

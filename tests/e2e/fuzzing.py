@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import ADMIN, ADMIN_KEY, Server, server_env, upload_transformer
+from .conftest import ADMIN, ADMIN_KEY, Server, start_tiny_server
 
 _METRIC = re.compile(r"^facebridge_http_requests_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 
@@ -58,30 +58,12 @@ def _statuses(url: str) -> Counter[str]:
 
 
 def start_fuzz_server(workdir: Path) -> Server:
-    from api.onnx_fixtures import (
-        TINY_DIM,
-        TINY_OLD_MODEL_ID,
-        png_bytes,
-        random_rotation,
-        write_matrix_transformer,
-        write_tiny_backbone,
-    )
+    from api.onnx_fixtures import png_bytes
 
-    manifest = write_tiny_backbone(workdir / "backbone")
-    transformer = write_matrix_transformer(
-        workdir / "t.onnx", matrix=random_rotation(TINY_DIM, seed=1)
+    server = start_tiny_server(
+        workdir, FACEBRIDGE_AUTH_FAILURE_LIMIT="0", FACEBRIDGE_LOG_LEVEL="error"
     )
-    env = server_env(
-        workdir / "server",
-        manifest=manifest,
-        gallery_model_id=TINY_OLD_MODEL_ID,
-        FACEBRIDGE_GALLERY_DIM=str(TINY_DIM),
-        FACEBRIDGE_AUTH_FAILURE_LIMIT="0",
-        FACEBRIDGE_LOG_LEVEL="error",
-    )
-    server = Server(workdir=workdir / "server", env=env).start()
     with server.client() as client:
-        upload_transformer(client, transformer, activate=True)
         person = client.post("/v1/identities", json={"external_id": "p-1"}, headers=ADMIN)
         files = [("image", ("1.png", png_bytes(1), "image/png"))]
         client.post(f"/v1/identities/{person.json()['id']}/faces", files=files, headers=ADMIN)

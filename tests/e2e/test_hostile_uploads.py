@@ -10,15 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api.onnx_fixtures import (
-    TINY_DIM,
-    TINY_OLD_MODEL_ID,
-    random_rotation,
-    write_matrix_transformer,
-    write_tiny_backbone,
-)
+from api.onnx_fixtures import TINY_OLD_MODEL_ID, write_tiny_backbone
 
-from .conftest import ADMIN, Server, post_until_answered, server_env, upload_transformer
+from .conftest import ADMIN, Server, post_until_answered, server_env, start_tiny_server
 from .hostile import huge_png, npz_bomb, rss_peak
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -28,23 +22,8 @@ RSS_LIMIT_MIB = 300
 @pytest.fixture(scope="module")
 def hostile_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     pytest.importorskip("psutil")
-    root = tmp_path_factory.mktemp("hostile")
-    manifest = write_tiny_backbone(root / "backbone")
-    transformer = write_matrix_transformer(
-        root / "t.onnx", matrix=random_rotation(TINY_DIM, seed=1)
-    )
-    env = server_env(
-        root / "server",
-        manifest=manifest,
-        gallery_model_id=TINY_OLD_MODEL_ID,
-        FACEBRIDGE_GALLERY_DIM=str(TINY_DIM),
-        FACEBRIDGE_DETECTOR="dlib",
-    )
-    server = Server(workdir=root / "server", env=env)
+    server = start_tiny_server(tmp_path_factory.mktemp("hostile"), FACEBRIDGE_DETECTOR="dlib")
     try:
-        server.start()
-        with server.client() as client:
-            upload_transformer(client, transformer, activate=True)
         yield server
     finally:
         server.kill()

@@ -30,4 +30,3 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
     assert result.requests >= 500, result.output[-3000:]
     assert result.server_errors == 0, result.output[-6000:]
     assert set(result.failures) <= ACCEPTED, result.output[-6000:]
-    assert result.failures["ST202 Schema-valid request rejected"] <= 5

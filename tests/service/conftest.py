@@ -15,9 +15,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from svc_helpers import OLD_DIM, OLD_MODEL, unit_vectors, write_backbone_manifest
 
 from service.db.models import Base
 from service.db.session import make_engine, make_session_factory, upgrade_database
+from service.identities import add_face, create_identity
 from service.settings import ServiceSettings
 
 
@@ -108,6 +110,25 @@ def _make_env(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> I
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     """A fresh database on SQLite and on Postgres (the test runs once per backend)."""
     yield from _make_env(request, tmp_path, request.param)
+
+
+@pytest.fixture
+def configured(env, tmp_path):
+    """A registry with a backbone manifest and a gallery of known dim and model id (one
+    identity with one legacy face), on SQLite and Postgres."""
+    manifest = write_backbone_manifest(tmp_path / "backbone")
+    env.with_settings(backbone_manifest=manifest, gallery_model_id=OLD_MODEL)
+    with env.session() as session:
+        person = create_identity(session=session, name="p")
+        add_face(
+            session=session,
+            index=None,
+            identity_id=person.id,
+            vector=unit_vectors(1, OLD_DIM)[0],
+            source="legacy",
+            settings=env.settings,
+        )
+    return env
 
 
 @pytest.fixture

@@ -11,39 +11,17 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from svc_helpers import (
     NEW_DIM,
-    OLD_DIM,
-    OLD_MODEL,
     make_transformer_onnx,
-    unit_vectors,
-    write_backbone_manifest,
 )
 
 import service.registry.holder as holder_module
 from service.errors import Unauthorized
-from service.identities import add_face, create_identity
 from service.keys import bootstrap_admin_key, list_keys, revoke_key, verify_key
 from service.registry.holder import ActiveTransformerHolder
 from service.registry.store import BackboneFacts, activate_transformer, upload_transformer
 from service.settings import ServiceSettings
 
 BOOTSTRAP = "ops-bootstrap-key-7Qx2LmZp9Rt4"
-
-
-@pytest.fixture
-def configured(env, tmp_path):
-    manifest = write_backbone_manifest(tmp_path / "backbone")
-    env.with_settings(backbone_manifest=manifest, gallery_model_id=OLD_MODEL)
-    with env.session() as session:
-        person = create_identity(session=session, name="p")
-        add_face(
-            session=session,
-            index=None,
-            identity_id=person.id,
-            vector=unit_vectors(1, OLD_DIM)[0],
-            source="legacy",
-            settings=env.settings,
-        )
-    return env
 
 
 def upload(env, data: bytes, **kw):

@@ -13,16 +13,14 @@ import sqlalchemy as sa
 from svc_helpers import (
     NEW_DIM,
     OLD_DIM,
-    OLD_MODEL,
     make_transformer_onnx,
     unit_vectors,
-    write_backbone_manifest,
 )
 
 from service.db.models import Face, Identity, TransformerVersion
 from service.errors import Conflict, ContractError, NotFound
 from service.gallery.importer import import_gallery
-from service.identities import add_face, add_faces, create_identity
+from service.identities import add_faces, create_identity
 from service.registry.store import (
     activate_transformer,
     delete_transformer,
@@ -109,20 +107,9 @@ def test_two_imports_sharing_external_ids_both_succeed(env, tmp_path) -> None:
 
 
 def test_activating_and_deleting_one_version_at_once_keeps_the_registry_consistent(
-    env, tmp_path
+    configured,
 ) -> None:
-    manifest = write_backbone_manifest(tmp_path / "backbone")
-    env.with_settings(backbone_manifest=manifest, gallery_model_id=OLD_MODEL)
-    with env.session() as session:
-        person = create_identity(session=session, name="p")
-        add_face(
-            session=session,
-            index=None,
-            identity_id=person.id,
-            vector=unit_vectors(1, OLD_DIM)[0],
-            source="legacy",
-            settings=env.settings,
-        )
+    env = configured
 
     def upload(seed: int) -> str:
         data = make_transformer_onnx(input_dim=NEW_DIM, seed=seed)

@@ -14,12 +14,10 @@ from svc_helpers import (
     OLD_MODEL,
     make_transformer_onnx,
     unit_vectors,
-    write_backbone_manifest,
 )
 
 from service.db.models import TransformerVersion
 from service.errors import Conflict, ContractError, NotFound
-from service.identities import add_face, create_identity
 from service.registry.holder import ActiveTransformerHolder
 from service.registry.store import (
     activate_transformer,
@@ -29,24 +27,6 @@ from service.registry.store import (
     rollback_transformer,
     upload_transformer,
 )
-
-
-@pytest.fixture
-def configured(env, tmp_path):
-    """A registry with a backbone manifest and a gallery of known dim and model id."""
-    manifest = write_backbone_manifest(tmp_path / "backbone")
-    env.with_settings(backbone_manifest=manifest, gallery_model_id=OLD_MODEL)
-    with env.session() as session:
-        person = create_identity(session=session, name="p")
-        add_face(
-            session=session,
-            index=None,
-            identity_id=person.id,
-            vector=unit_vectors(1, OLD_DIM)[0],
-            source="legacy",
-            settings=env.settings,
-        )
-    return env
 
 
 def upload(env, data: bytes, **kw):
