@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 from svc_helpers import make_transformer_onnx
-from test_svc_registry import configured, upload  # noqa: F401  (fixture)
+from test_svc_registry import upload
 
 from service.db.session import upgrade_database
 from service.errors import Conflict
@@ -43,7 +43,7 @@ def _rollback(env, **kw) -> str:
     ).version
 
 
-def test_three_rollbacks_walk_the_history_then_409(configured):  # noqa: F811
+def test_three_rollbacks_walk_the_history_then_409(configured):
     a, b, c, d = _versions(configured, 4)
     for version in (a, b, c, d):
         _activate(configured, version)
@@ -56,7 +56,7 @@ def test_three_rollbacks_walk_the_history_then_409(configured):  # noqa: F811
         assert registry_state(session=session).previous_version is None
 
 
-def test_activating_after_a_rollback_pushes_the_current_version(configured):  # noqa: F811
+def test_activating_after_a_rollback_pushes_the_current_version(configured):
     a, b, c = _versions(configured, 3)
     for version in (a, b, c):
         _activate(configured, version)
@@ -65,7 +65,7 @@ def test_activating_after_a_rollback_pushes_the_current_version(configured):  # 
     assert [_rollback(configured), _rollback(configured)] == [b, a]
 
 
-def test_delete_leaves_the_history_and_rollback_skips_it(configured):  # noqa: F811
+def test_delete_leaves_the_history_and_rollback_skips_it(configured):
     a, b, c = _versions(configured, 3)
     for version in (a, b, c):
         _activate(configured, version)
@@ -77,7 +77,7 @@ def test_delete_leaves_the_history_and_rollback_skips_it(configured):  # noqa: F
         _rollback(configured)
 
 
-def test_every_change_is_recorded_with_who_when_from_to_and_why(configured):  # noqa: F811
+def test_every_change_is_recorded_with_who_when_from_to_and_why(configured):
     a, b = _versions(configured, 2)
     _activate(configured, a, actor=OPS, reason="first version")
     _activate(configured, b, actor=OPS, reason="better on shadow")
@@ -164,7 +164,7 @@ def test_replay_stack_matches_a_naive_simulation():
             assert replay_stack(events) == naive
 
 
-def test_concurrent_rollbacks_never_skip_two_steps(configured):  # noqa: F811
+def test_concurrent_rollbacks_never_skip_two_steps(configured):
     """Two rollbacks at once: one wins, the other is a clear 409 or the next step, never a
     double pop that lands on an older version than the history allows."""
     import threading

@@ -13,6 +13,7 @@ from svc_helpers import (
     NEW_DIM,
     make_transformer_onnx,
 )
+from test_svc_registry import upload
 
 import service.registry.holder as holder_module
 from service.errors import Unauthorized
@@ -22,12 +23,6 @@ from service.registry.store import BackboneFacts, activate_transformer, upload_t
 from service.settings import ServiceSettings
 
 BOOTSTRAP = "ops-bootstrap-key-7Qx2LmZp9Rt4"
-
-
-def upload(env, data: bytes, **kw):
-    return upload_transformer(
-        session_factory=env.session_factory, settings=env.settings, data=data, **kw
-    )
 
 
 def test_a_revoked_bootstrap_key_stays_revoked_after_a_restart(env) -> None:

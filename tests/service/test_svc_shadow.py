@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from svc_helpers import make_transformer_onnx
-from test_svc_registry import configured, upload  # noqa: F401  (fixture)
+from test_svc_registry import upload
 
 from service.pipeline import Candidate, IdentifyOutcome, IdentifyReply
 from service.registry import shadow_store
@@ -116,7 +116,7 @@ def _reply(version: str) -> IdentifyReply:
     )
 
 
-def test_a_full_queue_drops_samples_and_never_blocks(configured):  # noqa: F811
+def test_a_full_queue_drops_samples_and_never_blocks(configured):
     """The request path only enqueues; with no room the sample is dropped and counted."""
     a = upload(configured, make_transformer_onnx(seed=1))
     b = upload(configured, make_transformer_onnx(seed=2))
@@ -155,7 +155,7 @@ def test_a_full_queue_drops_samples_and_never_blocks(configured):  # noqa: F811
     assert calls == []  # nothing ran on the request path
 
 
-def test_results_of_several_workers_are_summed(configured):  # noqa: F811
+def test_results_of_several_workers_are_summed(configured):
     a = upload(configured, make_transformer_onnx(seed=1))
     b = upload(configured, make_transformer_onnx(seed=2))
     activate_transformer(
