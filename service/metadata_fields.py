@@ -1,5 +1,5 @@
 """Typed reading of ONNX ``metadata_props`` values (all strings on the wire), and the codec of
-the calibration sample a transformer file may carry (``facebridge.validation_sample``).
+the validation sample a transformer file may carry (``facebridge.validation_sample``).
 
 Each reader raises one :class:`~service.errors.ContractError` line naming the file and the key,
 so a value of the wrong type never reaches the registry (the database, a 500).

@@ -279,7 +279,7 @@ def validate_transformer(
 ) -> dict[str, float]:
     """Check a loaded transformer fits this service; returns validation metrics.
 
-    Its outputs must be finite and non-zero on random unit probes, on the calibration sample
+    Its outputs must be finite and non-zero on random unit probes, on the validation sample
     of real new-model vectors the file carries (``facebridge.validation_sample``, written at
     fit time) and on the validation pairs' ``new`` vectors when configured.
     """
@@ -314,7 +314,7 @@ def validate_transformer(
             l2_normalize(sample),
             what="transformer",
             d_out=session.output_dim,
-            probes_are="its calibration sample of real face vectors",
+            probes_are="its validation sample of real face vectors",
         )
     metrics: dict[str, float] = {}
     if settings.validation_pairs is not None:

@@ -99,7 +99,7 @@ def write_matrix_transformer(
     open-set calibrations to store (none: an "older" file). ``extra_props`` override
     metadata entries. ``nan_above=(u, c)`` makes the forward map output NaN for inputs whose
     cosine with the unit vector ``u`` exceeds ``c`` (a "broken on real faces" transformer);
-    ``validation_sample`` is stored as the file's calibration sample.
+    ``validation_sample`` is stored as the file's validation sample.
     """
     matrix = np.asarray(matrix, dtype=np.float32)
     d_in, d_out = matrix.shape

@@ -84,7 +84,7 @@ def test_a_422_names_the_uploaded_file_not_a_temp_file(client: TestClient, tmp_p
     assert ".upload-" not in body["detail"] and ".check" not in body["detail"]
 
 
-def test_nan_on_real_faces_is_caught_by_the_calibration_sample(
+def test_nan_on_real_faces_is_caught_by_the_validation_sample(
     client: TestClient, tmp_path: Path, tiny_manifest: Path
 ) -> None:
     trap = query_vector(tiny_manifest, TRAP_SEED)
@@ -96,7 +96,7 @@ def test_nan_on_real_faces_is_caught_by_the_calibration_sample(
         validation_sample=real,
     )
     body = assert_problem(upload_transformer(client, path), 422, "contract-violation")
-    assert "NaN" in body["detail"] and "calibration sample" in body["detail"]
+    assert "NaN" in body["detail"] and "validation sample" in body["detail"]
     assert stored_files(client) == []
 
 
@@ -119,7 +119,7 @@ def test_nan_on_real_faces_is_caught_by_the_validation_pairs(
 def test_nan_at_run_time_is_a_503_counted_in_metrics(
     client: TestClient, tmp_path: Path, tiny_manifest: Path
 ) -> None:
-    """An old file (no calibration sample) whose NaN region the random probes miss: accepted,
+    """An old file (no validation sample) whose NaN region the random probes miss: accepted,
     but identify answers 503 naming the version, never 200 with zero candidates."""
     trap = query_vector(tiny_manifest, TRAP_SEED)
     path = write_matrix_transformer(

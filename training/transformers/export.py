@@ -89,7 +89,7 @@ def default_metadata(
     validation_new: np.ndarray | None = None,
 ) -> TransformerMetadata:
     """The artefact's metadata. ``validation_new``: new-model vectors of the fit rows, of which
-    ``VALIDATION_SAMPLE_ROWS`` evenly spaced ones are stored as the calibration sample the
+    ``VALIDATION_SAMPLE_ROWS`` evenly spaced ones are stored as the validation sample the
     service validates uploads on (``facebridge.validation_sample``)."""
     sample = None
     if validation_new is not None and len(validation_new):

@@ -1,5 +1,5 @@
 """Issue 11 (hardening): the exported ONNX file and its checksum get the permissions the umask
-gives (not mkstemp's 0600), and ``fit`` stores a calibration sample of real fit-row vectors
+gives (not mkstemp's 0600), and ``fit`` stores a validation sample of real fit-row vectors
 that the service validates uploads on."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_the_onnx_file_and_its_checksum_follow_the_umask(
     assert stat.S_IMODE(report.sha256_path.stat().st_mode) == expected
 
 
-def test_fit_stores_a_calibration_sample_of_its_fit_rows(pairs: PairsSet, tmp_path: Path) -> None:
+def test_fit_stores_a_validation_sample_of_its_fit_rows(pairs: PairsSet, tmp_path: Path) -> None:
     pairs_file = save_pairs(tmp_path / "pairs.npz", pairs)
     out = tmp_path / "t.onnx"
     args = ["fit", "--pairs", str(pairs_file), "--output", str(out), "--recipe", "ridge"]
