@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.decision import SCORE_FORWARD, ScoreCalibration, fit_calibration, open_set_threshold
 
-from .conftest import ADMIN, image_part, make_settings, upload_transformer
+from .conftest import ADMIN, image_part, make_settings, started_client, upload_transformer
 from .onnx_fixtures import TINY_DIM, random_rotation, write_matrix_transformer
 
 
@@ -101,7 +100,7 @@ def test_another_replica_growing_the_gallery_moves_the_threshold(
 ) -> None:  # type: ignore[no-untyped-def]
     _enrol(client, range(2))
     assert _identify(client, 0)["gallery_faces"] == 2
-    with TestClient(create_app(settings), raise_server_exceptions=False) as other:
+    with started_client(settings) as other:
         _enrol(other, range(100, 110))  # written by the other replica (same database)
     deadline = time.monotonic() + 10.0
     body = _identify(client, 0)
@@ -122,7 +121,7 @@ def test_an_older_file_without_calibration_falls_back_and_warns_once(
 ) -> None:
     settings = make_settings(tmp_path, tiny_manifest, target_fpir=0.05)
     caplog.set_level(logging.WARNING, logger="service.registry.holder")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with started_client(settings) as client:
         assert upload_transformer(client, transformer_files["a"], activate=True).status_code == 201
         _enrol(client, range(3))
         for _ in range(3):

@@ -103,11 +103,11 @@ def test_the_pixels_of_a_request_are_capped_before_decoding() -> None:
     pipeline = _pipeline(detector=None, max_request_pixels=3_000_000)
     images = [ImageUpload(_png(1500, 1000), "a.png"), ImageUpload(_png(1500, 1000), "b.png")]
     with pytest.raises(ImageError, match="6000000 pixels together; the limit is 3000000"):
-        pipeline._crops(images * 2)
+        pipeline._crops(images * 2, per_image=True)  # the whole request is refused
 
 
 def test_without_a_detector_a_photo_is_refused_from_its_header() -> None:
     truncated = _png(4000, 3000)[:200]  # a valid header, no pixel data
     pipeline = _pipeline(detector=None, max_request_pixels=64_000_000)
     with pytest.raises(ImageError, match="no detector installed"):
-        pipeline._crops([ImageUpload(truncated, "photo.png")])
+        pipeline._crops([ImageUpload(truncated, "photo.png")], per_image=False)
