@@ -9,7 +9,6 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from service.api.deps import IdentifyScope, MultipartBody, StateDep
 from service.api.schemas import (
     MAX_DB_INT,
-    NON_EMPTY_PARTS,
     Candidate,
     IdentifyResponse,
     IdentifyResult,
@@ -29,7 +28,6 @@ ImageParts = Annotated[
     list[UploadFile],
     File(
         min_length=1,
-        json_schema_extra=NON_EMPTY_PARTS,
         description="one or more images (JPEG/PNG/WebP): aligned 112x112 crops or photos; "
         "several parts named `image` form a batch answered in order",
     ),

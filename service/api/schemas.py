@@ -526,7 +526,8 @@ class Readiness(BaseModel):
 # The largest id/offset the databases hold (64-bit signed): larger values are refused with 422
 # in the schema rather than overflowing in the driver (a 500).
 MAX_DB_INT = 2**63 - 1
-# Multipart file parts are never empty (an empty part is a 422): say so in the schema.
+# Enrolment's file parts are never empty (one transaction: an empty part is a 422). Identify
+# answers an empty part in a batch with that image's own error (200), so it does not say it.
 NON_EMPTY_PARTS = {
     "items": {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1}
 }
