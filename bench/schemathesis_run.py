@@ -57,10 +57,11 @@ def main() -> int:
     print(f"| **all** | **{result.requests}** |")
     print(f"| **5xx** | **{result.server_errors}** |")
     print()
-    print("| check that failed | cases |")
-    print("|---|---|")
+    print("| check that failed | cases | operations |")
+    print("|---|---|---|")
     for name, count in sorted(result.failures.items()) or [("(none)", 0)]:
-        print(f"| {name} | {count} |")
+        where = ", ".join(sorted(result.operations.get(name.split()[0], ())))
+        print(f"| {name} | {count} | {where} |")
     if result.server_errors:
         print(result.output[-8000:])
     return 1 if result.server_errors or result.requests < args.min_requests else 0

@@ -27,12 +27,15 @@ _METRIC = re.compile(r"^facebridge_http_requests_total\{(?P<labels>[^}]*)\} (?P<
 # (on purpose, the API allows it), which would turn every later request into a 401.
 LAST_OPERATIONS = ("revokeApiKey",)
 _FAILURE_LINE = re.compile(r"❌ (ST\d+) (.+): (\d+)$")
+_OPERATION_LINE = re.compile(r"^_{3,} (.+?) _{3,}$")
+_CASE_LINE = re.compile(r"^- (ST\d+) ")
 
 
 @dataclass
 class FuzzResult:
     statuses: Counter[str]  # HTTP status -> requests, as the server counted them
     failures: Counter[str]  # "ST202 Schema-valid request rejected" -> count, all passes
+    operations: dict[str, set[str]]  # "ST202" -> the operations it was found on
     exit_codes: list[int]
     output: str
 
@@ -106,6 +109,7 @@ def run_schemathesis(
     ]
     budget = [] if max_time_s is None else ["--max-time", str(max_time_s)]
     outputs, codes, failures = [], [], Counter[str]()
+    operations: dict[str, set[str]] = {}
     for selection in (
         [*budget, *(f"--exclude-operation-id={op}" for op in LAST_OPERATIONS)],
         [f"--include-operation-id={op}" for op in LAST_OPERATIONS],
@@ -121,12 +125,21 @@ def run_schemathesis(
         output = completed.stdout + completed.stderr
         outputs.append(output)
         codes.append(completed.returncode)
+        operation = "?"
         for line in output.splitlines():
             match = _FAILURE_LINE.search(line.strip())
             if match:
                 failures[f"{match[1]} {match[2]}"] += int(match[3])
+            if found := _OPERATION_LINE.match(line.strip()):
+                operation = found[1]
+            if case := _CASE_LINE.match(line.strip()):
+                operations.setdefault(case[1], set()).add(operation)
     after = _statuses(server.url)
     statuses = Counter({k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)})
     return FuzzResult(
-        statuses=statuses, failures=failures, exit_codes=codes, output="\n".join(outputs)
+        statuses=statuses,
+        failures=failures,
+        operations=operations,
+        exit_codes=codes,
+        output="\n".join(outputs),
     )
