@@ -32,7 +32,6 @@ from service.api.problems import (
 )
 from service.api.state import InferencePool, ServiceState
 from service.console import install_console
-from service.contracts import load_backbone_manifest
 from service.db.session import make_engine, make_session_factory, upgrade_database
 from service.decision import GalleryCounter
 from service.errors import ServiceUnavailable
@@ -42,7 +41,7 @@ from service.identities import face_vectors_by_id, identities_for_faces
 from service.inference.backbone import OnnxBackbone
 from service.inference.detect import FaceDetector, make_detector
 from service.inference.facecheck import CropFaceCheck, make_face_check
-from service.inference.transformer import NonFiniteOutput
+from service.inference.transformer import counting_nonfinite
 from service.keys import bootstrap_admin_key
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.pipeline import ActiveMapping, GalleryHit, Pipeline
@@ -50,7 +49,7 @@ from service.registry.holder import ActiveTransformerHolder, Poller
 from service.registry.shadow import ShadowEvaluator
 from service.registry.store import backbone_facts_of
 from service.settings import ServiceSettings
-from service.startup import Startup
+from service.startup import Startup, preflight
 from service.threads import configure_faiss_threads
 from service.vectors import QUERIES_FLIP, QUERIES_PLAIN
 
@@ -98,7 +97,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        _preflight(settings)
+        preflight(settings)
         configure_faiss_threads(settings.faiss_threads)  # before anything loads FAISS
         startup: Startup[ServiceState] = Startup(
             build=lambda stack, step: _start(
@@ -144,34 +143,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return app
 
 
-def wait_until_started(app: FastAPI, *, timeout: float = 60.0) -> ServiceState:
-    """Block until the background start-up of ``app`` (its lifespan running) is done; its
-    state, or the start-up's exception re-raised. For in-process use (tests, the demo):
-    ``with TestClient(app) as client: wait_until_started(app)``."""
-    startup: Startup[ServiceState] | None = app.state.facebridge_startup
-    if startup is None:
-        raise RuntimeError("the app's lifespan is not running (use `with TestClient(app)`)")
-    return startup.wait(timeout)
-
-
 # ---------------------------------------------------------------------------------------------
 # lifespan
 # ---------------------------------------------------------------------------------------------
-def _preflight(settings: ServiceSettings) -> None:
-    """The configuration checks that fail at once, before the server binds: a manifest that
-    does not parse or names no file, CUDA required where ONNX Runtime has none."""
-    if settings.backbone_manifest is not None:
-        load_backbone_manifest(settings.backbone_manifest)
-    if settings.require_cuda:
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        if "CUDAExecutionProvider" not in available:
-            raise ServiceUnavailable(
-                f"FACEBRIDGE_REQUIRE_CUDA is set but ONNX Runtime offers only {available}"
-            )
-
-
 def _load_backbone(settings: ServiceSettings) -> OnnxBackbone | None:
     if settings.backbone_manifest is None:
         log.warning("FACEBRIDGE_BACKBONE_MANIFEST unset: identify/verify/enrol answer 503")
@@ -323,22 +297,6 @@ class _NoBackbone:
         raise ServiceUnavailable("no backbone configured: set FACEBRIDGE_BACKBONE_MANIFEST")
 
 
-def _counting_nonfinite(
-    run: Callable[[np.ndarray], np.ndarray], *, version: str, metrics: ServiceMetrics
-) -> Callable[[np.ndarray], np.ndarray]:
-    """``run`` (a transformer head); a NaN/inf output is counted per version and answered 503
-    naming the version (it never reaches the search as a silent empty answer)."""
-
-    def checked(vectors: np.ndarray) -> np.ndarray:
-        try:
-            return run(vectors)
-        except NonFiniteOutput as exc:
-            metrics.transformer_nonfinite.labels(version=version).inc()
-            raise NonFiniteOutput(f"transformer {version}: {exc.detail}") from exc
-
-    return checked
-
-
 def _build_pipeline(
     *,
     settings: ServiceSettings,
@@ -366,13 +324,14 @@ def _build_pipeline(
         mapping = ActiveMapping.from_session(
             version=active.version, session=session, threshold=active.threshold, queries=queries
         )
+        nonfinite = metrics.transformer_nonfinite.labels(version=active.version).inc
         # NaN/inf out of either head: counted per version, answered 503 naming it.
         return replace(
             mapping,
-            map=_counting_nonfinite(mapping.map, version=active.version, metrics=metrics),
+            map=counting_nonfinite(mapping.map, version=active.version, count=nonfinite),
             map_gallery=None
             if mapping.map_gallery is None
-            else _counting_nonfinite(mapping.map_gallery, version=active.version, metrics=metrics),
+            else counting_nonfinite(mapping.map_gallery, version=active.version, count=nonfinite),
         )
 
     def count_identities() -> int:

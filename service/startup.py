@@ -15,7 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from service.settings import ServiceSettings
 
 log = logging.getLogger("facebridge.startup")
 
@@ -97,3 +100,31 @@ class Startup(Generic[T]):
         if self._thread.is_alive():
             self._thread.join()
         self._stack.close()
+
+
+def preflight(settings: ServiceSettings) -> None:
+    """The configuration checks that fail at once, before the server binds: a manifest that
+    does not parse or names no file, CUDA required where ONNX Runtime has none."""
+    from service.contracts import load_backbone_manifest
+    from service.errors import ServiceUnavailable
+
+    if settings.backbone_manifest is not None:
+        load_backbone_manifest(settings.backbone_manifest)
+    if settings.require_cuda:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise ServiceUnavailable(
+                f"FACEBRIDGE_REQUIRE_CUDA is set but ONNX Runtime offers only {available}"
+            )
+
+
+def wait_until_started(app: Any, *, timeout: float = 60.0) -> Any:
+    """Block until the background start-up of ``app`` (its lifespan running) is done; its
+    state, or the start-up's exception re-raised. For in-process use (tests, the demo):
+    ``with TestClient(app) as client: wait_until_started(app)``."""
+    startup: Startup[Any] | None = getattr(app.state, "facebridge_startup", None)
+    if startup is None:
+        raise RuntimeError("the app's lifespan is not running (use `with TestClient(app)`)")
+    return startup.wait(timeout)

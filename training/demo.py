@@ -790,7 +790,8 @@ def _verify_examples(
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    from service.app import create_app, wait_until_started
+    from service.app import create_app
+    from service.startup import wait_until_started
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per in-process request
     app = create_app(settings_from_env(env))

@@ -15,7 +15,7 @@ other input. ``map`` is THE place where the mapped query side is L2-normalised a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,22 @@ class NonFiniteOutput(ServiceUnavailable):
     counted in ``facebridge_transformer_nonfinite_total``)."""
 
     code, title = "transformer-nonfinite", "Transformer output is not finite"
+
+
+def counting_nonfinite(
+    run: Callable[[np.ndarray], np.ndarray], *, version: str, count: Callable[[], object]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``run`` (a transformer head) whose :class:`NonFiniteOutput` names ``version`` and calls
+    ``count()`` first (the service counts them per version in its metrics)."""
+
+    def checked(vectors: np.ndarray) -> np.ndarray:
+        try:
+            return run(vectors)
+        except NonFiniteOutput as exc:
+            count()
+            raise NonFiniteOutput(f"transformer {version}: {exc.detail}") from exc
+
+    return checked
 
 
 def _finite(out: np.ndarray, *, head: str) -> np.ndarray:

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app, wait_until_started
+from service.app import create_app
 from service.settings import ServiceSettings
+from service.startup import wait_until_started
 
 from .onnx_fixtures import (
     TINY_DIM,

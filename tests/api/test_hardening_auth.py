@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app, wait_until_started
+from service.app import create_app
+from service.startup import wait_until_started
 
 from .conftest import ADMIN, assert_problem, create_key, make_settings, started_client
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app, wait_until_started
+from service.app import create_app
 from service.errors import ContractError
 from service.settings import ServiceSettings
+from service.startup import wait_until_started
 
 from .conftest import ADMIN, assert_problem, image_part, make_settings, started_client
 

@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 import service.app as app_module
-from service.app import create_app, wait_until_started
+from service.app import create_app
 from service.errors import ServiceUnavailable
+from service.startup import wait_until_started
 
 from .conftest import ADMIN, assert_problem, make_settings
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import wait_until_started
 from service.inference.backbone import OnnxBackbone
 from service.inference.images import decode_image
+from service.startup import wait_until_started
 
 from .conftest import (
     ADMIN,

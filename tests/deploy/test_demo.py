@@ -48,7 +48,8 @@ def _identify_top1(state: DemoState, images: list[Path]) -> list[str | None]:
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    from service.app import create_app, wait_until_started
+    from service.app import create_app
+    from service.startup import wait_until_started
 
     names: list[str | None] = []
     app = create_app(settings_from_env(state.env))

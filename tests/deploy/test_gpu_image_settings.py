@@ -9,9 +9,10 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from service.app import create_app, wait_until_started
+from service.app import create_app
 from service.errors import ServiceUnavailable
 from service.settings import ServiceSettings
+from service.startup import wait_until_started
 
 from .backbone_stub import write_stand_in_backbone
 from .compose_file import DOCKER_DIR, image_env

@@ -15,7 +15,8 @@ import pytest
 SCRIPT = """
 import json, sys, threading, time
 from fastapi.testclient import TestClient
-from service.app import create_app, wait_until_started
+from service.app import create_app
+from service.startup import wait_until_started
 from service.settings import ServiceSettings
 
 root = sys.argv[1]
