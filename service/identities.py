@@ -334,6 +334,7 @@ def add_faces(
     )
     if duplicate is not None:
         raise Conflict(f"identity {identity_id} already has this vector (face {duplicate})")
+    claim_gallery_dim(session=session, dim=int(normalized.shape[1]), settings=settings)
     rows = [
         Face(
             identity_id=identity_id,

@@ -127,11 +127,12 @@ class TransformerSession:
         import onnxruntime as ort
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ContractError(f"transformer file not found: {self.path}")
+        try:  # one read, no is_file() first: the file may be deleted in between
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise ContractError(f"transformer file not found: {self.path}") from exc
         # Messages name the file as its owner knows it (an upload's temp file means nothing).
         source = f"transformer {name or self.path.name}"
-        data = self.path.read_bytes()
         self.sha256 = hashlib.sha256(data).hexdigest()
 
         try:

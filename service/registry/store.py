@@ -722,9 +722,11 @@ def _point_previous_at_rollback_target(session: Session, *, active: str | None) 
 
 
 def _check_stored_file(info: TransformerInfo) -> None:
-    if not info.file.is_file():
-        raise ContractError(f"transformer file of {info.version} is missing: {info.file}")
-    digest = hashlib.sha256(info.file.read_bytes()).hexdigest()
+    try:  # not is_file() then read: a concurrent delete may remove it in between
+        data = info.file.read_bytes()
+    except OSError as exc:
+        raise ContractError(f"transformer file of {info.version} is missing: {info.file}") from exc
+    digest = hashlib.sha256(data).hexdigest()
     if digest != info.sha256:
         raise ContractError(f"transformer file of {info.version} is corrupt (sha256 mismatch)")
 

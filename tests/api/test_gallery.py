@@ -82,7 +82,11 @@ def test_malformed_import_is_422_and_stores_nothing(
     before = client.get("/v1/gallery/stats", headers=keys["identify"]).json()
     assert_problem(_import(client, keys["enrol"], payload), 422)
     after = client.get("/v1/gallery/stats", headers=keys["identify"]).json()
-    assert after == before and after["faces"] == 2 and after["index_vectors"] == 2
+
+    def stored(stats: dict) -> dict:  # the background id check may finish in between
+        return {k: v for k, v in stats.items() if not k.startswith("ids_")}
+
+    assert stored(after) == stored(before) and after["faces"] == 2 and after["index_vectors"] == 2
 
 
 def test_empty_and_mislabelled_imports(client: TestClient, keys: dict) -> None:

@@ -13,9 +13,16 @@ from fastapi.testclient import TestClient
 import service.app as app_module
 from service.app import create_app
 from service.errors import ServiceUnavailable
+from service.settings import ServiceSettings
 from service.startup import wait_until_started
 
 from .conftest import ADMIN, assert_problem, make_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_manifest: Path) -> ServiceSettings:
+    """The background id-set check off: a test here breaks the index on purpose."""
+    return make_settings(tmp_path, tiny_manifest, gallery_check_seconds=0)
 
 
 def test_healthz_answers_while_the_gallery_loads(
@@ -115,5 +122,4 @@ def test_readyz_fails_when_the_index_and_sql_disagree_for_long(
     assert failing.json()["checks"]["index"].startswith("fail: index has 1 vectors, SQL 2")
     stats = client.get("/v1/gallery/stats", headers=ADMIN).json()
     assert stats["consistent"] is False  # the detail lives here
-    metrics = client.get("/metrics").text
-    assert "facebridge_gallery_index_consistent 0.0" in metrics
+    assert "facebridge_gallery_sql_faces 2.0" in client.get("/metrics").text

@@ -93,7 +93,7 @@ def test_two_imports_sharing_external_ids_both_succeed(env, tmp_path) -> None:
 
         def run(path=None) -> Any:  # type: ignore[no-untyped-def]
             return import_gallery(
-                session_factory=env.session_factory, index=None, source=path, settings=env.settings
+                session_factory=env.session_factory, source=path, settings=env.settings
             )
 
         first, second = at_once(lambda: run(files[0]), lambda: run(files[1]))
