@@ -1,0 +1,124 @@
+"""Domain shift: does refitting with captured pairs close the gap to old/old there?
+
+Turns a subset of the kit's photos (every image of the ``eval`` identities with >= 2 photos,
+except the template, i.e. the first by path) grayscale, blurred and darkened, writes them under
+``--work`` (never into the kit), embeds them by BOTH models with the repo's own
+``facebridge pairs extract`` (photos: dlib detection, dlib descriptor on the photo, ArcFace
+alignment + MobileFaceNet, ``new_flip``), then evaluates (training.evaluation.domain_shift):
+
+- the eval identities are split by a fixed hash into a *capture* half and a *test* half;
+- test half, PROTOCOL.md: the gallery (templates + the eval singletons as distractors) holds the
+  ORIGINAL photos' old vectors (it was enrolled before the shift); probes are shifted photos;
+- captures = for each shifted photo of the capture half, (its flip-averaged native new vector,
+  the identity's template old vector from the original photo): what the service records;
+- rows: old/old (shifted old probes), new/new (templates re-enrolled with the new model),
+  mapped by a transformer fitted on the kit bridge only, and refit on kit bridge + captures.
+
+    .venv/bin/python bench/domain_shift.py --work /tmp/domain-shift [--recipe ridge] \
+        [--shards 2] [--capture-weight 1]
+
+Extraction is resumable (rerun the same command); ~70 ms of dlib per face per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+from service.contracts import PairsSet, load_pairs
+from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
+
+BLUR_RADIUS = 2.0  # Gaussian blur, pixels of the 250x250 photo
+BRIGHTNESS = 0.45  # darkening factor (PIL ImageEnhance.Brightness)
+JPEG_QUALITY = 90
+
+
+def degrade(image: Image.Image) -> Image.Image:
+    """Grayscale (3 equal channels), Gaussian blur, darkened: a cheap, poor camera."""
+    gray = image.convert("L").filter(ImageFilter.GaussianBlur(BLUR_RADIUS))
+    return ImageEnhance.Brightness(gray).enhance(BRIGHTNESS).convert("RGB")
+
+
+def shifted_paths(pairs: PairsSet) -> list[str]:
+    """Relative paths to degrade: eval identities with >= 2 images, all but the first by path."""
+    assert pairs.name is not None and pairs.path is not None and pairs.split is not None
+    paths: list[str] = []
+    eval_rows = np.flatnonzero(pairs.split == "eval")
+    by_name: dict[str, list[str]] = {}
+    for i in eval_rows:
+        by_name.setdefault(str(pairs.name[i]), []).append(str(pairs.path[i]))
+    for name in sorted(by_name):
+        ordered = sorted(by_name[name])
+        paths += ordered[1:]
+    return paths
+
+
+def write_degraded(*, photos: Path, paths: list[str], shard_roots: list[Path]) -> None:
+    """Degraded JPEGs under ``shard_roots[k]/<identity>/<file>`` (identities dealt round robin)."""
+    names = sorted({p.split("/")[0] for p in paths})
+    shard_of = {name: k % len(shard_roots) for k, name in enumerate(names)}
+    for rel in paths:
+        out = shard_roots[shard_of[rel.split("/")[0]]] / rel
+        if out.exists():
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(photos / rel) as image:
+            degrade(image.convert("RGB")).save(out, quality=JPEG_QUALITY)
+
+
+def extract_shards(*, kit: Path, shard_roots: list[Path], work: Path) -> list[Path]:
+    """One nice'd ``facebridge pairs extract`` per shard (1 thread each), in parallel;
+    resumable (its chunks), an existing output is reused."""
+    outputs = [work / f"{root.name}.npz" for root in shard_roots]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for root, out in zip(shard_roots, outputs, strict=True):
+        if out.exists():
+            continue
+        cmd = [
+            "nice", "-n", "10", sys.executable, "-m", "service.cli", "pairs", "extract",
+            "--images", str(root), "--old", "dlib", "--new", str(kit_backbone_manifest(kit)),
+            "--output", str(out), "--threads", "1", "--chunk-size", "128", "--no-progress",
+        ]  # fmt: skip
+        log = (work / f"extract_{root.name}.log").open("a")
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=log), log))
+    for proc, log in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"extraction failed (see {log.name})")
+        log.close()
+    return outputs
+
+
+def prepare(*, work: Path, shards: int) -> tuple[PairsSet, list[PairsSet]]:
+    """Kit pairs + the shifted pairs files (degraded and extracted if not done yet)."""
+    kit = find_kit_dir()
+    if kit is None:
+        raise SystemExit("no kit (FACEBRIDGE_KIT_DIR or ../shared/kit): nothing to shift")
+    kit_pairs = load_pairs(kit_pairs_path(kit), mmap=False)
+    roots = [work / f"shard{k}" for k in range(shards)]
+    write_degraded(photos=kit / "lfw" / "photos", paths=shifted_paths(kit_pairs), shard_roots=roots)
+    outputs = extract_shards(kit=kit, shard_roots=roots, work=work)
+    return kit_pairs, [load_pairs(p, mmap=False) for p in outputs]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="scratch dir (not the kit)")
+    parser.add_argument("--shards", type=int, default=2, help="parallel extraction processes")
+    parser.add_argument("--extract-only", action="store_true")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    kit_pairs, shifted = prepare(work=args.work, shards=args.shards)
+    print(f"shifted rows: {sum(len(s) for s in shifted)}")
+    if args.extract_only:
+        return
+
+
+if __name__ == "__main__":
+    main()
