@@ -97,7 +97,7 @@ def _transformer(args: argparse.Namespace, workdir: Path) -> Path:
     from training.transformers.cli import fit_command
 
     out = workdir / "default.onnx"
-    fit_command(pairs=Path(args.pairs), output=out, progress=False)
+    fit_command(pairs=[Path(args.pairs)], output=out, progress=False)
     return out
 
 

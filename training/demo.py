@@ -297,7 +297,7 @@ def fit_recipe(
     from training.transformers.cli import fit_command
 
     fit_command(
-        pairs=pairs_path,
+        pairs=[pairs_path],
         output=output,
         recipe=recipe,
         seed=DEMO_SEED,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, SPLIT_BRIDGE, SPLIT_EVAL
@@ -18,6 +19,22 @@ app = typer.Typer(
 )
 
 PairsOpt = Annotated[Path, typer.Option("--pairs", help="pairs file (.npz or dir of .npy)")]
+FitPairsOpt = Annotated[
+    list[Path],
+    typer.Option(
+        "--pairs",
+        help="pairs file (.npz or dir of .npy); repeat to add files (e.g. exported captures): "
+        "their bridge rows are fitted too, the FIRST file's eval rows evaluate",
+    ),
+]
+PairsRepeatOpt = Annotated[
+    int,
+    typer.Option(
+        "--pairs-repeat",
+        min=1,
+        help="oversampling: each fit row of the 2nd and later --pairs files counts N times",
+    ),
+]
 AllRowsOpt = Annotated[
     bool, typer.Option("--all-rows", help="ignore the split column and use every row")
 ]
@@ -42,15 +59,9 @@ CalibrationFoldsOpt = Annotated[
 
 def _load_split(path: Path, split: str, all_rows: bool) -> Any:
     from service.contracts import load_pairs
+    from training.transformers.multi_pairs import select_rows
 
-    return _select(load_pairs(path), split, all_rows)
-
-
-def _select(pairs: Any, split: str, all_rows: bool) -> Any:
-    """The rows of ``split`` unless --all-rows or the file has no split column."""
-    if all_rows or pairs.split is None:
-        return pairs
-    return pairs.select_split(split)
+    return select_rows(load_pairs(path), split, all_rows)
 
 
 def _resolve_recipe(recipe: str | None, config: Path | None) -> Any:
@@ -122,9 +133,26 @@ def _calibrations(
         return []
 
 
+def _fit_rows(pairs: list[Path], *, all_rows: bool, repeat: int) -> tuple[Any, Any, Any]:
+    """(the first file, the combined fit rows, the training rows) of ``--pairs`` files, saying
+    what was combined (training.transformers.multi_pairs)."""
+    from service.contracts import load_pairs
+    from training.transformers.multi_pairs import combine_pairs, eval_overlap, select_rows
+
+    files = [load_pairs(p) for p in pairs]
+    parts = [select_rows(f, SPLIT_BRIDGE, all_rows) for f in files]
+    combined = combine_pairs(parts, sources=[str(p) for p in pairs])
+    for note in combined.notes + eval_overlap(files[0], combined, all_rows=all_rows):
+        typer.echo(f"note: {note}")
+    if len(pairs) > 1:
+        sizes = np.bincount(combined.source, minlength=len(pairs)).tolist()
+        typer.echo(f"fit rows per --pairs file: {sizes} (later files x{repeat})")
+    return files[0], combined.pairs, combined.training(repeat=repeat)
+
+
 @app.command("fit")
 def fit_command(
-    pairs: PairsOpt,
+    pairs: FitPairsOpt,
     output: Annotated[Path, typer.Option("--output", help="ONNX file to write")],
     recipe: Annotated[str | None, typer.Option("--recipe", help="registered recipe name")] = None,
     config: Annotated[
@@ -143,22 +171,21 @@ def fit_command(
     threads: Annotated[int, typer.Option("--threads", help="torch intra-op threads", min=1)] = 1,
     flip: FlipOpt = True,
     calibration_folds: CalibrationFoldsOpt = 5,
+    pairs_repeat: PairsRepeatOpt = 1,
 ) -> None:
-    """Fit on the bridge rows (all rows with --all-rows), export ONNX, validate, checksum.
+    """Fit on the bridge rows (all rows with --all-rows) of every --pairs file, export ONNX,
+    validate, checksum (several files: training.transformers.multi_pairs).
 
     The file carries the open-set calibration of its score (cross-fitted on the fit rows),
     which the service's match rule needs (docs/service.md)."""
-    from service.contracts import load_pairs
     from service.decision import describe as describe_calibrations
     from training.evaluation.protocol import ROW_MAPPED, closed_set_report
-    from training.transformers.data import normalized_pairs
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_normalized
 
     resolved = _resolve_recipe(recipe, config)
-    all_pairs = load_pairs(pairs)
-    fit_pairs = _select(all_pairs, SPLIT_BRIDGE, all_rows)
-    train = normalized_pairs(fit_pairs)
+    primary = pairs[0]
+    all_pairs, fit_pairs, train = _fit_rows(pairs, all_rows=all_rows, repeat=pairs_repeat)
     typer.echo(f"fitting {resolved.name!r} on {len(train)} rows ({resolved.model}, {device})")
     fitted = fit_normalized(
         train=train, recipe=resolved, device=device, seed=seed, progress=progress
@@ -183,7 +210,7 @@ def fit_command(
     has_eval = all_pairs.split is not None and bool((all_pairs.split == SPLIT_EVAL).any())
     if has_eval and not all_rows:
         # Evaluate the exported file itself, then write it again with the figures inside.
-        metrics = _evaluation_metrics(pairs, output, flip=flip)
+        metrics = _evaluation_metrics(primary, output, flip=flip)
         metrics["fit_seconds"] = round(fitted.fit_seconds, 2)
         report = export_transformer(fitted, output, metadata=metadata(metrics=metrics))
     typer.echo(
