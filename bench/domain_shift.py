@@ -26,13 +26,17 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from service.contracts import PairsSet, load_pairs
+from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs
 from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
+from service.vectors import l2_normalize
+from training.evaluation.domain_shift import format_table, refit_rows, shift_sets
+from training.transformers.recipes import get_recipe
 
 BLUR_RADIUS = 2.0  # Gaussian blur, pixels of the 250x250 photo
 BRIGHTNESS = 0.45  # darkening factor (PIL ImageEnhance.Brightness)
@@ -46,7 +50,7 @@ def degrade(image: Image.Image) -> Image.Image:
 
 
 def shifted_paths(pairs: PairsSet) -> list[str]:
-    """Relative paths to degrade: eval identities with >= 2 images, all but the first by path."""
+    """Relative paths to degrade: every image of the eval identities with >= 2 images."""
     assert pairs.name is not None and pairs.path is not None and pairs.split is not None
     paths: list[str] = []
     eval_rows = np.flatnonzero(pairs.split == "eval")
@@ -54,8 +58,8 @@ def shifted_paths(pairs: PairsSet) -> list[str]:
     for i in eval_rows:
         by_name.setdefault(str(pairs.name[i]), []).append(str(pairs.path[i]))
     for name in sorted(by_name):
-        ordered = sorted(by_name[name])
-        paths += ordered[1:]
+        if len(by_name[name]) >= 2:
+            paths += sorted(by_name[name])
     return paths
 
 
@@ -107,17 +111,65 @@ def prepare(*, work: Path, shards: int) -> tuple[PairsSet, list[PairsSet]]:
     return kit_pairs, [load_pairs(p, mmap=False) for p in outputs]
 
 
+def concat_shifted(parts: list[PairsSet]) -> PairsSet:
+    """The shard outputs as one set (the columns domain_shift reads)."""
+    flips = [p.new_flip for p in parts]
+    return PairsSet(
+        old=np.concatenate([p.old for p in parts]),
+        new=np.concatenate([p.new for p in parts]),
+        label=np.concatenate([p.label for p in parts]),
+        name=np.concatenate([np.asarray(p.name) for p in parts]),
+        path=np.concatenate([np.asarray(p.path) for p in parts]),
+        new_flip=None if any(f is None for f in flips) else np.concatenate(flips),  # type: ignore[arg-type]
+    )
+
+
+def shift_check(kit_eval: PairsSet, shifted: PairsSet) -> str:
+    """How far the shift moved each model: mean cosine shifted vs original, same photo."""
+    assert kit_eval.path is not None and shifted.path is not None
+    row = {str(p): i for i, p in enumerate(kit_eval.path)}
+    rows = np.array([row[str(p)] for p in shifted.path])
+
+    def mean_cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float((l2_normalize(a) * l2_normalize(b)).sum(axis=1).mean())
+
+    old = mean_cos(shifted.old, kit_eval.old[rows])
+    new = mean_cos(shifted.new, kit_eval.new[rows])
+    return f"mean cosine shifted vs original photo: old model {old:.3f}, new model {new:.3f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="scratch dir (not the kit)")
     parser.add_argument("--shards", type=int, default=2, help="parallel extraction processes")
+    parser.add_argument("--recipes", default="ridge,default", help="comma list of recipes")
+    parser.add_argument("--repeats", default="1,4", help="--pairs-repeat values for captures")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extract-only", action="store_true")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    kit_pairs, shifted = prepare(work=args.work, shards=args.shards)
-    print(f"shifted rows: {sum(len(s) for s in shifted)}")
+    started = time.perf_counter()
+    kit_pairs, parts = prepare(work=args.work, shards=args.shards)
+    shifted = concat_shifted(parts)
+    kit_eval = kit_pairs.select_split(SPLIT_EVAL)
+    print(f"shifted rows: {len(shifted)} of {len(shifted_paths(kit_pairs))} degraded photos "
+          f"(the rest: no face found); {shift_check(kit_eval, shifted)}")  # fmt: skip
     if args.extract_only:
         return
+    sets = shift_sets(kit=kit_eval, shifted=shifted)
+    print("sets:", ", ".join(f"{k}={v}" for k, v in sets.counts().items()))
+    repeats = tuple(int(r) for r in args.repeats.split(","))
+    for recipe in args.recipes.split(","):
+        rows = refit_rows(
+            sets=sets,
+            kit_bridge=kit_pairs.select_split(SPLIT_BRIDGE),
+            recipe=get_recipe(recipe),
+            repeats=repeats,
+            seed=args.seed,
+        )
+        print(f"\nrecipe {recipe!r} (flip-averaged queries where the rows have new_flip)\n")
+        print(format_table(rows))
+    print(f"{time.perf_counter() - started:.0f} s wall; load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
