@@ -36,6 +36,7 @@ from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs
 from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 from service.vectors import l2_normalize
 from training.evaluation.domain_shift import format_table, refit_rows, shift_sets
+from training.transformers.multi_pairs import combine_pairs
 from training.transformers.recipes import get_recipe
 
 BLUR_RADIUS = 2.0  # Gaussian blur, pixels of the 250x250 photo
@@ -111,19 +112,6 @@ def prepare(*, work: Path, shards: int) -> tuple[PairsSet, list[PairsSet]]:
     return kit_pairs, [load_pairs(p, mmap=False) for p in outputs]
 
 
-def concat_shifted(parts: list[PairsSet]) -> PairsSet:
-    """The shard outputs as one set (the columns domain_shift reads)."""
-    flips = [p.new_flip for p in parts]
-    return PairsSet(
-        old=np.concatenate([p.old for p in parts]),
-        new=np.concatenate([p.new for p in parts]),
-        label=np.concatenate([p.label for p in parts]),
-        name=np.concatenate([np.asarray(p.name) for p in parts]),
-        path=np.concatenate([np.asarray(p.path) for p in parts]),
-        new_flip=None if any(f is None for f in flips) else np.concatenate(flips),  # type: ignore[arg-type]
-    )
-
-
 def shift_check(kit_eval: PairsSet, shifted: PairsSet) -> str:
     """How far the shift moved each model: mean cosine shifted vs original, same photo."""
     assert kit_eval.path is not None and shifted.path is not None
@@ -150,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     kit_pairs, parts = prepare(work=args.work, shards=args.shards)
-    shifted = concat_shifted(parts)
+    shifted = combine_pairs(parts, sources=[f"shard{k}" for k in range(len(parts))]).pairs
     kit_eval = kit_pairs.select_split(SPLIT_EVAL)
     print(f"shifted rows: {len(shifted)} of {len(shifted_paths(kit_pairs))} degraded photos "
           f"(the rest: no face found); {shift_check(kit_eval, shifted)}")  # fmt: skip
