@@ -27,15 +27,13 @@ the same way on both sides); with several, ``bridge+a+b`` is fitted too.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 import zlib
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from parallel_extract import extract_roots
 
 from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs, save_pairs
 from service.inference.backbone import OnnxBackbone
@@ -69,25 +67,15 @@ def shard_folders(*, kit: Path, pairs: PairsSet, work: Path, shards: int) -> lis
 def extract_shards(*, roots: list[Path], kit: Path, work: Path, augment: str) -> list[Path]:
     """One ``facebridge pairs extract --augment AUGMENT`` process per shard (nice'd, 1 thread
     each), in parallel; an existing output is reused."""
-    outputs = [work / f"{augment}_{root.name}.npz" for root in roots]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = []
-    for root, out in zip(roots, outputs, strict=True):
-        if out.exists():
-            continue
-        cmd = [
-            "nice", "-n", "10", sys.executable, "-m", "service.cli", "pairs", "extract",
+    manifest = str(kit_backbone_manifest(kit))
+
+    def args(root: Path) -> list[str]:
+        return [
             "--images", str(root / "aligned"), "--photos", str(root / "photos"), "--aligned",
-            "--old", "dlib", "--new", str(kit_backbone_manifest(kit)),
-            "--output", str(out), "--augment", augment, "--threads", "1", "--chunk-size", "256",
+            "--old", "dlib", "--new", manifest, "--augment", augment, "--chunk-size", "256",
         ]  # fmt: skip
-        log = (work / f"extract_{augment}_{root.name}.log").open("w")
-        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=log), log))
-    for proc, log in procs:
-        if proc.wait() != 0:
-            raise SystemExit(f"extraction failed (see {log.name})")
-        log.close()
-    return outputs
+
+    return extract_roots(roots, work=work, prefix=f"{augment}_", args=args)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

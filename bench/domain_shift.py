@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from parallel_extract import extract_roots
 from PIL import Image, ImageEnhance, ImageFilter
 
 from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs
@@ -78,26 +77,16 @@ def write_degraded(*, photos: Path, paths: list[str], shard_roots: list[Path]) -
 
 
 def extract_shards(*, kit: Path, shard_roots: list[Path], work: Path) -> list[Path]:
-    """One nice'd ``facebridge pairs extract`` per shard (1 thread each), in parallel;
-    resumable (its chunks), an existing output is reused."""
-    outputs = [work / f"{root.name}.npz" for root in shard_roots]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = []
-    for root, out in zip(shard_roots, outputs, strict=True):
-        if out.exists():
-            continue
-        cmd = [
-            "nice", "-n", "10", sys.executable, "-m", "service.cli", "pairs", "extract",
-            "--images", str(root), "--old", "dlib", "--new", str(kit_backbone_manifest(kit)),
-            "--output", str(out), "--threads", "1", "--chunk-size", "128", "--no-progress",
+    """One ``facebridge pairs extract`` per shard, in parallel (photos: dlib detection)."""
+    manifest = str(kit_backbone_manifest(kit))
+
+    def args(root: Path) -> list[str]:
+        return [
+            "--images", str(root), "--old", "dlib", "--new", manifest,
+            "--chunk-size", "128", "--no-progress",
         ]  # fmt: skip
-        log = (work / f"extract_{root.name}.log").open("a")
-        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=log), log))
-    for proc, log in procs:
-        if proc.wait() != 0:
-            raise SystemExit(f"extraction failed (see {log.name})")
-        log.close()
-    return outputs
+
+    return extract_roots(shard_roots, work=work, prefix="", args=args)
 
 
 def prepare(*, work: Path, shards: int) -> tuple[PairsSet, list[PairsSet]]:
