@@ -23,6 +23,7 @@ Extraction is resumable (rerun the same command); ~70 ms of dlib per face per co
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -38,15 +39,24 @@ from training.evaluation.domain_shift import format_table, refit_rows, shift_set
 from training.transformers.multi_pairs import combine_pairs
 from training.transformers.recipes import get_recipe
 
-BLUR_RADIUS = 2.0  # Gaussian blur, pixels of the 250x250 photo
-BRIGHTNESS = 0.45  # darkening factor (PIL ImageEnhance.Brightness)
+BLUR_RADIUS = 2.0  # Gaussian blur, pixels of the 250x250 photo ("strong"; 1.0 = "moderate")
+BRIGHTNESS = 0.45  # darkening factor, PIL ImageEnhance.Brightness ("strong"; 0.6 = "moderate")
 JPEG_QUALITY = 90
+SETTINGS_FILE = "degrade.json"
 
 
-def degrade(image: Image.Image) -> Image.Image:
+def degrade(image: Image.Image, *, blur: float, brightness: float) -> Image.Image:
     """Grayscale (3 equal channels), Gaussian blur, darkened: a cheap, poor camera."""
-    gray = image.convert("L").filter(ImageFilter.GaussianBlur(BLUR_RADIUS))
-    return ImageEnhance.Brightness(gray).enhance(BRIGHTNESS).convert("RGB")
+    gray = image.convert("L").filter(ImageFilter.GaussianBlur(blur))
+    return ImageEnhance.Brightness(gray).enhance(brightness).convert("RGB")
+
+
+def check_settings(work: Path, settings: dict[str, float]) -> None:
+    """A work dir holds one degradation: refuse to mix settings (use another --work)."""
+    path = work / SETTINGS_FILE
+    if path.exists() and json.loads(path.read_text()) != settings:
+        raise SystemExit(f"{work} was made with {path.read_text()}; use another --work")
+    path.write_text(json.dumps(settings, sort_keys=True))
 
 
 def shifted_paths(pairs: PairsSet) -> list[str]:
@@ -63,7 +73,9 @@ def shifted_paths(pairs: PairsSet) -> list[str]:
     return paths
 
 
-def write_degraded(*, photos: Path, paths: list[str], shard_roots: list[Path]) -> None:
+def write_degraded(
+    *, photos: Path, paths: list[str], shard_roots: list[Path], settings: dict[str, float]
+) -> None:
     """Degraded JPEGs under ``shard_roots[k]/<identity>/<file>`` (identities dealt round robin)."""
     names = sorted({p.split("/")[0] for p in paths})
     shard_of = {name: k % len(shard_roots) for k, name in enumerate(names)}
@@ -73,7 +85,7 @@ def write_degraded(*, photos: Path, paths: list[str], shard_roots: list[Path]) -
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
         with Image.open(photos / rel) as image:
-            degrade(image.convert("RGB")).save(out, quality=JPEG_QUALITY)
+            degrade(image.convert("RGB"), **settings).save(out, quality=JPEG_QUALITY)
 
 
 def extract_shards(*, kit: Path, shard_roots: list[Path], work: Path) -> list[Path]:
@@ -89,14 +101,18 @@ def extract_shards(*, kit: Path, shard_roots: list[Path], work: Path) -> list[Pa
     return extract_roots(shard_roots, work=work, prefix="", args=args)
 
 
-def prepare(*, work: Path, shards: int) -> tuple[PairsSet, list[PairsSet]]:
+def prepare(
+    *, work: Path, shards: int, settings: dict[str, float]
+) -> tuple[PairsSet, list[PairsSet]]:
     """Kit pairs + the shifted pairs files (degraded and extracted if not done yet)."""
     kit = find_kit_dir()
     if kit is None:
         raise SystemExit("no kit (FACEBRIDGE_KIT_DIR or ../shared/kit): nothing to shift")
     kit_pairs = load_pairs(kit_pairs_path(kit), mmap=False)
+    check_settings(work, settings)
     roots = [work / f"shard{k}" for k in range(shards)]
-    write_degraded(photos=kit / "lfw" / "photos", paths=shifted_paths(kit_pairs), shard_roots=roots)
+    paths = shifted_paths(kit_pairs)
+    write_degraded(photos=kit / "lfw" / "photos", paths=paths, shard_roots=roots, settings=settings)
     outputs = extract_shards(kit=kit, shard_roots=roots, work=work)
     return kit_pairs, [load_pairs(p, mmap=False) for p in outputs]
 
@@ -122,11 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", default="ridge,default", help="comma list of recipes")
     parser.add_argument("--repeats", default="1,4", help="--pairs-repeat values for captures")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--blur", type=float, default=BLUR_RADIUS, help="Gaussian blur radius")
+    parser.add_argument("--brightness", type=float, default=BRIGHTNESS, help="darkening factor")
     parser.add_argument("--extract-only", action="store_true")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    kit_pairs, parts = prepare(work=args.work, shards=args.shards)
+    settings = {"blur": args.blur, "brightness": args.brightness}
+    kit_pairs, parts = prepare(work=args.work, shards=args.shards, settings=settings)
     shifted = combine_pairs(parts, sources=[f"shard{k}" for k in range(len(parts))]).pairs
     kit_eval = kit_pairs.select_split(SPLIT_EVAL)
     print(f"shifted rows: {len(shifted)} of {len(shifted_paths(kit_pairs))} degraded photos "
