@@ -1,23 +1,29 @@
 """Domain shift: does refitting with captured pairs close the gap to old/old there?
 
-Turns a subset of the kit's photos (every image of the ``eval`` identities with >= 2 photos,
-except the template, i.e. the first by path) grayscale, blurred and darkened, writes them under
-``--work`` (never into the kit), embeds them by BOTH models with the repo's own
-``facebridge pairs extract`` (photos: dlib detection, dlib descriptor on the photo, ArcFace
-alignment + MobileFaceNet, ``new_flip``), then evaluates (training.evaluation.domain_shift):
+Turns a subset of the kit's photos (every image of the ``eval`` identities with >= 2 photos:
+2,111 of 6,939) grayscale, blurred and darkened, writes them under ``--work`` (never into the
+kit), embeds them by BOTH models with the repo's own ``facebridge pairs extract`` (photos: dlib
+detection on the degraded photo, dlib descriptor on it, ArcFace alignment + MobileFaceNet,
+``new_flip``; photos where dlib finds no face are skipped), then compares, with the repo's
+protocol code (training.evaluation.domain_shift, whose docstring has the rules):
 
 - the eval identities are split by a fixed hash into a *capture* half and a *test* half;
-- test half, PROTOCOL.md: the gallery (templates + the eval singletons as distractors) holds the
-  ORIGINAL photos' old vectors (it was enrolled before the shift); probes are shifted photos;
-- captures = for each shifted photo of the capture half, (its flip-averaged native new vector,
-  the identity's template old vector from the original photo): what the service records;
+- test half (PROTOCOL.md): the gallery (templates + the eval singletons as distractors) holds
+  the ORIGINAL photos' old vectors (enrolled before the shift); probes are shifted photos;
+- captures = each shifted photo of the capture half but its template: (its flip-averaged native
+  new vector, the identity's template old vector from the original photo), what the service
+  records;
 - rows: old/old (shifted old probes), new/new (templates re-enrolled with the new model),
-  mapped by a transformer fitted on the kit bridge only, and refit on kit bridge + captures.
+  mapped by a transformer fitted on the kit bridge only, refit on kit bridge + captures (each
+  ``--repeats`` value = ``--pairs-repeat``), and on the captures only; per recipe.
 
-    .venv/bin/python bench/domain_shift.py --work /tmp/domain-shift [--recipe ridge] \
-        [--shards 2] [--capture-weight 1]
+    .venv/bin/python bench/domain_shift.py --work /tmp/domain-shift \
+        [--blur 2.0 --brightness 0.45] [--recipes ridge,default] [--repeats 1,4] [--shards 2]
 
-Extraction is resumable (rerun the same command); ~70 ms of dlib per face per core.
+Extraction is resumable (rerun the same command); ~70 ms of dlib per face per core. It also
+writes ``captures.npz`` and ``test_closed.npz`` under ``--work``, so the same comparison runs
+through the CLI: ``facebridge transformer fit --pairs KIT --pairs WORK/captures.npz ...`` then
+``facebridge transformer evaluate --pairs WORK/test_closed.npz --all-rows ...``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 from parallel_extract import extract_roots
 from PIL import Image, ImageEnhance, ImageFilter
 
-from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs
+from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs, save_pairs
 from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 from service.vectors import l2_normalize
 from training.evaluation.domain_shift import format_table, refit_rows, shift_sets
@@ -154,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     sets = shift_sets(kit=kit_eval, shifted=shifted)
     print("sets:", ", ".join(f"{k}={v}" for k, v in sets.counts().items()))
+    for name, part in (("captures", sets.captures), ("test_closed", sets.closed)):
+        save_pairs(args.work / f"{name}.npz", part)  # for the CLI: fit --pairs, evaluate
     repeats = tuple(int(r) for r in args.repeats.split(","))
     for recipe in args.recipes.split(","):
         rows = refit_rows(
