@@ -163,16 +163,20 @@ def main(argv: list[str] | None = None) -> None:
     for name, part in (("captures", sets.captures), ("test_closed", sets.closed)):
         save_pairs(args.work / f"{name}.npz", part)  # for the CLI: fit --pairs, evaluate
     repeats = tuple(int(r) for r in args.repeats.split(","))
+    bridge = kit_pairs.select_split(SPLIT_BRIDGE)
     for recipe in args.recipes.split(","):
         rows = refit_rows(
-            sets=sets,
-            kit_bridge=kit_pairs.select_split(SPLIT_BRIDGE),
-            recipe=get_recipe(recipe),
-            repeats=repeats,
-            seed=args.seed,
+            sets=sets, kit_bridge=bridge, recipe=get_recipe(recipe), repeats=repeats, seed=args.seed
         )
         print(f"\nrecipe {recipe!r} (flip-averaged queries where the rows have new_flip)\n")
         print(format_table(rows))
+    # Diagnostic: the same fits with the capture half's templates out of the test galleries.
+    without = shift_sets(kit=kit_eval, shifted=shifted, capture_templates=False)
+    rows = refit_rows(
+        sets=without, kit_bridge=bridge, recipe=get_recipe(recipe), repeats=(1,), diagnostics=False
+    )
+    print(f"\nrecipe {recipe!r}, capture-half templates NOT in the test galleries\n")
+    print(format_table(rows))
     print(f"{time.perf_counter() - started:.0f} s wall; load {os.getloadavg()[0]:.1f}")
 
 

@@ -23,6 +23,10 @@ come from the shifted domain.
   what the service records for a confident identification. Every capture is correct here (an
   oracle capture rule; the service's rule and its false captures are not modelled).
 - ``original``: the kit rows of the closed set's identities, unshifted, for reference.
+- Diagnostics: ``captures_own_old`` = the captures with each photo's OWN original old vector as
+  the target (a same-photo bridge pair; the service cannot record it), and
+  ``shift_sets(..., capture_templates=False)``: the capture half's templates left out of the
+  test galleries.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class ShiftSets:
     open: PairsSet
     captures: PairsSet
     original: PairsSet
+    captures_own_old: PairsSet  # diagnostic: each capture's own original photo's old vector
 
     def counts(self) -> dict[str, int]:
         return {
@@ -108,14 +113,21 @@ def _rows(
 
 
 def _test_picks(
-    groups: dict[str, list[int]], shifted_of: dict[str, int], kit: PairsSet, *, open_set: bool
+    groups: dict[str, list[int]],
+    shifted_of: dict[str, int],
+    kit: PairsSet,
+    *,
+    open_set: bool,
+    capture_templates: bool,
 ) -> list[tuple[str, int]]:
     """("kit" | "shifted", row) picks of a test set (module docstring)."""
     assert kit.path is not None
     picks: list[tuple[str, int]] = []
     for name, rows in sorted(groups.items()):
-        if len(rows) < 2 or is_capture_identity(name):
-            picks.append(("kit", rows[0]))  # a distractor: the original photo
+        captured = len(rows) >= 2 and is_capture_identity(name)
+        if len(rows) < 2 or captured:
+            if capture_templates or not captured:
+                picks.append(("kit", rows[0]))  # a distractor: the original photo
             continue
         if open_set and not is_enrolled(name):  # a stranger: every image is a search
             searches = rows
@@ -127,8 +139,10 @@ def _test_picks(
     return picks
 
 
-def shift_sets(*, kit: PairsSet, shifted: PairsSet) -> ShiftSets:
-    """The test sets, the captures and the unshifted reference (module docstring)."""
+def shift_sets(*, kit: PairsSet, shifted: PairsSet, capture_templates: bool = True) -> ShiftSets:
+    """The test sets, the captures and the unshifted reference (module docstring).
+    ``capture_templates=False`` leaves the capture half's templates out of the test galleries
+    (a diagnostic: does a refit pull other people's queries towards the captured ones?)."""
     if kit.name is None or kit.path is None or shifted.path is None:
         raise InvalidInput("domain shift needs name and path columns in both pairs sets")
     shifted_of = {str(p): i for i, p in enumerate(shifted.path)}
@@ -137,8 +151,12 @@ def shift_sets(*, kit: PairsSet, shifted: PairsSet) -> ShiftSets:
     if unknown:
         raise InvalidInput(f"{len(unknown)} shifted rows are not kit rows, e.g. {unknown[0]!r}")
     groups = _identities(kit)
-    closed = _test_picks(groups, shifted_of, kit, open_set=False)
-    open_picks = _test_picks(groups, shifted_of, kit, open_set=True)
+    closed = _test_picks(
+        groups, shifted_of, kit, open_set=False, capture_templates=capture_templates
+    )
+    open_picks = _test_picks(
+        groups, shifted_of, kit, open_set=True, capture_templates=capture_templates
+    )
     captures, templates = [], []
     for name, rows in sorted(groups.items()):
         if len(rows) < 2 or not is_capture_identity(name):
@@ -158,11 +176,14 @@ def shift_sets(*, kit: PairsSet, shifted: PairsSet) -> ShiftSets:
         path=capture_set.path,
     )
     kit_row = {str(p): i for i, p in enumerate(kit.path)}
+    assert capture_set.path is not None
+    own = np.array([kit_row[str(p)] for p in capture_set.path], dtype=np.int64)
     unshifted = [(s, i if s == "kit" else kit_row[str(shifted.path[i])]) for s, i in closed]
     return ShiftSets(
         closed=_rows(kit, shifted, closed),
         open=_rows(kit, shifted, open_picks),
         captures=capture_set,
+        captures_own_old=replace(capture_set, old=np.asarray(kit.old[own], dtype=np.float32)),
         original=_rows(kit, shifted, [("kit", i) for _, i in unshifted]),
     )
 
@@ -193,14 +214,19 @@ def _report_row(name: str, closed: Any, open_set: Any, original: Any, row: str) 
 
 
 def training_sets(
-    *, sets: ShiftSets, kit_bridge: PairsSet, repeats: tuple[int, ...]
+    *, sets: ShiftSets, kit_bridge: PairsSet, repeats: tuple[int, ...], diagnostics: bool = True
 ) -> dict[str, TrainingPairs]:
-    """The fits compared: kit bridge only, kit bridge + captures (x each repeat), captures only."""
+    """The fits compared: kit bridge only, kit bridge + captures (x each repeat), captures only;
+    with ``diagnostics``, kit bridge + captures whose target is the capture's OWN original photo
+    (what a same-photo bridge pair would be; the service cannot record it)."""
     combined = combine_pairs([kit_bridge, sets.captures], sources=["kit bridge", "captures"])
     fits = {"mapped, kit bridge only": normalized_pairs(kit_bridge)}
     for r in repeats:
         fits[f"mapped, refit: kit bridge + captures x{r}"] = combined.training(repeat=r)
     fits["mapped, refit: captures only"] = normalized_pairs(sets.captures)
+    if diagnostics:
+        own = combine_pairs([kit_bridge, sets.captures_own_old], sources=["kit", "own"])
+        fits["diagnostic: kit bridge + captures x1, own-photo targets"] = own.training()
     return fits
 
 
@@ -212,13 +238,15 @@ def refit_rows(
     repeats: tuple[int, ...] = (1,),
     seed: int = 0,
     flip: bool = True,
+    diagnostics: bool = True,
 ) -> list[ShiftRow]:
     """old/old and new/new, then each fit of :func:`training_sets` mapped, on the shifted test
     sets (closed-set top-1/top-5, open-set FNIR@FPIR=1%) and on the unshifted reference."""
     from training.transformers.fit import fit_normalized  # torch: imported when called
 
     rows: list[ShiftRow] = []
-    for name, train in training_sets(sets=sets, kit_bridge=kit_bridge, repeats=repeats).items():
+    fits = training_sets(sets=sets, kit_bridge=kit_bridge, repeats=repeats, diagnostics=diagnostics)
+    for name, train in fits.items():
         fitted = fit_normalized(train=train, recipe=recipe, seed=seed, progress=False)
         reports = [
             evaluate_mapping(eval_pairs=s, mapped=fitted.map_rows(s, flip=flip))

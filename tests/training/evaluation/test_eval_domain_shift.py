@@ -50,18 +50,23 @@ def _by_path(pairs: PairsSet) -> dict[str, int]:
     return {str(p): i for i, p in enumerate(pairs.path)}
 
 
-def test_sets_follow_the_rules_row_by_row() -> None:
+@pytest.mark.parametrize("capture_templates", [True, False])
+def test_sets_follow_the_rules_row_by_row(capture_templates: bool) -> None:
     kit, shifted = _kit_and_shifted(skip_every=5)
     kit_eval = kit.select_split("eval")
-    sets = shift_sets(kit=kit_eval, shifted=shifted)
+    sets = shift_sets(kit=kit_eval, shifted=shifted, capture_templates=capture_templates)
     kit_row, shifted_row = _by_path(kit_eval), _by_path(shifted)
     assert kit_eval.name is not None and kit_eval.path is not None
     for which, s in (("closed", sets.closed), ("open", sets.open)):
         expected: set[tuple[str, str]] = set()  # (path, "kit" | "shifted")
         for name in np.unique(kit_eval.name):
             paths = sorted(kit_eval.path[kit_eval.name == name].tolist())
-            if len(paths) == 1 or is_capture_identity(str(name)):
+            if len(paths) == 1:
                 expected.add((paths[0], "kit"))
+                continue
+            if is_capture_identity(str(name)):
+                if capture_templates:
+                    expected.add((paths[0], "kit"))
                 continue
             stranger = which == "open" and not is_enrolled(str(name))
             if not stranger:
@@ -90,6 +95,8 @@ def test_sets_follow_the_rules_row_by_row() -> None:
         j = shifted_row[p]
         expected_new = flip_average(shifted.new[j : j + 1], shifted.new_flip[j : j + 1])[0]
         np.testing.assert_allclose(caps.new[i], expected_new, atol=1e-6)
+        np.testing.assert_array_equal(sets.captures_own_old.old[i], kit_eval.old[kit_row[p]])
+    np.testing.assert_array_equal(sets.captures_own_old.new, caps.new)
     np.testing.assert_array_equal(sets.original.path, sets.closed.path)
     np.testing.assert_array_equal(
         sets.original.old, kit_eval.old[[kit_row[p] for p in sets.original.path]]
@@ -119,6 +126,7 @@ def test_refit_with_captures_recovers_a_strong_synthetic_shift() -> None:
     assert refit.fnir_at_fpir_1e2 < kit_only.fnir_at_fpir_1e2
     assert refit.fit_rows == int((kit.split == "bridge").sum()) + 3 * len(sets.captures)
     assert by_name["old/old"].fit_rows is None
+    assert "diagnostic: kit bridge + captures x1, own-photo targets" in by_name
     table = format_table(rows)
     assert table.count("\n") == 2 + len(rows) and "| mapped, refit: captures only |" in table
 
