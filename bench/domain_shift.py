@@ -42,6 +42,8 @@ from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs, sa
 from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 from service.vectors import l2_normalize
 from training.evaluation.domain_shift import format_table, refit_rows, shift_sets
+from training.evaluation.openset import open_set_split
+from training.evaluation.protocol import build_gallery_and_probes
 from training.transformers.multi_pairs import combine_pairs
 from training.transformers.recipes import get_recipe
 
@@ -160,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     sets = shift_sets(kit=kit_eval, shifted=shifted)
     print("sets:", ", ".join(f"{k}={v}" for k, v in sets.counts().items()))
+    closed, open_set = build_gallery_and_probes(sets.closed), open_set_split(sets.open)
+    print("closed set:", closed.counts(), "| open set:", open_set.counts())
     for name, part in (("captures", sets.captures), ("test_closed", sets.closed)):
         save_pairs(args.work / f"{name}.npz", part)  # for the CLI: fit --pairs, evaluate
     repeats = tuple(int(r) for r in args.repeats.split(","))
