@@ -39,9 +39,19 @@ import numpy as np
 
 from service.contracts import PairsSet
 from service.errors import InvalidInput
-from service.vectors import flip_average
+from service.vectors import flip_average, l2_normalize
+from training.evaluation.metrics import PairedComparison, mcnemar_exact, top_k_hits
 from training.evaluation.openset import evaluate_open_set, is_enrolled
-from training.evaluation.protocol import ROW_MAPPED, ROW_NEW_NEW, ROW_OLD_OLD, evaluate_mapping
+from training.evaluation.protocol import (
+    ROW_MAPPED,
+    ROW_NEW_NEW,
+    ROW_OLD_OLD,
+    MappedRows,
+    build_gallery_and_probes,
+    evaluate_mapping,
+    exact_search,
+    mapped_vectors,
+)
 from training.transformers.data import TrainingPairs, normalized_pairs
 from training.transformers.multi_pairs import combine_pairs
 
@@ -201,6 +211,27 @@ class ShiftRow:
     fnir_at_fpir_1e2: float
     original_top1: float
     fit_rows: int | None = None
+    vs_kit_only: PairedComparison | None = None  # top-1 per probe, paired with the kit-only map
+
+
+def top1_hits(pairs: PairsSet, mapped: MappedRows) -> np.ndarray:
+    """Per-probe top-1 hits of the mapped row on ``pairs`` (the protocol's gallery and probes,
+    its search and its scores), for a paired test between two maps."""
+    split = build_gallery_and_probes(pairs)
+    labels = np.asarray(pairs.label)
+    probes, gallery = mapped_vectors(
+        mapped,
+        query_rows=split.probe_rows,
+        gallery_rows=split.gallery_rows,
+        old_gallery=l2_normalize(pairs.old[split.gallery_rows]),
+    )
+    ranked = exact_search(gallery=gallery, probes=probes, k=1)
+    return top_k_hits(
+        ranked_ids=ranked,
+        gallery_labels=labels[split.gallery_rows],
+        probe_labels=labels[split.probe_rows],
+        k=1,
+    )
 
 
 def _report_row(name: str, closed: Any, open_set: Any, original: Any, row: str) -> ShiftRow:
@@ -245,6 +276,7 @@ def refit_rows(
     from training.transformers.fit import fit_normalized  # torch: imported when called
 
     rows: list[ShiftRow] = []
+    kit_only_hits: np.ndarray | None = None
     fits = training_sets(sets=sets, kit_bridge=kit_bridge, repeats=repeats, diagnostics=diagnostics)
     for name, train in fits.items():
         fitted = fit_normalized(train=train, recipe=recipe, seed=seed, progress=False)
@@ -260,8 +292,11 @@ def refit_rows(
                 _report_row(row, reports[0], open_set, reports[1], row)
                 for row in (ROW_OLD_OLD, ROW_NEW_NEW)
             ]
+        hits = top1_hits(sets.closed, fitted.map_rows(sets.closed, flip=flip))
+        paired = None if kit_only_hits is None else mcnemar_exact(hits_a=hits, hits_b=kit_only_hits)
+        kit_only_hits = hits if kit_only_hits is None else kit_only_hits
         mapped = _report_row(name, reports[0], open_set, reports[1], ROW_MAPPED)
-        rows.append(replace(mapped, fit_rows=len(train)))
+        rows.append(replace(mapped, fit_rows=len(train), vs_kit_only=paired))
     return rows
 
 
@@ -269,14 +304,16 @@ def format_table(rows: list[ShiftRow]) -> str:
     """Markdown: one line per row, top-1 relative to old/old on the shifted domain."""
     old = next(r for r in rows if r.name == ROW_OLD_OLD).top1
     lines = [
-        "| row | fit rows | shifted top-1 | top-1 - old/old | top-5 | FNIR@FPIR=1% "
-        "| unshifted top-1 (same people) |",
-        "|---|---|---|---|---|---|---|",
+        "| row | fit rows | shifted top-1 | top-1 - old/old | vs kit-only: +/- probes, McNemar p "
+        "| top-5 | FNIR@FPIR=1% | unshifted top-1 (same people) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fit = "-" if r.fit_rows is None else f"{r.fit_rows:,}"
+        c = r.vs_kit_only
+        paired = "-" if c is None else f"+{c.only_a}/-{c.only_b}, p={c.p_value:.3f}"
         lines.append(
-            f"| {r.name} | {fit} | {r.top1:.2f} | {r.top1 - old:+.2f} | {r.top5:.2f} "
+            f"| {r.name} | {fit} | {r.top1:.2f} | {r.top1 - old:+.2f} | {paired} | {r.top5:.2f} "
             f"| {r.fnir_at_fpir_1e2:.2f} | {r.original_top1:.2f} |"
         )
     return "\n".join(lines) + "\n"

@@ -17,9 +17,13 @@ from training.evaluation.domain_shift import (
     is_capture_identity,
     refit_rows,
     shift_sets,
+    top1_hits,
 )
 from training.evaluation.openset import is_enrolled
+from training.evaluation.protocol import evaluate_mapping
 from training.evaluation.synthetic import synthetic_pairs
+from training.transformers.data import normalized_pairs
+from training.transformers.fit import fit_normalized
 from training.transformers.recipes import get_recipe
 
 
@@ -127,6 +131,8 @@ def test_refit_with_captures_recovers_a_strong_synthetic_shift() -> None:
     assert refit.fit_rows == int((kit.split == "bridge").sum()) + 3 * len(sets.captures)
     assert by_name["old/old"].fit_rows is None
     assert "diagnostic: kit bridge + captures x1, own-photo targets" in by_name
+    assert kit_only.vs_kit_only is None and refit.vs_kit_only is not None
+    assert refit.vs_kit_only.only_a > refit.vs_kit_only.only_b
     table = format_table(rows)
     assert table.count("\n") == 2 + len(rows) and "| mapped, refit: captures only |" in table
 
@@ -136,3 +142,16 @@ def test_shifted_rows_must_be_kit_rows() -> None:
     bad = replace(shifted, path=np.array([f"x/{p}" for p in shifted.path]))
     with pytest.raises(InvalidInput, match="shifted rows are not kit rows"):
         shift_sets(kit=kit.select_split("eval"), shifted=bad)
+
+
+def test_top1_hits_agree_with_the_protocol_report() -> None:
+    kit, shifted = _kit_and_shifted()
+    sets = shift_sets(kit=kit.select_split("eval"), shifted=shifted)
+    train = normalized_pairs(kit.select_split("bridge"))
+    for recipe in ("ridge", "default"):  # forward, and two-way fused scoring
+        fitted = fit_normalized(train=train, recipe=get_recipe(recipe), progress=False)
+        mapped = fitted.map_rows(sets.closed)
+        report = evaluate_mapping(eval_pairs=sets.closed, mapped=mapped)
+        hits = top1_hits(sets.closed, mapped)
+        assert hits.size == report.probes
+        assert 100.0 * hits.mean() == pytest.approx(report.row("mapped").top1, abs=1e-9)
