@@ -4,200 +4,141 @@ Starts a real uvicorn process (kit MobileFaceNet backbone, the kit's eval galler
 vectors, a transformer fitted on the bridge split with the default recipe: two-way, so identify
 re-ranks with fused scores), then for each client concurrency (1, 4, 16 by default) sends
 single-image /identify requests with aligned kit crops for a fixed time and reports images/s,
-p50 and p99 latency. The reference is the backbone alone (``OnnxBackbone.embed`` on pre-decoded
-crops, doing the service's backbone work: with flip-averaged queries, the default, each image and
-its mirror in one run, else batch 1) run by as many threads as the server can use at that
-concurrency (min(concurrency, inference threads)), measured in this same run on this same
-machine in slices interleaved with the HTTP slices; the table prints the ratio.
+p50 and p99 latency, and the server process's CPU per answered image (from /proc/<pid>/stat:
+independent of the client). Two load generators: the Python client (httpx, asyncio; it shares
+the cores with the server) and, with ``--wrk``, the native ``wrk`` (``apt-get install wrk``)
+with ``bench/identify_wrk.lua`` posting multipart bodies. The reference is the backbone alone
+(``OnnxBackbone.embed`` on pre-decoded crops, doing the service's backbone work: with
+flip-averaged queries, the default, each image and its mirror in one run, else batch 1) run by
+min(concurrency, inference threads) threads, measured in this same run in slices interleaved
+with the HTTP slices; the table prints the ratios.
 
     .venv/bin/python bench/identify.py                  # ~1-2 minutes
-    .venv/bin/python bench/identify.py --seconds 5 --concurrency 1 4 16 --threads 2
+    .venv/bin/python bench/identify.py --seconds 6 --concurrency 4 --wrk --json
     .venv/bin/python bench/identify.py --no-flip        # plain queries (one crop per image)
+    .venv/bin/python bench/identify.py --micro-batch 4  # FACEBRIDGE_MICRO_BATCH_MAX=4
+    .venv/bin/python bench/identify.py --concurrency 4 --seconds 20 --profile /tmp/p.txt
 
+``--profile``: the server runs under py-spy (``pip install py-spy``, the ``bench`` extra) and
+``bench/profile_stages.py`` prints where the server's CPU per image goes.
 Needs the kit (FACEBRIDGE_KIT_DIR or ../shared/kit) and the train extra (to fit the ridge map).
-Client and server share the machine's cores: the client's own CPU use is part of the figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ADMIN_KEY = "bench-admin-key-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _prepare(workdir: Path, kit: Path, *, recipe: str) -> tuple[Path, Path]:
-    """(legacy gallery .npz, transformer .onnx fitted with ``recipe``) in ``workdir``."""
-    from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
-    from training.transformers.export import default_metadata, export_transformer
-    from training.transformers.fit import fit_transformer
-
-    pairs = load_pairs(kit / "lfw" / "pairs.npz")
-    evaluation = pairs.select_split("eval")
-    gallery = workdir / "gallery.npz"
-    np.savez(gallery, old=evaluation.old, external_id=evaluation.path, name=evaluation.name)
-    fitted = fit_transformer(pairs=pairs.select_split("bridge"), recipe=recipe, progress=False)
-    transformer = workdir / "transformer.onnx"
-    export_transformer(
-        fitted,
-        transformer,
-        metadata=default_metadata(
-            fitted, source_model=KIT_NEW_MODEL_ID, target_model=KIT_OLD_MODEL_ID
-        ),
-    )
-    return gallery, transformer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from identify_load import (
+    Slice,
+    python_client,
+    raw_backbone,
+    write_wrk_bodies,
+    wrk_available,
+    wrk_client,
+)
+from identify_server import BenchServer, load_gallery, prepare, start_server
 
 
-def _raw_backbone_run(
-    backbone: Any, crops: list[np.ndarray], *, threads: int, seconds: float, flip: bool
-) -> tuple[int, float]:
-    """(images, seconds) of the backbone alone: ``threads`` threads, one image per call (and its
-    mirror in the same run when ``flip``), one session."""
-    counts = [0] * threads
-    stop = threading.Event()
-
-    def work(slot: int) -> None:
-        i = slot
-        while not stop.is_set():
-            backbone.embed(crops[i % len(crops)][None], flip_average=flip)
-            counts[slot] += 1
-            i += threads
-
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    start = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    time.sleep(seconds)
-    stop.set()
-    for worker in workers:
-        worker.join()
-    return sum(counts), time.perf_counter() - start
-
-
-def _http_run(
-    url: str, images: list[bytes], *, concurrency: int, seconds: float, batch: int = 1
-) -> tuple[list[float], int, float]:
-    """(latencies s, failures, seconds) for single-image /identify at ``concurrency``.
-
-    One asyncio client with ``concurrency`` connections: a light load generator (16 Python
-    threads would spend the shared cores on the GIL instead of on the server).
-    """
-    import asyncio
-
-    import httpx
-
-    latencies: list[float] = []
-    failures = 0
-
-    async def worker(client: httpx.AsyncClient, slot: int, stop_at: float) -> None:
-        nonlocal failures
-        i = slot
-        while time.perf_counter() < stop_at:
-            files = [
-                ("image", ("probe.jpg", images[(i + j) % len(images)], "image/jpeg"))
-                for j in range(batch)
-            ]
-            i += concurrency * batch
-            start = time.perf_counter()
-            response = await client.post(
-                "/v1/identify", files=files, headers={"X-API-Key": ADMIN_KEY}
+def _measure(
+    args: argparse.Namespace,
+    server: BenchServer,
+    backbone: Any,
+    crops: list[Any],
+    images: list[bytes],
+    wrk: tuple[Path, str] | None,
+    concurrency: int,
+) -> list[dict[str, Any]]:
+    """Rows for one concurrency: one per load generator, each against the raw slices
+    interleaved with it (a change in the machine's load hits both)."""
+    clients = ["python"] + (["wrk"] if wrk is not None else [])
+    raw = {c: Slice() for c in clients}
+    raw_cpu = dict.fromkeys(clients, 0.0)
+    http = {c: Slice() for c in clients}
+    server_cpu = dict.fromkeys(clients, 0.0)
+    part = args.seconds / args.rounds
+    for _ in range(args.rounds):
+        for client in clients:
+            cpu = time.process_time()
+            threads = min(concurrency, args.threads)
+            raw[client].add(
+                raw_backbone(backbone, crops, threads=threads, seconds=part, flip=args.flip)
             )
-            if response.status_code == 200:
-                latencies.append(time.perf_counter() - start)
+            raw_cpu[client] += time.process_time() - cpu
+            cpu = server.cpu_seconds()
+            if client == "python":
+                run = python_client(
+                    server.url, images, concurrency=concurrency, seconds=part, batch=args.batch
+                )
             else:
-                failures += 1
+                run = wrk_client(server.url, *wrk, concurrency=concurrency, seconds=part)
+            server_cpu[client] += server.cpu_seconds() - cpu
+            http[client].add(run)
+    rows = []
+    for client in clients:
+        p50, p99 = http[client].p50_p99()
+        rate = http[client].images / http[client].seconds
+        raw_rate = raw[client].images / raw[client].seconds
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "client": client,
+                "http_images_per_s": round(rate, 2),
+                "raw_images_per_s": round(raw_rate, 2),
+                "ratio": round(rate / raw_rate, 3),
+                "server_cpu_ms_per_image": round(
+                    1000.0 * server_cpu[client] / max(1, http[client].images), 2
+                ),
+                "raw_cpu_ms_per_image": round(
+                    1000.0 * raw_cpu[client] / max(1, raw[client].images), 2
+                ),
+                "p50_ms": round(p50, 2),
+                "p99_ms": round(p99, 2),
+                "failed": http[client].failed,
+            }
+        )
+    return rows
 
-    async def run() -> float:
-        limits = httpx.Limits(max_connections=concurrency)
-        async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as client:
-            start = time.perf_counter()
-            stop_at = start + seconds
-            await asyncio.gather(*(worker(client, c, stop_at) for c in range(concurrency)))
-            return time.perf_counter() - start
 
-    elapsed = asyncio.run(run())
-    return latencies, failures, elapsed
-
-
-def _process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _start_server(
-    workdir: Path, kit: Path, *, threads: int, flip: bool
-) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = _free_port()
-    env = {
-        **os.environ,
-        "FACEBRIDGE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
-        "FACEBRIDGE_DATA_DIR": str(workdir / "var"),
-        "FACEBRIDGE_BACKBONE_MANIFEST": str(kit / "models" / "mobilefacenet.json"),
-        "FACEBRIDGE_GALLERY_MODEL_ID": "dlib-resnet-v1",
-        "FACEBRIDGE_ADMIN_KEY": ADMIN_KEY,
-        "FACEBRIDGE_DETECTOR": "none",
-        "FACEBRIDGE_INFERENCE_THREADS": str(threads),
-        "FACEBRIDGE_ORT_INTRA_OP_THREADS": "1",
-        "FACEBRIDGE_FAISS_THREADS": "1",
-        "FACEBRIDGE_FLIP_AVERAGE_QUERIES": "true" if flip else "false",
-        "OMP_NUM_THREADS": "1",
-    }
-    log = (workdir / "server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "service.app:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def _print_table(report: dict[str, Any]) -> None:
+    print(
+        f"\n/v1/identify, kit MobileFaceNet, {report['gallery_vectors']} gallery vectors, "
+        f"{report['batch']} image(s) per request, server inference threads = "
+        f"{report['threads']}, ORT intra-op threads = 1, {os.cpu_count()} CPUs, "
+        f"{report['seconds']:.0f} s per row, load average {report['loadavg']}\n"
+        f"mode: {report['queries']}; recipe {report['recipe']!r}, {report['scoring']}; "
+        f"micro-batch max {report['micro_batch']}"
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit((workdir / "server.log").read_text()[-3000:])
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("server did not become ready")
+    print(
+        "| concurrency | client | HTTP images/s | p50 ms | p99 ms | failed | raw ORT images/s "
+        "| ratio | server CPU ms/image | raw ORT CPU ms/image | CPU ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in report["rows"]:
+        cpu_ratio = r["server_cpu_ms_per_image"] / max(r["raw_cpu_ms_per_image"], 1e-9)
+        print(
+            f"| {r['concurrency']} | {r['client']} | {r['http_images_per_s']:.1f} "
+            f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['failed']} "
+            f"| {r['raw_images_per_s']:.1f} | {r['ratio']:.2f} "
+            f"| {r['server_cpu_ms_per_image']:.1f} | {r['raw_cpu_ms_per_image']:.1f} "
+            f"| {cpu_ratio:.2f} |"
+        )
+    print(
+        "raw ORT = OnnxBackbone.embed on pre-decoded crops, one image per call "
+        f"({'+ its mirror in the same run' if report['flip'] else 'batch 1'}), min(concurrency, "
+        f"server threads) threads, in {report['rounds']} slices interleaved with each client's; "
+        "server CPU from /proc/<server pid>/stat per answered image"
+    )
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -212,10 +153,18 @@ def main() -> int:
         help="plain queries (FACEBRIDGE_FLIP_AVERAGE_QUERIES=false); default: flip-averaged",
     )
     parser.add_argument("--recipe", default="default", help="transformer recipe to fit")
-    args = parser.parse_args()
+    parser.add_argument("--wrk", action="store_true", help="also load with wrk (native)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--micro-batch", type=int, default=1, help="FACEBRIDGE_MICRO_BATCH_MAX (1: off)"
+    )
+    parser.add_argument("--micro-batch-wait-ms", type=float, default=2.0)
+    parser.add_argument("--profile", type=Path, help="py-spy raw profile of the server here")
+    return parser
 
-    import httpx
 
+def main() -> int:
+    args = _parser().parse_args()
     from service.inference.backbone import OnnxBackbone
     from service.inference.images import read_image_file
     from service.kit import find_kit_dir
@@ -224,121 +173,58 @@ def main() -> int:
     if kit is None:
         print("sample kit absent (set FACEBRIDGE_KIT_DIR): nothing to benchmark", file=sys.stderr)
         return 2
+    if args.wrk and not wrk_available():
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
     aligned = sorted((kit / "lfw" / "aligned").rglob("*.jpg"))[: args.images]
     images = [p.read_bytes() for p in aligned]
     crops = [read_image_file(p) for p in aligned]
-
+    env = {}
+    if args.micro_batch > 1:  # else the server's defaults
+        env["FACEBRIDGE_MICRO_BATCH_MAX"] = str(args.micro_batch)
+        env["FACEBRIDGE_MICRO_BATCH_WAIT_MS"] = str(args.micro_batch_wait_ms)
     with tempfile.TemporaryDirectory(prefix="facebridge-bench-") as tmp:
         workdir = Path(tmp)
-        gallery, transformer = _prepare(workdir, kit, recipe=args.recipe)
-        process, url = _start_server(workdir, kit, threads=args.threads, flip=args.flip)
+        gallery, transformer = prepare(workdir, kit, recipe=args.recipe)
+        server = start_server(
+            workdir, kit, threads=args.threads, flip=args.flip, extra_env=env, profile=args.profile
+        )
         try:
-            headers = {"X-API-Key": ADMIN_KEY}
-            with httpx.Client(base_url=url, timeout=120) as client:
-                with gallery.open("rb") as fh:
-                    client.post(
-                        "/v1/gallery/import", files={"file": ("g.npz", fh)}, headers=headers
-                    ).raise_for_status()
-                with transformer.open("rb") as fh:
-                    uploaded = client.post(
-                        "/v1/admin/transformers",
-                        files={"file": ("t.onnx", fh)},
-                        data={"activate": "true"},
-                        headers=headers,
-                    )
-                uploaded.raise_for_status()
-                two_way = bool(uploaded.json().get("two_way", False))
-                stats = client.get("/v1/gallery/stats", headers=headers).json()
-            _http_run(url, images, concurrency=2, seconds=1.0)  # warm-up
+            two_way, vectors = load_gallery(server.url, gallery, transformer)
+            wrk = None
+            if args.wrk:
+                wrk = (workdir / "wrk", write_wrk_bodies(workdir / "wrk", images))
+            python_client(server.url, images, concurrency=2, seconds=1.0)  # warm-up
             backbone = OnnxBackbone(kit / "models" / "mobilefacenet.json", intra_op_threads=1)
             backbone.embed(crops[0][None], flip_average=args.flip)
             rows = []
             for concurrency in args.concurrency:
-                # Interleave short slices of both so a change in the machine's load hits both.
-                raw_images, raw_seconds, raw_cpu, http_seconds, server_cpu, failed = (
-                    0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0,
-                )
-                latencies: list[float] = []
-                for _ in range(args.rounds):
-                    cpu_before = time.process_time()
-                    n, t = _raw_backbone_run(
-                        backbone,
-                        crops,
-                        threads=min(concurrency, args.threads),
-                        seconds=args.seconds / args.rounds,
-                        flip=args.flip,
-                    )
-                    raw_cpu += time.process_time() - cpu_before
-                    raw_images, raw_seconds = raw_images + n, raw_seconds + t
-                    cpu_before = _process_cpu_seconds(process.pid)
-                    lat, bad, t = _http_run(
-                        url,
-                        images,
-                        concurrency=concurrency,
-                        seconds=args.seconds / args.rounds,
-                        batch=args.batch,
-                    )
-                    server_cpu += _process_cpu_seconds(process.pid) - cpu_before
-                    latencies += lat
-                    failed, http_seconds = failed + bad, http_seconds + t
-                ms = np.array(latencies) * 1000.0
-                answered = len(latencies) * args.batch
-                rate, raw = answered / http_seconds, raw_images / raw_seconds
-                rows.append(
-                    (
-                        concurrency,
-                        rate,
-                        float(np.percentile(ms, 50)),
-                        float(np.percentile(ms, 99)),
-                        failed,
-                        raw,
-                        rate / raw,
-                        1000.0 * server_cpu / max(1, answered),
-                        1000.0 * raw_cpu / max(1, raw_images),
-                    )
-                )
+                rows += _measure(args, server, backbone, crops, images, wrk, concurrency)
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-    queries = (
-        "flip-averaged queries (2 crops per image, one ORT run)"
+            server.stop()
+    report = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "gallery_vectors": vectors,
+        "batch": args.batch,
+        "threads": args.threads,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "flip": args.flip,
+        "queries": "flip-averaged queries (2 crops per image, one ORT run)"
         if args.flip
-        else "plain queries (1 crop per image)"
-    )
-    scoring = "two-way fused re-ranking" if two_way else "forward-only scoring"
-    print(
-        f"\n/v1/identify, kit MobileFaceNet, {stats['index_vectors']} gallery vectors, "
-        f"{args.batch} image(s) per request, server inference threads = {args.threads}, "
-        f"ORT intra-op threads = 1, {os.cpu_count()} CPUs, {args.seconds:.0f} s per row\n"
-        f"mode: {queries}; recipe {args.recipe!r}, {scoring}"
-    )
-    print(
-        "| concurrency | HTTP images/s | p50 ms/request | p99 ms/request | failed "
-        "| raw ORT images/s | ratio "
-        "| server CPU ms/image | raw ORT CPU ms/image |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for concurrency, rate, p50, p99, failed, raw, ratio, cpu_http, cpu_raw in rows:
-        print(
-            f"| {concurrency} | {rate:.1f} | {p50:.1f} | {p99:.1f} | {failed} | {raw:.1f} "
-            f"| {ratio:.2f} | {cpu_http:.1f} | {cpu_raw:.1f} |"
-        )
-    print(
-        "raw ORT = OnnxBackbone.embed on pre-decoded crops, one image per call "
-        f"({'+ its mirror in the same run' if args.flip else 'batch 1'}), min(concurrency, "
-        f"server threads) threads, measured in this run in {args.rounds} slices interleaved "
-        "with HTTP; "
-        "CPU columns: the server process's CPU time per answered image vs the raw run's"
-    )
+        else "plain queries (1 crop per image)",
+        "recipe": args.recipe,
+        "scoring": "two-way fused re-ranking" if two_way else "forward-only scoring",
+        "micro_batch": args.micro_batch,
+        "rows": rows,
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_table(report)
+    if args.profile is not None:
+        print(f"profile: .venv/bin/python bench/profile_stages.py {args.profile}", file=sys.stderr)
     return 0
 
 
