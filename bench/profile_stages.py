@@ -17,6 +17,17 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+# Leaf frames of a waiting thread (py-spy's idle detection does not work in every container:
+# these are dropped whatever it says). uvloop's C loop shows as ``Runner.run``: waiting in
+# epoll and running its own C callbacks look the same, so that leaf counts as the event loop.
+IDLE_LEAVES = (
+    "Condition.wait",
+    "Event.wait",
+    "Queue.get",
+    "select",
+    "sleep",
+    "_wait_for_tstate_lock",
+)
 SETUP = ("_find_and_load", "lifespan", "import_gallery", "upload_transformer", "startup.py")
 # (stage, function name or "", path fragment), tried leaf first: the first frame that matches
 # names the sample's stage.
@@ -49,11 +60,13 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("response building (pydantic, JSON)", "", "fastapi/encoders"),
     ("response building (pydantic, JSON)", "serialize_response", ""),
     ("response building (pydantic, JSON)", "", "starlette/responses"),
-    ("pipeline glue (numpy, stacking, outcomes)", "", "service/pipeline"),
     ("pipeline glue (numpy, stacking, outcomes)", "", "service/micro_batch"),
-    ("pipeline glue (numpy, stacking, outcomes)", "", "numpy"),
     ("middlewares", "", "service/app"),
+    ("pipeline glue (numpy, stacking, outcomes)", "", "service/pipeline"),
     ("middlewares", "", "service/api/problems"),
+)
+GENERIC: tuple[tuple[str, str, str], ...] = (
+    ("pipeline glue (numpy, stacking, outcomes)", "", "service/pipeline"),
     ("FastAPI routing + dependencies", "", "fastapi"),
     ("FastAPI routing + dependencies", "", "starlette"),
     ("HTTP server (uvicorn, httptools)", "", "uvicorn"),
@@ -77,10 +90,14 @@ def stage_of(stack: str) -> str | None:
     frames = _frames(stack)
     if any(marker in f"{name} {where}" for name, where in frames for marker in SETUP):
         return None
-    for name, where in reversed(frames):
-        for stage, function, fragment in RULES:
-            if (not function or name == function) and fragment in where:
-                return stage
+    if frames[-1][0] in IDLE_LEAVES:
+        return None
+    for rules in (RULES, GENERIC):  # a named stage anywhere on the stack beats generic code
+        for name, where in reversed(frames):
+            for stage, function, fragment in rules:
+                short = name.rsplit(".", 1)[-1]
+                if (not function or function in (name, short)) and fragment in where:
+                    return stage
     return "other"
 
 
