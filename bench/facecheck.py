@@ -41,14 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-category", type=int, default=250)
     parser.add_argument("--backgrounds", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--upscale", type=float, default=None, help="the check's upscale")
     args = parser.parse_args(argv)
 
-    from service.inference.facecheck import DlibCropCheck
+    from service.inference.facecheck import DEFAULT_UPSCALE, DlibCropCheck
     from service.inference.images import read_image_file
     from service.kit import find_kit_dir
     from training.evaluation.nonfaces import background_crops, generated_nonfaces
 
-    check = DlibCropCheck()
+    check = DlibCropCheck(upscale=DEFAULT_UPSCALE if args.upscale is None else args.upscale)
     kit = find_kit_dir()
     table: list[tuple[str, str, int, int]] = []  # (set, what counts, hits, n)
     started = time.perf_counter()
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     every = [r for refused in by_category.values() for r in refused]
     table.append(("non-faces: all", "refused", int(sum(every)), len(every)))
     seconds = time.perf_counter() - started
-    print(f"face check: {check.name} (min_score {check.min_score}); {seconds:.0f} s")
+    print(
+        f"face check: {check.name} (min_score {check.min_score}, {check.size} px + "
+        f"{check.pad} px border); {seconds:.0f} s"
+    )
     print("| set | rate | count |\n|---|---|---|")
     for name, what, hits, n in table:
         print(f"| {name} | {100.0 * hits / max(n, 1):.2f}% {what} | {hits} / {n} |")

@@ -13,13 +13,15 @@ the index.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import replace
 
 import numpy as np
 from fastapi import FastAPI
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import admin, gallery, health, identify, identities, operator, rollout
@@ -35,16 +37,18 @@ from service.console import install_console
 from service.db.session import make_engine, make_session_factory, upgrade_database
 from service.decision import GalleryCounter
 from service.errors import ServiceUnavailable
+from service.gallery.hits import gallery_hits
 from service.gallery.store import identities_with_faces, set_faiss_threads
 from service.gallery.sync import GallerySync, open_gallery
-from service.identities import face_vectors_by_id, identities_for_faces
+from service.identities import face_vectors_by_id
 from service.inference.backbone import OnnxBackbone
 from service.inference.detect import FaceDetector, make_detector
 from service.inference.facecheck import CropFaceCheck, make_face_check
+from service.inference.micro_batch import micro_batched
 from service.inference.transformer import counting_nonfinite
 from service.keys import bootstrap_admin_key
 from service.metrics import MetricsMiddleware, ServiceMetrics
-from service.pipeline import ActiveMapping, GalleryHit, Pipeline
+from service.pipeline import ActiveMapping, Pipeline
 from service.registry.holder import ActiveTransformerHolder, Poller
 from service.registry.shadow import ShadowEvaluator
 from service.registry.store import backbone_facts_of
@@ -195,7 +199,7 @@ def _start(
     backbone = _load_backbone(settings)
     step("loading the face detector")
     detector = make_detector(settings.detector)
-    face_check = make_face_check(settings.face_check)
+    face_check = make_face_check(settings.face_check, upscale=settings.face_check_upscale)
     if face_check is None:
         log.warning(
             "face check off (FACEBRIDGE_FACE_CHECK=%s%s): 112x112 uploads are used unchecked",
@@ -239,7 +243,9 @@ def _start(
         holder=holder,
         gallery_sync=gallery_sync,
         session_factory=session_factory,
+        engine=engine,
     )
+    stack.callback(getattr(pipeline.backbone, "close", lambda: None))  # a MicroBatcher's thread
     step("starting the shadow evaluator and the pollers")
     shadow = ShadowEvaluator(
         session_factory=session_factory,
@@ -307,6 +313,7 @@ def _build_pipeline(
     holder: ActiveTransformerHolder,
     gallery_sync: GallerySync,
     session_factory: sessionmaker[Session],
+    engine: Engine,
 ) -> Pipeline:
     queries = QUERIES_FLIP if settings.flip_average_queries else QUERIES_PLAIN
 
@@ -371,26 +378,13 @@ def _build_pipeline(
             out.append((hits.ids[keep], hits.scores[keep], matrix))
         return out
 
-    def lookup(face_ids: Sequence[int]) -> dict[int, GalleryHit]:
-        with session_factory() as session:
-            found = identities_for_faces(session=session, face_ids=list(face_ids))
-        return {
-            int(face_id): GalleryHit(
-                face_id=int(face_id),
-                identity_id=int(identity.id),
-                external_id=identity.external_id,
-                name=identity.name,
-            )
-            for face_id, identity in found.items()
-        }
-
     return Pipeline(
-        backbone=backbone if backbone is not None else _NoBackbone(),
+        backbone=_NoBackbone() if backbone is None else micro_batched(backbone, settings),
         detector=detector,
         snapshot=snapshot,
         search=search,
         search_with_vectors=search_with_vectors,
-        lookup=lookup,
+        lookup=functools.partial(gallery_hits, engine),  # one Core query, no ORM session
         max_image_bytes=settings.max_upload_bytes,
         max_image_pixels=settings.max_image_pixels,
         max_request_pixels=settings.max_request_pixels,

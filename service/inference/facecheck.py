@@ -2,8 +2,9 @@
 
 A 112 x 112 upload is taken as an aligned crop and goes straight to the backbone, so without a
 check a grey square could be enrolled (and black or noise squares then "match" it at 0.95).
-:class:`DlibCropCheck` runs dlib's HOG frontal-face detector on the crop itself: upscaled x2
-(the detector's window is 80 x 80 pixels; an aligned face is ~70 px wide at 112) and padded by
+:class:`DlibCropCheck` runs dlib's HOG frontal-face detector on the crop itself: upscaled
+(the detector's window is 80 x 80 pixels; an aligned face is ~70 px wide at 112; x1.39 by
+default, ``FACEBRIDGE_FACE_CHECK_UPSCALE``) and padded by
 replicating its border (the aligned face touches the crop's edges), at a detection score of at
 least ``min_score`` (dlib's own threshold is 0; the kit's aligned faces are aligned well enough
 that -0.5 accepts all of them), and the detected box must sit where an aligned face sits
@@ -13,7 +14,7 @@ that -0.5 accepts all of them), and the detected box must sit where an aligned f
 
 Measured by ``bench/facecheck.py`` (README, docs/pipeline.md): kit ``aligned/`` crops accepted,
 a generated non-face set (flat colours, noise, gradients, kit photo backgrounds, rendered text)
-refused. ~7 ms per crop on one core.
+refused. ~4 ms per crop on one core at the default upscale (~7 ms at x2).
 """
 
 from __future__ import annotations
@@ -28,10 +29,16 @@ from PIL import Image
 
 from service.errors import ContractError, NoFaceFound
 from service.inference.align import ARCFACE_SIZE
+from service.settings_request import FACE_CHECK_UPSCALE
 
 FaceCheckName = Literal["auto", "dlib", "off"]
-UPSCALE = 2
-PAD = 16
+# The crop is resized to ARCFACE_SIZE * upscale and padded by PAD_FRACTION of that on each side.
+# The detector scans a pyramid (each level 5/6 of the one above) down to its 80 x 80 window, so
+# its cost grows with the square of the upscale: x2 (~7 ms per crop on one core) finds faces
+# down to 0.36 of the crop's width; 2 * (5/6)**2 = 1.389 (~4 ms) down to 0.51, and an aligned
+# face is ~0.6 of it (bench/facecheck.py measures acceptance and refusal for an upscale).
+DEFAULT_UPSCALE = FACE_CHECK_UPSCALE  # FACEBRIDGE_FACE_CHECK_UPSCALE
+PAD_FRACTION = 1.0 / 14.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class DlibCropCheck:
         max_offset: float = 0.2,
         min_width: float = 0.35,
         max_width: float = 1.2,
+        upscale: float = DEFAULT_UPSCALE,
     ) -> None:
         try:
             import dlib
@@ -75,15 +83,19 @@ class DlibCropCheck:
         self.max_offset = float(max_offset)
         self.min_width = float(min_width)
         self.max_width = float(max_width)
+        if not 1.0 <= upscale <= 3.0:
+            raise ContractError(f"face check upscale {upscale} outside [1, 3]")
+        self.size = round(ARCFACE_SIZE * upscale)
+        self.pad = max(1, round(self.size * PAD_FRACTION))
         self._lock = threading.Lock()  # dlib objects are not documented as thread-safe
 
     def _prepared(self, crop: np.ndarray) -> np.ndarray:
-        size = ARCFACE_SIZE * UPSCALE
+        size, pad = self.size, self.pad
         image = Image.fromarray(np.ascontiguousarray(crop, dtype=np.uint8))
         if image.size != (ARCFACE_SIZE, ARCFACE_SIZE):
             image = image.resize((ARCFACE_SIZE, ARCFACE_SIZE), Image.Resampling.BILINEAR)
         big = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
-        return np.ascontiguousarray(np.pad(big, ((PAD, PAD), (PAD, PAD), (0, 0)), mode="edge"))
+        return np.ascontiguousarray(np.pad(big, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
 
     def check(self, crop: np.ndarray) -> FaceCheckResult:
         if crop.ndim != 3 or crop.shape[2] != 3:
@@ -92,8 +104,8 @@ class DlibCropCheck:
         with self._lock:
             # adjust_threshold below min_score so weak detections come back with their score
             rects, scores, _ = self._detector.run(prepared, 0, min(self.min_score, 0.0) - 0.5)
-        size = ARCFACE_SIZE * UPSCALE
-        centre = PAD + size / 2.0
+        size = self.size
+        centre = self.pad + size / 2.0
         best = float("-inf")
         for rect, score in zip(rects, scores, strict=True):
             width = float(rect.right() - rect.left())
@@ -112,16 +124,20 @@ class DlibCropCheck:
         return FaceCheckResult(accepted=False, score=best, reason=reason)
 
 
-def make_face_check(name: FaceCheckName = "auto") -> CropFaceCheck | None:
+def make_face_check(
+    name: FaceCheckName = "auto", *, upscale: float = DEFAULT_UPSCALE
+) -> CropFaceCheck | None:
     """``"dlib"`` (error when dlib is missing), ``"off"`` (None) or ``"auto"`` (dlib when
     installed, else None: crops then pass unchecked, and the service says so at start). Only
     dlib itself is needed (``dlib-bin``): the HOG detector ships inside it, no weights file."""
     if name == "off":
         return None
     if name == "dlib":
-        return DlibCropCheck()
+        return DlibCropCheck(upscale=upscale)
     if name == "auto":
-        return DlibCropCheck() if importlib.util.find_spec("dlib") is not None else None
+        if importlib.util.find_spec("dlib") is None:
+            return None
+        return DlibCropCheck(upscale=upscale)
     raise ContractError(f"unknown face check {name!r}; choose auto, dlib or off")
 
 

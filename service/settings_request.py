@@ -1,0 +1,39 @@
+"""Settings of the identify request path's costs: the crop face check's resolution and
+micro-batching of concurrent requests. A base of :class:`service.settings.ServiceSettings`
+(same env prefix); nothing runs at import."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FACE_CHECK_UPSCALE = 2.0 * (5.0 / 6.0) ** 2  # see service.inference.facecheck
+
+
+class RequestPathSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEBRIDGE_", extra="ignore", frozen=True)
+
+    face_check_upscale: float = Field(
+        default=FACE_CHECK_UPSCALE,
+        ge=1.0,
+        le=3.0,
+        description="Resolution of the crop face check: the 112x112 crop is upscaled by this "
+        "before dlib's HOG detector (80 px window) scans it. The cost grows with its square: "
+        "1.389 (~4 ms per crop on one core) finds faces down to 0.51 of the crop's width, 2.0 "
+        "(~7 ms) down to 0.36 (`bench/facecheck.py` measures acceptance and refusal).",
+    )
+    micro_batch_max: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Micro-batching: concurrent requests' crops merged into one backbone call "
+        "of at most this many images; 1 = off (the default: on CPU a larger batch is no faster "
+        "per image). Pays on a GPU; give it `FACEBRIDGE_INFERENCE_THREADS` >= this.",
+    )
+    micro_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=100.0,
+        description="Micro-batching: how long the first request of a batch waits for others "
+        "(ms); the added latency at low load.",
+    )
