@@ -47,7 +47,7 @@ from identify_load import (
 from identify_server import BenchServer, load_gallery, prepare, start_server
 
 
-def _measure(
+def measure(
     args: argparse.Namespace,
     server: BenchServer,
     backbone: Any,
@@ -107,7 +107,7 @@ def _measure(
     return rows
 
 
-def _print_table(report: dict[str, Any]) -> None:
+def print_table(report: dict[str, Any]) -> None:
     print(
         f"\n/v1/identify, kit MobileFaceNet, {report['gallery_vectors']} gallery vectors, "
         f"{report['batch']} image(s) per request, server inference threads = "
@@ -199,7 +199,7 @@ def main() -> int:
             backbone.embed(crops[0][None], flip_average=args.flip)
             rows = []
             for concurrency in args.concurrency:
-                rows += _measure(args, server, backbone, crops, images, wrk, concurrency)
+                rows += measure(args, server, backbone, crops, images, wrk, concurrency)
         finally:
             server.stop()
     report = {
@@ -222,7 +222,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        _print_table(report)
+        print_table(report)
     if args.profile is not None:
         print(f"profile: .venv/bin/python bench/profile_stages.py {args.profile}", file=sys.stderr)
     return 0

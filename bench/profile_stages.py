@@ -73,7 +73,9 @@ GENERIC: tuple[tuple[str, str, str], ...] = (
     ("HTTP server (uvicorn, httptools)", "", "httptools"),
     ("thread hand-off (executor, futures)", "", "concurrent/futures"),
     ("thread hand-off (executor, futures)", "", "threading.py"),
-    ("event loop (asyncio)", "", "asyncio"),
+    ("thread hand-off (executor, futures)", "_call_set_state", "asyncio/futures"),
+    ("thread hand-off (executor, futures)", "wrap_future", "asyncio/futures"),
+    ("event loop (asyncio, uvloop's C loop)", "", "asyncio"),
 )
 
 
