@@ -114,7 +114,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['threads']}, ORT intra-op threads = 1, {os.cpu_count()} CPUs, "
         f"{report['seconds']:.0f} s per row, load average {report['loadavg']}\n"
         f"mode: {report['queries']}; recipe {report['recipe']!r}, {report['scoring']}; "
-        f"micro-batch max {report['micro_batch']}"
+        f"micro-batch max {report['micro_batch']}; server env {report.get('server_env') or '-'}"
     )
     print(
         "| concurrency | client | HTTP images/s | p50 ms | p99 ms | failed | raw ORT images/s "
@@ -160,6 +160,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--micro-batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the server here")
+    parser.add_argument(
+        "--server-env",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra server settings, e.g. FACEBRIDGE_FACE_CHECK=off",
+    )
     return parser
 
 
@@ -179,7 +186,7 @@ def main() -> int:
     aligned = sorted((kit / "lfw" / "aligned").rglob("*.jpg"))[: args.images]
     images = [p.read_bytes() for p in aligned]
     crops = [read_image_file(p) for p in aligned]
-    env = {}
+    env = dict(item.split("=", 1) for item in args.server_env)
     if args.micro_batch > 1:  # else the server's defaults
         env["FACEBRIDGE_MICRO_BATCH_MAX"] = str(args.micro_batch)
         env["FACEBRIDGE_MICRO_BATCH_WAIT_MS"] = str(args.micro_batch_wait_ms)
@@ -217,6 +224,7 @@ def main() -> int:
         "recipe": args.recipe,
         "scoring": "two-way fused re-ranking" if two_way else "forward-only scoring",
         "micro_batch": args.micro_batch,
+        "server_env": env,
         "rows": rows,
     }
     if args.json:
