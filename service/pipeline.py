@@ -16,10 +16,9 @@ Everything here is blocking (Pillow, ORT, FAISS, SQL) and runs in the app's boun
 never on the event loop. The storage side is reached through three small callables so this module
 does not care how the gallery and registry are built (see ``service.app``).
 
-Micro-batching of concurrent requests into one backbone call was measured and left out: on these
-CPUs the kit MobileFaceNet runs ~80 images/s per thread at batch 1 and LESS per image at batch 16,
-so merging requests would only add queueing latency. A request with several images is still one
-backbone call.
+Micro-batching of concurrent requests into one backbone call is the backbone's business
+(:mod:`service.inference.micro_batch`, off by default): on these CPUs the kit MobileFaceNet is
+no faster per image at larger batches. A request with several images is one backbone call.
 """
 
 from __future__ import annotations
