@@ -4,6 +4,7 @@ one request's bad input fails only that request."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -13,6 +14,7 @@ import pytest
 from service.errors import ImageError, ServiceUnavailable
 from service.inference.micro_batch import MicroBatcher, micro_batched
 from service.settings_request import RequestPathSettings
+from tests.concurrency import at_once
 
 
 class FakeBackbone:
@@ -42,23 +44,10 @@ def crops(seed: int, n: int = 1) -> np.ndarray:
 
 
 def run_concurrently(batcher: MicroBatcher, inputs: list[tuple[np.ndarray, bool]]) -> list:
-    results: list = [None] * len(inputs)
-    barrier = threading.Barrier(len(inputs))
-
-    def call(i: int) -> None:
-        batch, flip = inputs[i]
-        barrier.wait()
-        try:
-            results[i] = batcher.embed(batch, flip_average=flip)
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(inputs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
+    """Each input's embed (or its exception), the calls released together."""
+    return at_once(
+        *(functools.partial(batcher.embed, batch, flip_average=flip) for batch, flip in inputs)
+    )
 
 
 def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:

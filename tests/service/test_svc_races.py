@@ -4,8 +4,6 @@ deletion of one version at once (the registry stays consistent, no 500)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,28 +25,9 @@ from service.registry.store import (
     registry_state,
     upload_transformer,
 )
+from tests.concurrency import at_once
 
 ROUNDS = 20
-
-
-def at_once(*calls: Callable[[], Any]) -> list[Any]:
-    """Run ``calls`` in threads released together; each result is a value or the exception."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = calls[i]()
-        except BaseException as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 def test_the_same_face_enrolled_twice_at_once_is_one_201_and_one_409(env) -> None:
