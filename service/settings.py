@@ -42,7 +42,6 @@ IndexType = Literal["auto", "flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
 VectorStoreEngine = Literal["faiss", "milvus"]
 MilvusIndexType = Literal["AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "HNSW_SQ"]
 Detector = Literal["auto", "dlib", "none"]
-FaceCheck = Literal["auto", "dlib", "off"]
 Device = Literal["cpu", "cuda"]
 
 
@@ -190,13 +189,6 @@ class ServiceSettings(RequestPathSettings):
         default="auto",
         description="Face detector: `dlib` (needs the detect extra), `none` (clients send "
         "aligned 112x112 crops) or `auto` (dlib when installed, else none).",
-    )
-    face_check: FaceCheck = Field(
-        default="auto",
-        description="Check that a 112x112 upload (taken as an aligned crop, so not detected) "
-        "shows a face: `dlib` (HOG detector on the crop; needs the detect extra), `off`, or "
-        "`auto` (dlib when installed, else off with a warning at start). Refused crops get the "
-        "`no-face` problem.",
     )
     device: Device = Field(
         default="cpu", description="Inference device for ONNX Runtime: `cpu` or `cuda`."

@@ -4,15 +4,25 @@ micro-batching of concurrent requests. A base of :class:`service.settings.Servic
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-FACE_CHECK_UPSCALE = 2.0 * (5.0 / 6.0) ** 3  # 1.157; see service.inference.facecheck
+FaceCheck = Literal["auto", "dlib", "off"]
+FACE_CHECK_UPSCALE = 1.157  # ~2 * (5/6)**3: 130 px crops; see service.inference.facecheck
 
 
 class RequestPathSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEBRIDGE_", extra="ignore", frozen=True)
 
+    face_check: FaceCheck = Field(
+        default="auto",
+        description="Check that a 112x112 upload (taken as an aligned crop, so not detected) "
+        "shows a face: `dlib` (HOG detector on the crop; needs the detect extra), `off`, or "
+        "`auto` (dlib when installed, else off with a warning at start). Refused crops get the "
+        "`no-face` problem.",
+    )
     face_check_upscale: float = Field(
         default=FACE_CHECK_UPSCALE,
         ge=1.0,

@@ -35,7 +35,7 @@ FaceCheckName = Literal["auto", "dlib", "off"]
 # The crop is resized to ARCFACE_SIZE * upscale and padded by PAD_FRACTION of that on each side.
 # The detector scans a pyramid (each level 5/6 of the one above) down to its 80 x 80 window, so
 # its cost grows with the square of the upscale: x2 (~7 ms per crop on one core) finds faces
-# down to 0.36 of the crop's width, 2 * (5/6)**3 = 1.157 (the default, ~2.4 ms) down to 0.62,
+# down to 0.36 of the crop's width, 1.157 ~ 2 * (5/6)**3 (the default, ~2.4 ms) down to 0.62,
 # and an aligned face is wider (bench/facecheck.py: 99.93% of the kit's aligned crops accepted,
 # 100% of 1,500 non-faces refused, vs 99.90% / 100% at x2).
 DEFAULT_UPSCALE = FACE_CHECK_UPSCALE  # FACEBRIDGE_FACE_CHECK_UPSCALE
