@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= train,detect,milvus,dev
+EXTRAS ?= tables,train,detect,milvus,dev
 
 .PHONY: setup test lint demo bench clean browser
 

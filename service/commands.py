@@ -1,9 +1,10 @@
-"""``facebridge service|db|gallery|transformers|keys`` commands. They work on the database
-directly (no HTTP), with settings from the environment (``FACEBRIDGE_*``).
+"""``facebridge service|db|gallery|keys`` commands (``transformer``:
+:mod:`service.registry.commands`). They work on the database directly (no HTTP), with settings
+from the environment (``FACEBRIDGE_*``).
 
 Each command is a thin wrapper over a plain function with keyword-only arguments (also used
 in-process, e.g. by the demo): :func:`db_upgrade`, :func:`gallery_import`,
-:func:`gallery_rebuild`, :func:`transformers_upload`, :func:`keys_create`.
+:func:`gallery_rebuild`, :func:`keys_create`.
 Every command except ``service run`` first brings the schema to the newest migration.
 """
 
@@ -26,9 +27,6 @@ serve_app = typer.Typer(help="Run the HTTP service.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 gallery_app = typer.Typer(
     help="The gallery: import legacy vectors, rebuild the index, stats.", no_args_is_help=True
-)
-transformers_app = typer.Typer(
-    help="Transformer versions: upload, list, activate, roll back, delete.", no_args_is_help=True
 )
 keys_app = typer.Typer(
     help="API keys (shown once at creation, stored hashed).", no_args_is_help=True
@@ -129,30 +127,6 @@ def gallery_rebuild(*, settings: ServiceSettings | None = None) -> Any:
         return rebuild_gallery(session_factory=storage.session_factory, settings=storage.settings)
 
 
-def transformers_upload(
-    *,
-    path: Path,
-    settings: ServiceSettings | None = None,
-    activate: bool = False,
-    note: str | None = None,
-) -> Any:
-    """Validate and store a transformer ONNX file; optionally activate it. TransformerInfo."""
-    from service.errors import InvalidInput
-    from service.registry.store import upload_transformer
-
-    if not Path(path).is_file():
-        raise InvalidInput(f"transformer file not found: {path}")
-    with open_storage(settings=settings) as storage, open(path, "rb") as handle:
-        return upload_transformer(
-            session_factory=storage.session_factory,
-            settings=storage.settings,
-            data=handle,
-            filename=Path(path).name,
-            activate=activate,
-            note=note,
-        )
-
-
 def keys_create(
     *, scopes: list[str], name: str | None = None, settings: ServiceSettings | None = None
 ) -> tuple[Any, str]:
@@ -166,13 +140,13 @@ def keys_create(
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in asdict(value).items()}
+        return {k: jsonable(v) for k, v in asdict(value).items()}
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "isoformat"):
@@ -180,11 +154,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(_jsonable(value), indent=2, sort_keys=True))
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(jsonable(value), indent=2, sort_keys=True))
 
 
-def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         typer.echo("(none)")
         return
@@ -261,7 +235,7 @@ def gallery_import_command(
 ) -> None:
     """Import legacy vectors; idempotent per external id (re-running stores nothing new)."""
     report = gallery_import(path=file, model_id=model_id, format=format)
-    _print_json(report)
+    print_json(report)
 
 
 @gallery_app.command("rebuild")
@@ -286,7 +260,7 @@ def gallery_stats_command(
         store = load_gallery_store(
             session_factory=storage.session_factory, settings=storage.settings
         )
-        stats = _jsonable(gallery_stats(session=session, index=store, settings=storage.settings))
+        stats = jsonable(gallery_stats(session=session, index=store, settings=storage.settings))
         stats["vector_store"] = storage.settings.vector_store
         stats["index_file"] = str(storage.settings.index_file)
         compare = check_consistency if check else count_report
@@ -295,92 +269,7 @@ def gallery_stats_command(
         )
         if store is not None:
             store.close()
-        _print_json(stats)
-
-
-# ---------------------------------------------------------------------------------------------
-# transformers
-# ---------------------------------------------------------------------------------------------
-_TRANSFORMER_COLUMNS = [
-    "version",
-    "state",
-    "recipe",
-    "fusion_weight",
-    "input_dim",
-    "output_dim",
-    "source_model",
-    "target_model",
-    "threshold",
-    "created_at",
-]
-
-
-@transformers_app.command("upload")
-def transformers_upload_command(
-    file: Annotated[Path, typer.Argument(help="Transformer ONNX file.")],
-    activate: Annotated[
-        bool, typer.Option("--activate", help="Activate it after validation.")
-    ] = False,
-    note: Annotated[str | None, typer.Option(help="Free-text note stored with it.")] = None,
-) -> None:
-    """Validate and store a transformer (refused with one error line if it does not fit)."""
-    info = transformers_upload(path=file, activate=activate, note=note)
-    _print_json(info)
-
-
-@transformers_app.command("list")
-def transformers_list_command() -> None:
-    """All stored versions; the active one is marked."""
-    from service.registry.store import list_transformers
-
-    with open_storage() as storage, storage.session_factory() as session:
-        rows = [_jsonable(i) for i in list_transformers(session=session, settings=storage.settings)]
-    _print_table(rows, _TRANSFORMER_COLUMNS)
-
-
-@transformers_app.command("show")
-def transformers_show_command(version: Annotated[str, typer.Argument()]) -> None:
-    """Everything stored about one version (metrics included)."""
-    from service.registry.store import get_transformer
-
-    with open_storage() as storage, storage.session_factory() as session:
-        _print_json(get_transformer(session=session, settings=storage.settings, version=version))
-
-
-@transformers_app.command("activate")
-def transformers_activate_command(version: Annotated[str, typer.Argument()]) -> None:
-    """Make VERSION the active transformer (workers swap within the poll interval)."""
-    from service.registry.store import activate_transformer
-
-    with open_storage() as storage:
-        info = activate_transformer(
-            session_factory=storage.session_factory, settings=storage.settings, version=version
-        )
-    typer.echo(f"active: {info.version}")
-
-
-@transformers_app.command("rollback")
-def transformers_rollback_command() -> None:
-    """Re-activate the previously active version."""
-    from service.registry.store import rollback_transformer
-
-    with open_storage() as storage:
-        info = rollback_transformer(
-            session_factory=storage.session_factory, settings=storage.settings
-        )
-    typer.echo(f"active: {info.version}")
-
-
-@transformers_app.command("delete")
-def transformers_delete_command(version: Annotated[str, typer.Argument()]) -> None:
-    """Delete an inactive version and its file (the active one is refused)."""
-    from service.registry.store import delete_transformer
-
-    with open_storage() as storage:
-        delete_transformer(
-            session_factory=storage.session_factory, settings=storage.settings, version=version
-        )
-    typer.echo(f"deleted: {version}")
+        print_json(stats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,10 +300,10 @@ def keys_list_command() -> None:
     with open_storage() as storage, storage.session_factory() as session:
         rows = []
         for info in list_keys(session=session):
-            row = _jsonable(info)
+            row = jsonable(info)
             row["scopes"] = ",".join(info.scopes)
             rows.append(row)
-    _print_table(
+    print_table(
         rows, ["id", "prefix", "name", "scopes", "created_at", "last_used_at", "revoked_at"]
     )
 

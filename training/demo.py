@@ -712,8 +712,9 @@ def _prepare_service(
 ) -> tuple[str, str, dict[str, int], list[tuple[str, str]]]:
     """Migrate the database, import the gallery, upload + activate the transformer and create
     an identify key and an admin key (the console's): the functions behind `facebridge db
-    upgrade`, `gallery import`, `transformers upload --activate` and `keys create`."""
-    from service.commands import db_upgrade, gallery_import, keys_create, transformers_upload
+    upgrade`, `gallery import`, `transformer upload --activate` and `keys create`."""
+    from service.commands import db_upgrade, gallery_import, keys_create
+    from service.registry.commands import transformer_upload
 
     settings = settings_from_env(env)
     gallery, counts, probes = gallery_and_probes(eval_pairs)
@@ -730,7 +731,7 @@ def _prepare_service(
     report = gallery_import(
         path=gallery_file, settings=settings, model_id=settings.gallery_model_id
     )
-    transformers_upload(
+    transformer_upload(
         path=transformer_path, settings=settings, activate=True, note="facebridge demo"
     )
     _, api_key = keys_create(scopes=["identify"], name="demo", settings=settings)

@@ -14,6 +14,7 @@ commit, through the change log (SQL first).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -28,7 +29,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.locks import exclusive
 from service.db.models import Face, Identity, utcnow
-from service.errors import ContractError, FacebridgeError, InvalidInput
+from service.errors import (
+    ContractError,
+    FacebridgeError,
+    InvalidInput,
+    UnsupportedMediaType,
+)
 from service.gallery.changes import record_face_changes
 from service.gallery.counters import IDENTITIES, add_counts, face_deltas
 from service.gallery.npz_stream import ImportLimits, NpzColumns
@@ -284,6 +290,10 @@ def read_import_file(
     readers = {"npz": _read_npz, "parquet": _read_parquet, "csv": _read_csv}
     if format not in readers:
         raise InvalidInput(f"unknown import format {format!r}; choose {', '.join(FORMATS)}")
+    if format != "npz" and importlib.util.find_spec("pyarrow") is None:
+        raise UnsupportedMediaType(
+            f"{format} import needs pyarrow (install facebridge[tables]); .npz imports without it"
+        )
     return readers[format](source, chunk_rows, limits or ImportLimits())
 
 

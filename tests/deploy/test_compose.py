@@ -142,11 +142,18 @@ def test_service_image_installs_no_torch(dockerfile: str) -> None:
     commands = [c.strip() for r in runs for c in re.split(r"&&|;", r)]
     installs = [c for c in commands if c.startswith("pip install")]
     assert installs, f"{dockerfile}: no pip install"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     for run in installs:
         assert "torch" not in run, f"{dockerfile}: installs torch: {run}"
-        # `pip install .` or `.[gpu]`-free: no extras (train would pull torch).
-        assert not re.search(r"\.\[", run), f"{dockerfile}: installs extras: {run}"
+        # `pip install .` or `.[tables]`: only extras without torch (train would pull it).
+        for named in re.findall(r"\.\[([^\]]*)\]", run):
+            for extra in named.split(","):
+                assert extra in extras, f"{dockerfile}: unknown extra {extra}: {run}"
+                assert not [d for d in extras[extra] if d.lower().startswith("torch")], run
         assert " -e " not in f" {run} ", f"{dockerfile}: editable install in an image"
+    assert any("[tables]" in run for run in installs), "Parquet/CSV import needs pyarrow"
     assert any("pip show torch" in r for r in runs), "the build asserts torch is absent"
     # The runtime stage gets the venv from the builder and runs as a non-root user.
     service = stages["service"]

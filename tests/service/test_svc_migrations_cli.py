@@ -137,17 +137,19 @@ def test_cli_commands_work_on_the_database(tmp_path, monkeypatch, capsys):
     assert code == 0 and '"index_consistent": true' in out
     (tmp_path / "t1.onnx").write_bytes(make_transformer_onnx(seed=1))
     (tmp_path / "t2.onnx").write_bytes(make_transformer_onnx(seed=2))
-    assert run("transformers", "upload", str(tmp_path / "t1.onnx"), "--activate")[0] == 0
-    assert run("transformers", "upload", str(tmp_path / "t2.onnx"), "--activate")[0] == 0
-    code, out, _ = run("transformers", "list")
+    assert run("transformer", "upload", str(tmp_path / "t1.onnx"), "--activate")[0] == 0
+    assert run("transformer", "upload", str(tmp_path / "t2.onnx"), "--activate")[0] == 0
+    code, out, _ = run("transformer", "list")
     assert code == 0 and out.count("active") == 2 and out.count("inactive") == 1
     assert "fusion_weight" in out.splitlines()[0]  # one-way vs two-way shows in the listing
-    assert run("transformers", "rollback")[0] == 0
+    code, alias_out, err = run("transformers", "list")  # the old spelling, for one release
+    assert code == 0 and alias_out == out and "deprecated" in err and len(err.splitlines()) == 1
+    assert run("transformer", "rollback")[0] == 0
     version = out.splitlines()[1].split()[0]  # the first uploaded, active again after rollback
-    code, _, err = run("transformers", "delete", version)
+    code, _, err = run("transformer", "delete", version)
     assert code == 2 and "active" in err  # one line, no traceback
     (tmp_path / "bad.onnx").write_bytes(b"junk")
-    code, _, err = run("transformers", "upload", str(tmp_path / "bad.onnx"))
+    code, _, err = run("transformer", "upload", str(tmp_path / "bad.onnx"))
     assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
     assert run("gallery", "rebuild")[0] == 0
     code, out, _ = run("keys", "list")
