@@ -158,7 +158,7 @@ def print_table(
     """Fit every recipe on every training set, evaluate every query variant: a markdown table.
 
     ``queries`` are new-model vectors for every eval row (normalised)."""
-    from training.evaluation.protocol import evaluate_mapping
+    from service.evaluation.protocol import evaluate_mapping
     from training.transformers.fit import fit_transformer
 
     base = evaluate_mapping(eval_pairs=eval_pairs, mapped=None)
@@ -216,7 +216,7 @@ def print_bridge_cv(
     the held-out identities' never) and evaluates the protocol on the held-out identities'
     original rows, at most ``probes_per_identity`` probes each (one person with hundreds of
     images would otherwise decide the score); top-1 pooled over probes, TAR averaged."""
-    from training.evaluation.protocol import evaluate_mapping
+    from service.evaluation.protocol import evaluate_mapping
     from training.transformers.fit import fit_transformer
 
     assert bridge.name is not None and bridge.path is not None

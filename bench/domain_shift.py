@@ -39,11 +39,11 @@ from parallel_extract import extract_roots
 from PIL import Image, ImageEnhance, ImageFilter
 
 from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs, save_pairs
+from service.evaluation.protocol import build_gallery_and_probes
 from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 from service.vectors import l2_normalize
 from training.evaluation.domain_shift import format_table, refit_rows, shift_sets
 from training.evaluation.openset import open_set_split
-from training.evaluation.protocol import build_gallery_and_probes
 from training.transformers.multi_pairs import combine_pairs
 from training.transformers.recipes import get_recipe
 

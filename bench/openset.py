@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from service.contracts import load_pairs
+    from service.evaluation.protocol import session_rows
     from service.inference.transformer import TransformerSession
     from service.kit import find_kit_dir
-    from training.evaluation.protocol import session_rows
 
     if args.pairs is None:
         kit = find_kit_dir()
@@ -230,7 +230,7 @@ def _scoring(mapped: Any, session: Any, strangers: np.ndarray, old: np.ndarray) 
     gallery's backward map run by the transformer as the service runs it."""
     from dataclasses import replace
 
-    from training.evaluation.protocol import mapped_vectors
+    from service.evaluation.protocol import mapped_vectors
 
     with_gallery = replace(mapped, backward=session.map_gallery(old)) if session.two_way else mapped
     return mapped_vectors(

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs
+from service.evaluation.protocol import ROW_MAPPED, ROW_OLD_OLD, evaluate_mapping
 from service.kit import find_kit_dir, kit_pairs_path
-from training.evaluation.protocol import ROW_MAPPED, ROW_OLD_OLD, evaluate_mapping
 from training.transformers.fit import fit_transformer
 
 DEFAULT_RECIPES = "default,ridge-scaled,mlp-scaled,two-way-mlp"

@@ -27,7 +27,7 @@ def main() -> None:
 
     import torch
 
-    from training.evaluation.protocol import evaluate_mapping
+    from service.evaluation.protocol import evaluate_mapping
     from training.transformers.data import normalized_pairs
     from training.transformers.fit import fit_normalized
     from training.transformers.recipes import get_recipe

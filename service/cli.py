@@ -5,7 +5,7 @@ an entry point in the ``facebridge.commands`` group (docs/cli.md) whose name is 
 group and whose object is a ``typer.Typer``. A plugin named like an existing group adds its
 commands to that group (``training`` adds ``fit`` and ``evaluate`` to ``transformer``). A plugin
 whose module or one of its optional dependencies is not installed (the service image has no
-``training`` and no torch) is simply absent; this module never imports ``training`` itself.
+``training`` and no torch) is simply absent: the service side names no training module.
 
 Errors: a usage mistake prints the usage line and one error line and exits 2; an error the
 user can act on (:class:`~service.errors.FacebridgeError`, a missing file) prints one line and

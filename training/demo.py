@@ -691,7 +691,7 @@ def settings_from_env(env: dict[str, str]) -> Any:
 def gallery_and_probes(pairs: PairsSet) -> tuple[PairsSet, dict[str, int], list[tuple[str, str]]]:
     """Gallery rows (templates + distractors), their counts, and (name, path) probes, per
     docs/PROTOCOL.md (H2's protocol function decides which row is which)."""
-    from training.evaluation.protocol import build_gallery_and_probes
+    from service.evaluation.protocol import build_gallery_and_probes
 
     split = build_gallery_and_probes(pairs)
     gallery = pairs.take(np.asarray(split.gallery_rows))

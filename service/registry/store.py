@@ -204,11 +204,8 @@ def _score_validation_pairs(
         "validation_rows": float(len(pairs)),
         "validation_mean_cosine": float(np.mean(np.sum(mapped * old, axis=1))),
     }
-    try:  # the full protocol when the (torch-free) evaluation module is installed
-        from training.evaluation.protocol import evaluate_mapping, session_rows
-    except ImportError:
-        log.info("training.evaluation.protocol not importable; stored mean cosine only")
-        return metrics
+    from service.evaluation.protocol import evaluate_mapping, session_rows
+
     try:
         rows = session_rows(pairs, session=session, flip=flip)
         report = evaluate_mapping(eval_pairs=pairs, mapped=rows)

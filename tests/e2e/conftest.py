@@ -295,14 +295,14 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
     from api.onnx_fixtures import random_rotation, write_matrix_transformer
 
     from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
-    from service.inference.backbone import OnnxBackbone
-    from service.inference.transformer import TransformerSession
-    from training.data.flip import mirrored_embeddings
-    from training.evaluation.protocol import (
+    from service.evaluation.protocol import (
         build_gallery_and_probes,
         evaluate_mapping,
         session_rows,
     )
+    from service.inference.backbone import OnnxBackbone
+    from service.inference.transformer import TransformerSession
+    from training.data.flip import mirrored_embeddings
     from training.transformers.calibrate import fit_calibrations
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_transformer

@@ -2,7 +2,7 @@
 
 The impostor scores are the ones the service will compute: every fit row as a query (mapped
 exactly as the service maps it: flip-averaged when the pairs carry ``new_flip``, two-way fused
-when the transformer is two-way; :func:`training.evaluation.protocol.mapped_vectors`) against
+when the transformer is two-way; :func:`service.evaluation.protocol.mapped_vectors`) against
 one gallery vector per OTHER identity (the protocol's enrolment template: the image whose
 ``path`` sorts first), i.e. one comparison per (query, other person). On the kit's 3,811 bridge
 rows x 1,430 identities that is 5.4 million impostors: FAR resolved to ~1e-5 by the knots and
@@ -17,8 +17,8 @@ import numpy as np
 from service.contracts import PairsSet
 from service.decision import SCORE_FORWARD, SCORE_FUSED, ScoreCalibration, fit_calibration
 from service.errors import InvalidInput
+from service.evaluation.protocol import MappedRows, build_gallery_and_probes, mapped_vectors
 from service.vectors import l2_normalize
-from training.evaluation.protocol import MappedRows, build_gallery_and_probes, mapped_vectors
 
 MAX_COMPARISONS = 20_000_000
 CHUNK_ROWS = 1024

@@ -39,10 +39,8 @@ import numpy as np
 
 from service.contracts import PairsSet
 from service.errors import InvalidInput
-from service.vectors import flip_average, l2_normalize
-from training.evaluation.metrics import PairedComparison, mcnemar_exact, top_k_hits
-from training.evaluation.openset import evaluate_open_set, is_enrolled
-from training.evaluation.protocol import (
+from service.evaluation.metrics import PairedComparison, mcnemar_exact, top_k_hits
+from service.evaluation.protocol import (
     ROW_MAPPED,
     ROW_NEW_NEW,
     ROW_OLD_OLD,
@@ -52,6 +50,8 @@ from training.evaluation.protocol import (
     exact_search,
     mapped_vectors,
 )
+from service.vectors import flip_average, l2_normalize
+from training.evaluation.openset import evaluate_open_set, is_enrolled
 from training.transformers.data import TrainingPairs, normalized_pairs
 from training.transformers.multi_pairs import combine_pairs
 

@@ -29,15 +29,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, load_pairs
 from service.errors import FacebridgeError, InvalidInput
-from service.kit import find_kit_dir, kit_pairs_path
-from training.config_files import read_config_mapping
-from training.evaluation.protocol import (
+from service.evaluation.protocol import (
     ROW_MAPPED,
     ROW_NAMES,
     EvaluationReport,
     closed_set_report,
     evaluate_mapping,
 )
+from service.kit import find_kit_dir, kit_pairs_path
+from training.config_files import read_config_mapping
 from training.evaluation.synthetic import SYNTHETIC_SOURCE, synthetic_pairs
 
 DEFAULT_THREADS = 1  # torch intra-op threads: 2 is 12-15x slower on this shared box (H1)

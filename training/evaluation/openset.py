@@ -7,7 +7,7 @@ gallery) and its other images are **mated** searches; every image of a stranger 
 **non-mated** search; single-image identities stay in the gallery as distractors. Without a
 ``name`` column the label (as text) stands in for the name.
 
-Metrics (pure functions in :mod:`training.evaluation.metrics` conventions; naive references in
+Metrics (pure functions in :mod:`service.evaluation.metrics` conventions; naive references in
 the tests): a search's result is its top-1 gallery entry and score.
 - :func:`fnir_at_fpir`: the threshold is chosen on the non-mated top-1 scores like
   :func:`metrics.tar_at_far` chooses it on impostors (accepted when ``score > t``, realised FPIR
@@ -31,9 +31,8 @@ import numpy as np
 from service.contracts import PairsSet
 from service.decision import ScoreCalibration, estimated_fpir, open_set_threshold
 from service.errors import InvalidInput
-from service.vectors import l2_normalize
-from training.evaluation.metrics import accepted_count_at_far
-from training.evaluation.protocol import (
+from service.evaluation.metrics import accepted_count_at_far
+from service.evaluation.protocol import (
     ROW_MAPPED,
     ROW_NEW_NEW,
     ROW_OLD_OLD,
@@ -42,6 +41,7 @@ from training.evaluation.protocol import (
     as_mapped_rows,
     mapped_vectors,
 )
+from service.vectors import l2_normalize
 
 OPEN_SET_SALT = "openset"
 FPIR_TARGETS = (0.1, 0.01, 0.001)

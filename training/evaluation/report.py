@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluation.experiments import ExperimentResults, RunResult, summarise
-from training.evaluation.protocol import (
+from service.evaluation.protocol import (
     PROTOCOL_CLOSED_SET,
     PROTOCOL_OPEN_SET,
     ROW_MAPPED,
@@ -24,6 +23,7 @@ from training.evaluation.protocol import (
     format_percent,
     format_ratio,
 )
+from training.evaluation.experiments import ExperimentResults, RunResult, summarise
 
 TOP1_PLOT = "top1_vs_interpolation.png"
 DET_PLOT = "det.png"

@@ -101,9 +101,9 @@ def evaluate_artefact(
     when the pairs carry ``new_flip`` and ``flip`` is on. The open-set report applies the file's
     own calibration (the service's default rule) when it has one.
     """
+    from service.evaluation.protocol import evaluate_mapping, session_rows
     from service.inference.transformer import TransformerSession
     from training.evaluation.openset import evaluate_open_set
-    from training.evaluation.protocol import evaluate_mapping, session_rows
 
     pairs = _load_split(pairs_path, SPLIT_EVAL, all_rows)
     session = TransformerSession(transformer_path, intra_op_threads=2)
@@ -179,7 +179,7 @@ def fit_command(
     The file carries the open-set calibration of its score (cross-fitted on the fit rows),
     which the service's match rule needs (docs/service.md)."""
     from service.decision import describe as describe_calibrations
-    from training.evaluation.protocol import ROW_MAPPED, closed_set_report
+    from service.evaluation.protocol import ROW_MAPPED, closed_set_report
     from training.transformers.export import default_metadata, export_transformer
     from training.transformers.fit import fit_normalized
 

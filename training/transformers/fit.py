@@ -20,8 +20,8 @@ from torch import nn
 
 from service.contracts import PairsSet
 from service.errors import InvalidInput
+from service.evaluation.protocol import MappedRows, map_rows
 from service.vectors import l2_normalize
-from training.evaluation.protocol import MappedRows, map_rows
 from training.transformers.closed_form import procrustes_map, ridge_map
 from training.transformers.data import TrainingPairs, normalized_pairs
 from training.transformers.interpolation import make_synthetic
@@ -94,7 +94,7 @@ class FittedTransformer:
 
     def map_rows(self, pairs: PairsSet, *, flip: bool = True) -> MappedRows:
         """Both maps over an evaluated pairs set, as the service scores it (see
-        :func:`training.evaluation.protocol.map_rows`): flip-averaged queries when ``pairs``
+        :func:`service.evaluation.protocol.map_rows`): flip-averaged queries when ``pairs``
         carries ``new_flip`` (unless ``flip=False``), the backward map when two-way."""
         return map_rows(
             pairs,

@@ -11,6 +11,7 @@ import pytest
 
 from service.contracts import PairsSet
 from service.errors import InvalidInput
+from service.evaluation.protocol import evaluate_mapping
 from service.vectors import flip_average
 from training.evaluation.domain_shift import (
     format_table,
@@ -20,7 +21,6 @@ from training.evaluation.domain_shift import (
     top1_hits,
 )
 from training.evaluation.openset import is_enrolled
-from training.evaluation.protocol import evaluate_mapping
 from training.evaluation.synthetic import synthetic_pairs
 from training.transformers.data import normalized_pairs
 from training.transformers.fit import fit_normalized

@@ -11,11 +11,9 @@ import pytest
 
 from service.contracts import PairsSet
 from service.errors import InvalidInput
-from training.evaluation.metrics import tar_at_far
-from training.evaluation.protocol import (
+from service.evaluation.metrics import tar_at_far
+from service.evaluation.protocol import (
     FAR_TARGET,
-    QUERIES_FLIP,
-    QUERIES_PLAIN,
     ROW_MAPPED,
     ROW_NEW_NEW,
     MappedRows,
@@ -25,6 +23,7 @@ from training.evaluation.protocol import (
     map_rows,
     query_vectors,
 )
+from service.vectors import QUERIES_FLIP, QUERIES_PLAIN
 from training.evaluation.synthetic import synthetic_pairs
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidInput
-from training.evaluation.metrics import (
+from service.evaluation.metrics import (
     accepted_count_at_far,
     compatibility,
     gap_closed,

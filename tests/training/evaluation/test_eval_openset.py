@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from service.decision import open_set_threshold
+from service.evaluation.protocol import ROW_MAPPED, ROW_NEW_NEW, ROW_OLD_OLD, MappedRows
 from service.vectors import l2_normalize
 from training.evaluation.calibration import calibrate, impostor_scores
 from training.evaluation.openset import (
@@ -23,7 +24,6 @@ from training.evaluation.openset import (
     plot_det,
     rates_at_threshold,
 )
-from training.evaluation.protocol import ROW_MAPPED, ROW_NEW_NEW, ROW_OLD_OLD, MappedRows
 from training.evaluation.synthetic import synthetic_pairs
 
 

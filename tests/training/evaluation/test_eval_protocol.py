@@ -10,7 +10,7 @@ import pytest
 
 from service.contracts import PairsSet, load_pairs
 from service.errors import InvalidInput
-from training.evaluation.protocol import (
+from service.evaluation.protocol import (
     PROTOCOL_CLOSED_SET,
     ROW_MAPPED,
     ROW_NAMES,
@@ -177,7 +177,7 @@ def test_importing_evaluation_starts_nothing_heavy() -> None:
     code = (
         "import sys\n"
         "import training.evaluation.cli, training.evaluation.experiments\n"
-        "import training.evaluation.protocol, training.evaluation.report\n"
+        "import service.evaluation.protocol, training.evaluation.report\n"
         "heavy = sorted({'torch', 'faiss', 'matplotlib'} & set(sys.modules))\n"
         "assert not heavy, heavy\n"
     )

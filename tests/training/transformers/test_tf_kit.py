@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.contracts import SPLIT_BRIDGE, SPLIT_EVAL, load_pairs
-from training.evaluation.protocol import ROW_MAPPED, ROW_OLD_OLD, evaluate_mapping
+from service.evaluation.protocol import ROW_MAPPED, ROW_OLD_OLD, evaluate_mapping
 from training.transformers.cli import evaluate_artefact
 from training.transformers.data import normalized_pairs
 from training.transformers.export import default_metadata, export_transformer

@@ -22,8 +22,8 @@ from service.contracts import (
     save_pairs,
 )
 from service.errors import ContractError, InvalidInput
+from service.evaluation.protocol import ROW_MAPPED, closed_set_report
 from service.inference.transformer import TransformerSession
-from training.evaluation.protocol import ROW_MAPPED, closed_set_report
 from training.transformers.cli import app, evaluate_artefact
 from training.transformers.data import normalized_pairs
 from training.transformers.export import PARITY_BATCHES, default_metadata, export_transformer
