@@ -32,7 +32,10 @@ ImageParts = Annotated[
         "several parts named `image` form a batch answered in order",
     ),
 ]
-TopK = Annotated[int, Query(ge=1, le=100, description="candidates per image")]
+TopK = Annotated[
+    int | None,
+    Query(ge=1, le=100, description="candidates per image; default FACEBRIDGE_DEFAULT_TOP_K"),
+]
 Threshold = Annotated[
     float | None,
     Query(
@@ -78,13 +81,14 @@ async def identify(
     _auth: IdentifyScope,
     _multipart: MultipartBody,
     image: ImageParts,
-    top_k: TopK = 5,
+    top_k: TopK = None,
     threshold: Threshold = None,
 ) -> IdentifyResponse:
     """Nearest identities in the gallery for each image (new backbone -> active transformer),
     with the open-set `match` decision. In a batch each image has its own `status`; a request
     of one image that fails answers with its problem instead."""
     uploads = await read_images(image, max_images=state.settings.max_batch_images)
+    top_k = state.settings.default_top_k if top_k is None else top_k
     outcomes, decision = await state.pool.run(
         state.pipeline.identify, images=uploads, top_k=top_k, threshold=threshold
     )
