@@ -103,7 +103,7 @@ class SyntheticSpec:
     old_seed: int = 1
     new_seed: int = 2
     data_seed: int = 0
-    # Export parity batches of the random backbones (house rule: 1, 7, 256; tests use fewer).
+    # Export parity batches of the random backbones (1, 7, 256 as for any export; tests use fewer).
     parity_batches: tuple[int, ...] = (1, 7, 256)
 
     def as_dict(self) -> dict[str, Any]:
@@ -253,7 +253,7 @@ class _Steps:
 
 
 def _limit_threads() -> None:
-    """Keep torch/OpenMP within the two cores these machines have (house rule 9)."""
+    """Keep torch/OpenMP to an explicit thread count (:data:`TORCH_THREADS`)."""
     os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
     import torch
 
@@ -690,7 +690,7 @@ def settings_from_env(env: dict[str, str]) -> Any:
 
 def gallery_and_probes(pairs: PairsSet) -> tuple[PairsSet, dict[str, int], list[tuple[str, str]]]:
     """Gallery rows (templates + distractors), their counts, and (name, path) probes, per
-    docs/PROTOCOL.md (H2's protocol function decides which row is which)."""
+    docs/PROTOCOL.md (:func:`service.evaluation.protocol.build_gallery_and_probes` decides)."""
     from service.evaluation.protocol import build_gallery_and_probes
 
     split = build_gallery_and_probes(pairs)

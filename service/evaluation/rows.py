@@ -24,7 +24,7 @@ VectorMap = Callable[[np.ndarray], np.ndarray]
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
-    """THE normalisation of the evaluation side (house rule: one place per side)."""
+    """THE normalisation of the evaluation side (one place per side)."""
     return l2_normalize(vectors)
 
 

@@ -6,7 +6,7 @@ therefore takes the photo and a :class:`DetectedFace` from :class:`DlibDetector`
 shape is what the kit's ``old`` vectors were computed from: they reproduce to cosine 1.0).
 
 Output is NOT normalised here (norm about 1.4, as the face_recognition library returns it):
-an old-model vector is a gallery vector, and house rule 7 normalises gallery vectors once where
+an old-model vector is a gallery vector, and gallery vectors are L2-normalised once where
 they enter the gallery, and pairs vectors once at load. The pairs store keeps them raw.
 """
 

@@ -310,7 +310,7 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
     root = tmp_path_factory.mktemp("kit-e2e")
     pairs = load_pairs(kit_dir / "lfw" / "pairs.npz")
     bridge, evaluation = pairs.select_split("bridge"), pairs.select_split("eval")
-    split = build_gallery_and_probes(evaluation)  # docs/PROTOCOL.md (H2)
+    split = build_gallery_and_probes(evaluation)  # docs/PROTOCOL.md
     gallery_rows, probe_rows = split.gallery_rows, split.probe_rows
     gallery_npz = root / "eval-gallery.npz"
     names = evaluation.name

@@ -1,4 +1,4 @@
-"""House rule 1: importing the pipeline starts nothing and never pulls in torch (or dlib)."""
+"""Importing the pipeline starts nothing and never pulls in torch (or dlib)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Export an iResNet backbone to ONNX with its manifest (contract 3), validated after writing.
 
-Checks (house rule 6): ``onnx.checker``, an ONNX Runtime session, input/output names and a
+Checks: ``onnx.checker``, an ONNX Runtime session, input/output names and a
 symbolic batch dimension, cosine parity torch vs ORT >= 0.9999 per row at each parity batch
 size, one self-contained file (``external_data=False``), sha256 recorded in the manifest and
 the report, and finally the service's own loader (``OnnxBackbone``) must accept the pair.

@@ -40,7 +40,7 @@ from service.kit import find_kit_dir, kit_pairs_path
 from training.config_files import read_config_mapping
 from training.evaluation.synthetic import SYNTHETIC_SOURCE, synthetic_pairs
 
-DEFAULT_THREADS = 1  # torch intra-op threads: 2 is 12-15x slower on this shared box (H1)
+DEFAULT_THREADS = 1  # torch intra-op threads: more were 12-15x slower on a busy shared CPU
 
 
 class SyntheticConfig(BaseModel):

@@ -142,7 +142,7 @@ def test_report_serialises_and_rejects_bad_input() -> None:
 
 def kit_ridge(bridge: PairsSet, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """The kit README's closed-form ridge: unit new -> RAW old (dlib, norm ~1.4), centred, with
-    a bias, penalty on W only. H1's ``ridge_map`` is that estimator; fed the raw old vectors and
+    a bias, penalty on W only. ``ridge_map`` is that estimator; fed the raw old vectors and
     lambda 0.1 it gives the README's figures (normalised old targets give 92.34 / 97.76 / 94.52)."""
     from training.transformers.closed_form import ridge_map
 
