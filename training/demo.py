@@ -52,6 +52,7 @@ from service.contracts import (
     save_pairs,
 )
 from service.errors import InvalidInput
+from service.files import atomic_path, file_sha256, write_text_atomically
 from service.kit import find_kit_dir, kit_backbone_manifest, kit_pairs_path
 
 STATE_FILE = "demo.json"
@@ -187,9 +188,9 @@ class DemoState:
     console_key: str = ""
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_text_atomically(
+            path, json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+        )
 
     @classmethod
     def load(cls, path: Path) -> DemoState | None:
@@ -404,7 +405,7 @@ class FlipCache:
         key = json.dumps(
             {
                 "model_id": manifest.model_id,
-                "onnx_sha256": hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest(),
+                "onnx_sha256": file_sha256(onnx_path),
                 "images_dir": str(images_dir.resolve()),
             },
             sort_keys=True,
@@ -423,15 +424,13 @@ class FlipCache:
         return dict(zip(paths.tolist(), vectors, strict=True))
 
     def write(self, rows: dict[str, np.ndarray]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
-        np.savez(
-            tmp,
-            key=np.array(self.key),
-            path=np.array(list(rows), dtype=str),
-            new_flip=np.stack(list(rows.values())).astype(np.float32),
-        )
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            np.savez(
+                tmp,
+                key=np.array(self.key),
+                path=np.array(list(rows), dtype=str),
+                new_flip=np.stack(list(rows.values())).astype(np.float32),
+            )
 
 
 def cached_new_flip(

@@ -66,15 +66,6 @@ def _finite(out: np.ndarray, *, head: str) -> np.ndarray:
     return out
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_metadata(path: str | Path) -> TransformerMetadata:
     """A transformer file's facebridge metadata alone (no ONNX Runtime session), e.g. the
     calibration of a shadow candidate; ContractError when unreadable."""

@@ -9,7 +9,6 @@ needs) is the same format without the head and optimiser.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from service.errors import ContractError, InvalidInput
+from service.files import atomic_path
 from training.backbones.config import TrainConfig
 from training.backbones.iresnet import ARCHS, IResNet, backbone_from_config
 
@@ -76,9 +76,8 @@ def save_checkpoint(
         metadata["optimizer"] = json.dumps(
             {"param_groups": state["param_groups"], "scalars": scalars}
         )
-    tmp = p.with_name(p.name + ".tmp")
-    save_file(_contiguous(tensors), str(tmp), metadata=metadata)
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        save_file(_contiguous(tensors), str(tmp), metadata=metadata)
     return p
 
 

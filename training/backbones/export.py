@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch
 
 from service.contracts import BackboneManifest
 from service.errors import ContractError, InvalidInput
-from service.inference.transformer import file_sha256
+from service.files import atomic_path, file_sha256
 from training.backbones.config import TrainConfig
 from training.backbones.iresnet import IResNet, backbone_from_config
 from training.backbones.train import INPUT_NAME, OUTPUT_NAME, backbone_manifest
@@ -118,12 +117,13 @@ def export_backbone(
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
     manifest_path = manifest_path_for(onnx_path)
-    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    tmp_data: Path | None = None  # external data the exporter may write beside the temp file
     try:
-        _write_onnx(model, tmp, exporter=exporter)
-        _check_graph(tmp)
-        parity = _parity(model, tmp, batches=parity_batches, seed=seed)
-        os.replace(tmp, onnx_path)
+        with atomic_path(onnx_path) as tmp:
+            tmp_data = Path(f"{tmp}.data")
+            _write_onnx(model, tmp, exporter=exporter)
+            _check_graph(tmp)
+            parity = _parity(model, tmp, batches=parity_batches, seed=seed)
         digest = file_sha256(onnx_path)
         manifest = backbone_manifest(
             model_id=model_id,
@@ -141,8 +141,9 @@ def export_backbone(
 
         OnnxBackbone(manifest_path)
     except BaseException:
-        for leftover in (tmp, Path(str(tmp) + ".data"), onnx_path, manifest_path):
-            leftover.unlink(missing_ok=True)
+        for leftover in (tmp_data, onnx_path, manifest_path):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
         raise
     return BackboneExportReport(
         onnx_path=onnx_path,

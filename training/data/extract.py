@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 import zlib
@@ -39,6 +38,7 @@ import numpy as np
 
 from service.contracts import PAIRS_NEW_FLIP, SPLIT_BRIDGE, SPLIT_EVAL, PairsSet, save_pairs
 from service.errors import ContractError, FacebridgeError, ImageError, InvalidInput
+from service.files import atomic_path, write_text_atomically
 from service.inference.align import ARCFACE_SIZE, alignment_matrix, warp_affine
 from service.inference.backbone import OnnxBackbone
 from service.inference.detect import DetectedFace, DlibDetector
@@ -363,16 +363,12 @@ def _check_or_write_state(chunk_dir: Path, state: dict[str, Any]) -> None:
                 "to start over"
             )
         return
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(state, indent=2, sort_keys=True))
 
 
 def _write_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: a chunk file exists only when complete
+    with atomic_path(path) as tmp:  # a chunk file exists only when complete
+        np.savez(tmp, **arrays)
 
 
 def _prepare_chunk(

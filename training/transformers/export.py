@@ -13,8 +13,6 @@ file's sha256 goes into the report and into ``FILE.onnx.sha256`` beside it.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +32,8 @@ from service.contracts import (
 )
 from service.decision import ScoreCalibration
 from service.errors import ContractError
-from service.inference.transformer import TransformerSession, file_sha256
+from service.files import atomic_path, file_sha256
+from service.inference.transformer import TransformerSession
 from service.metadata_fields import encode_vectors, evenly_spaced_unit_rows
 from service.vectors import l2_normalize
 from training.transformers.fit import FittedTransformer
@@ -69,13 +68,6 @@ class ExportReport:
         if self.parity_backward:
             out["parity_backward_min_cosine"] = {str(k): v for k, v in self.parity_backward.items()}
         return out
-
-
-def current_umask() -> int:
-    """The process umask (reading it means setting it: set it straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def default_metadata(
@@ -185,12 +177,7 @@ def export_transformer(
             f"metadata fusion_weight {metadata.fusion_weight} does not match the fitted "
             f"transformer's {fitted.fusion_weight}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.chmod(0o666 & ~current_umask())  # mkstemp makes it 0600; the file gets what open() gives
-    try:
+    with atomic_path(path) as tmp:
         _export_graph(fitted, tmp)
         model = onnx.load(str(tmp))
         del model.metadata_props[:]
@@ -217,9 +204,6 @@ def export_transformer(
                     f"{worst:.6f} < {PARITY_MIN_COSINE} (per batch: {values})"
                 )
         digest = file_sha256(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     sha_path = path.with_name(path.name + ".sha256")
     sha_path.write_text(f"{digest}  {path.name}\n")
     return ExportReport(

@@ -9,7 +9,6 @@ file in the same directory, then ``os.replace``; a JSON sidecar records the id s
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.errors import ContractError, InvalidInput
+from service.files import atomic_path, write_text_atomically
 from service.gallery.engines.base import DEFAULT_SPACE, Hits, as_id_array
 from service.gallery.engines.faiss_build import (
     COMPRESSED_TYPES,
@@ -340,11 +340,9 @@ class FaissStore:
             if self._index is None:
                 target.unlink(missing_ok=True)  # an empty sidecar says "empty gallery"
             else:
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                faiss.write_index(self._index, str(tmp))
-                _fsync(tmp)
-                os.replace(tmp, target)
-            _write_json_atomically(sidecar_path(target), meta)
+                with atomic_path(target, fsync=True) as tmp:
+                    faiss.write_index(self._index, str(tmp))
+            write_text_atomically(sidecar_path(target), json.dumps(meta, indent=2), fsync=True)
         return target
 
     @classmethod
@@ -411,15 +409,3 @@ def read_sidecar(index_path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ContractError(f"{side}: not an index sidecar")
     return meta
-
-
-def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())

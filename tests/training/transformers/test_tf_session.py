@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.contracts import TransformerMetadata
 from service.errors import ContractError
-from service.inference.transformer import TransformerSession, file_sha256
+from service.files import file_sha256
+from service.inference.transformer import TransformerSession
 
 
 def _matmul_model(
