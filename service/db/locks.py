@@ -1,10 +1,6 @@
 """Locks that serialise writers across threads, workers and replicas, on SQLite and Postgres.
 
-- :func:`lock_registry_state`: the ``registry_state`` row's write lock, taken FIRST in a
-  transaction that reads and changes registry state (activation, deletion, rollback). Postgres:
-  a no-op UPDATE locks the row until commit; SQLite: the same UPDATE is the transaction's first
-  write, which takes the database's write lock (waiting up to the busy timeout). Everything the
-  transaction reads afterwards is current.
+- the ``registry_state`` row's write lock is :func:`service.db.registry_state.lock_registry_state`.
 - :func:`exclusive`: a named lock held for a block that may outlast SQLite's busy timeout (a
   long import): a transaction-level advisory lock on Postgres, a file lock beside the SQLite
   database (one machine: SQLite's own limit) -- both wait as long as it takes.
@@ -19,25 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import text, update
+from sqlalchemy import text
 from sqlalchemy.orm import Session
-
-from service.db.models import REGISTRY_STATE_ID, RegistryState
 
 _memory_locks: dict[str, threading.Lock] = {}
 _memory_guard = threading.Lock()
-
-
-def lock_registry_state(session: Session) -> None:
-    """Hold the registry_state row's write lock until the session's transaction ends."""
-    result = session.execute(
-        update(RegistryState)
-        .where(RegistryState.id == REGISTRY_STATE_ID)
-        .values(generation=RegistryState.generation)
-    )
-    if result.rowcount == 0:  # type: ignore[attr-defined]  # a database that lacks the row
-        session.add(RegistryState(id=REGISTRY_STATE_ID, generation=0))
-        session.flush()
 
 
 def _advisory_key(name: str) -> int:

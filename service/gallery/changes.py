@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, text, update
+from sqlalchemy import delete, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
-from service.db.models import REGISTRY_STATE_ID, FaceChange, RegistryState, utcnow
+from service.db.models import FaceChange, utcnow
+from service.db.registry_state import compacted_through, mark_compacted
 
 POLL_BATCH = 10_000  # log rows read per query
 # pg_advisory_xact_lock key of the log writers (shared) and the gap resolver (exclusive).
@@ -48,13 +49,6 @@ def record_face_changes(
         session.execute(insert(FaceChange), rows)
 
 
-def compacted_through(session: Session) -> int:
-    value = session.scalar(
-        select(RegistryState.changes_compacted_through).where(RegistryState.id == REGISTRY_STATE_ID)
-    )
-    return int(value or 0)
-
-
 def compact_changes(session: Session, *, keep: int) -> int:
     """Delete all but the newest ``keep`` entries (commits); returns how many were deleted.
     Replicas whose position is older rebuild from SQL (they can no longer tail)."""
@@ -70,12 +64,7 @@ def compact_changes(session: Session, *, keep: int) -> int:
             delete(FaceChange).where(FaceChange.seq > lo, FaceChange.seq <= hi)
         )
         deleted += int(result.rowcount or 0)
-    session.execute(
-        update(RegistryState)
-        .where(RegistryState.id == REGISTRY_STATE_ID)
-        .where(RegistryState.changes_compacted_through < cutoff)
-        .values(changes_compacted_through=cutoff)
-    )
+    mark_compacted(session, through=cutoff)
     session.commit()
     return deleted
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.locks import exclusive
 from service.db.models import Face, Identity, utcnow
+from service.db.registry_state import registry_row
 from service.errors import (
     ContractError,
     FacebridgeError,
@@ -43,7 +44,6 @@ from service.gallery.store import (
     content_hash,
     gallery_dim,
     normalize_gallery_vectors,
-    registry_row,
     vector_bytes,
 )
 

@@ -17,7 +17,8 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.db.models import REGISTRY_STATE_ID, Face, RegistryState
+from service.db.models import Face
+from service.db.registry_state import registry_row, registry_state
 from service.errors import ContractError, InvalidInput
 from service.gallery.counters import FACES, IDENTITIES, read_counts
 from service.gallery.engines.base import VectorStore
@@ -76,26 +77,13 @@ def vector_from_bytes(data: bytes, dim: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Gallery dimension / model id (registry_state row)
 # ---------------------------------------------------------------------------------------------
-def registry_row(session: Session, *, for_update: bool = False) -> RegistryState:
-    """The single registry_state row (created when a database lacks it)."""
-    stmt = select(RegistryState).where(RegistryState.id == REGISTRY_STATE_ID)
-    if for_update:
-        stmt = stmt.with_for_update()
-    row = session.scalars(stmt).one_or_none()
-    if row is None:
-        row = RegistryState(id=REGISTRY_STATE_ID, generation=0)
-        session.add(row)
-        session.flush()
-    return row
-
-
 def gallery_dim(*, session: Session, settings: ServiceSettings | None = None) -> int | None:
     """The gallery's dimension: settings, else registry_state, else any stored face, else None."""
     if settings is not None and settings.gallery_dim is not None:
         return settings.gallery_dim
-    state = session.get(RegistryState, REGISTRY_STATE_ID)
-    if state is not None and state.gallery_dim is not None:
-        return state.gallery_dim
+    stored = registry_state(session=session).gallery_dim
+    if stored is not None:
+        return stored
     return session.scalars(select(Face.dim).limit(1)).first()
 
 
@@ -103,8 +91,7 @@ def gallery_model_id(*, session: Session, settings: ServiceSettings | None = Non
     """The old model's id: settings, else the one recorded by ``gallery import --model-id``."""
     if settings is not None and settings.gallery_model_id:
         return settings.gallery_model_id
-    state = session.get(RegistryState, REGISTRY_STATE_ID)
-    return None if state is None else state.gallery_model_id
+    return registry_state(session=session).gallery_model_id
 
 
 def claim_gallery_dim(*, session: Session, dim: int, settings: ServiceSettings | None) -> None:

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db.registry_state import compacted_through
 from service.errors import ContractError
-from service.gallery.changes import ChangeFeed, compact_changes, compacted_through
+from service.gallery.changes import ChangeFeed, compact_changes
 from service.gallery.engines.base import DEFAULT_SPACE, VectorStore, space_slug
 from service.gallery.engines.faiss import FaissStore, sidecar_path
 from service.gallery.engines.faiss_build import (

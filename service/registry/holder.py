@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import REGISTRY_STATE_ID, RegistryState, TransformerVersion
+from service.db.models import TransformerVersion
+from service.db.registry_state import registry_state
 from service.errors import ContractError
 from service.gallery.store import gallery_dim, gallery_model_id
 
@@ -141,8 +142,7 @@ class ActiveTransformerHolder:
         """
         with self._refresh_lock:
             with self._session_factory() as session:
-                state = session.get(RegistryState, REGISTRY_STATE_ID)
-                generation = int(state.generation) if state is not None else 0
+                generation = registry_state(session=session).generation
                 current, failed = self._current, self._failed
                 if generation == current.generation and failed is None:
                     return False

@@ -315,8 +315,9 @@ def start_shadow(
     """Shadow ``candidate`` beside the active version. It must exist, not be the active one,
     and still fit the backbone and the gallery (the activation checks). Conflict without an
     active version, or while another candidate is shadowed."""
+    from service.db.registry_state import registry_state
     from service.errors import Conflict
-    from service.registry.store import registry_state, validate_stored_version
+    from service.registry.store import validate_stored_version
 
     with session_factory() as session:
         shadow_store.version_row(session, candidate)  # NotFound first

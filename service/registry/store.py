@@ -26,17 +26,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.contracts import META_VALIDATION_SAMPLE
-from service.db.locks import lock_registry_state
 from service.db.models import (
-    REGISTRY_STATE_ID,
     STATE_ACTIVE,
     STATE_INACTIVE,
-    RegistryState,
     TransformerVersion,
     utcnow,
 )
+from service.db.registry_state import (
+    bump_generation,
+    lock_registry_state,
+    registry_row,
+    registry_state,
+)
 from service.errors import Conflict, ContractError, InvalidInput, NotFound, PayloadTooLarge
-from service.gallery.store import gallery_dim, gallery_model_id, registry_row
+from service.gallery.store import gallery_dim, gallery_model_id
 from service.metadata_fields import decode_vectors
 from service.registry import audit, shadow_store
 from service.registry.audit import LOCAL_ACTOR, Actor
@@ -104,15 +107,6 @@ class TransformerInfo:
             created=created,
             fusion_weight=float(row.fusion_weight),
         )
-
-
-@dataclass(frozen=True)
-class RegistryStateInfo:
-    generation: int
-    active_version: str | None
-    previous_version: str | None
-    gallery_model_id: str | None
-    gallery_dim: int | None
 
 
 @dataclass(frozen=True)
@@ -541,19 +535,6 @@ def get_transformer(
     return TransformerInfo.from_row(_row(session, version), directory=settings.transformers_path)
 
 
-def registry_state(*, session: Session) -> RegistryStateInfo:
-    state = session.get(RegistryState, REGISTRY_STATE_ID)
-    if state is None:
-        return RegistryStateInfo(0, None, None, None, None)
-    return RegistryStateInfo(
-        generation=int(state.generation),
-        active_version=state.active_version,
-        previous_version=state.previous_version,
-        gallery_model_id=state.gallery_model_id,
-        gallery_dim=state.gallery_dim,
-    )
-
-
 def _switch_active(session: Session, *, target_version: str | None) -> str | None:
     """Within the caller's transaction: make ``target_version`` the only active row (None: no
     active row). Returns the previously active version.
@@ -592,14 +573,7 @@ def _switch_active(session: Session, *, target_version: str | None) -> str | Non
     state.active_version = target.version if target is not None else None
     state.updated_at = utcnow()
     session.flush()
-    # Increment in SQL (not from a value read earlier): concurrent activations never reuse one.
-    _update_one(
-        session,
-        update(RegistryState)
-        .where(RegistryState.id == REGISTRY_STATE_ID)
-        .values(generation=RegistryState.generation + 1),
-        what="bumping the generation",
-    )
+    bump_generation(session)
     return previous
 
 

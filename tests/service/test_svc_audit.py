@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from svc_helpers import make_transformer_onnx
 from test_svc_registry import upload
 
+from service.db.registry_state import registry_state
 from service.db.session import upgrade_database
 from service.errors import Conflict
 from service.keys import create_key, revoke_key
@@ -20,7 +21,6 @@ from service.registry.store import (
     activate_transformer,
     deactivate_transformer,
     delete_transformer,
-    registry_state,
     rollback_transformer,
 )
 

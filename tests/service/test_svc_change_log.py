@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from svc_helpers import unit_vectors
 
 from service.db.models import Face, Identity
-from service.gallery.changes import compact_changes, compacted_through, record_face_changes
+from service.db.registry_state import compacted_through
+from service.gallery.changes import compact_changes, record_face_changes
 from service.gallery.counters import read_counts
 from service.gallery.store import content_hash, vector_bytes
 from service.gallery.sync import open_gallery

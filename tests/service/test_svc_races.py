@@ -16,13 +16,13 @@ from svc_helpers import (
 )
 
 from service.db.models import Face, Identity, TransformerVersion
+from service.db.registry_state import registry_state
 from service.errors import Conflict, ContractError, NotFound
 from service.gallery.importer import import_gallery
 from service.identities import add_faces, create_identity
 from service.registry.store import (
     activate_transformer,
     delete_transformer,
-    registry_state,
     upload_transformer,
 )
 from tests.concurrency import at_once

@@ -17,13 +17,13 @@ from svc_helpers import (
 )
 
 from service.db.models import TransformerVersion
+from service.db.registry_state import registry_state
 from service.errors import Conflict, ContractError, NotFound
 from service.registry.holder import ActiveTransformerHolder
 from service.registry.store import (
     activate_transformer,
     delete_transformer,
     list_transformers,
-    registry_state,
     rollback_transformer,
     upload_transformer,
 )
