@@ -49,12 +49,12 @@ from service.inference.transformer import counting_nonfinite
 from service.keys import bootstrap_admin_key
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.pipeline import ActiveMapping, Pipeline
-from service.registry.holder import ActiveTransformerHolder, Poller
+from service.registry.holder import ActiveTransformerHolder
 from service.registry.shadow import ShadowEvaluator
 from service.registry.store import backbone_facts_of
 from service.settings import ServiceSettings
 from service.startup import Startup, preflight
-from service.threads import configure_faiss_threads
+from service.threads import Poller, configure_faiss_threads
 from service.vectors import QUERIES_FLIP, QUERIES_PLAIN
 
 log = logging.getLogger("facebridge.app")

@@ -7,6 +7,9 @@ start-up thread) at one thread per core. The OpenMP runtime that FAISS loads rea
 the service sets it before FAISS is first imported (the lifespan does, before anything loads
 FAISS), and also sets the count in each thread it starts itself, in case FAISS was loaded
 earlier in the process (tests, an embedding application).
+
+:class:`Poller` is the one background-thread loop (the transformer holder's refresh, the
+gallery sync, the shadow runs), each thread started with those counts.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +43,46 @@ def configure_faiss_threads(threads: int) -> bool:
         log.info("FAISS was loaded before the service started: OpenMP threads set per thread")
     set_faiss_threads(int(wanted))
     return process_wide
+
+
+class Poller:
+    """Runs ``tasks`` every ``interval_seconds`` in one daemon thread until ``stop``.
+
+    A task that raises is logged and retried at the next tick; the thread never dies of it.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_seconds: float,
+        tasks: Sequence[Callable[[], object]],
+        name: str = "facebridge-poller",
+        thread_initializer: Callable[[], None] | None = None,
+    ) -> None:
+        self.interval_seconds = float(interval_seconds)
+        self.tasks = list(tasks)
+        self._thread_initializer = thread_initializer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        if self._thread_initializer is not None:
+            self._thread_initializer()
+        while not self._stop.wait(self.interval_seconds):
+            for task in self.tasks:
+                try:
+                    task()
+                except Exception:
+                    log.exception("poller task %s failed", getattr(task, "__name__", task))

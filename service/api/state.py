@@ -27,9 +27,10 @@ from service.inference.backbone import OnnxBackbone
 from service.keys import ApiKeyInfo
 from service.metrics import ServiceMetrics
 from service.pipeline import Pipeline
-from service.registry.holder import ActiveTransformerHolder, Poller
+from service.registry.holder import ActiveTransformerHolder
 from service.registry.shadow import ShadowEvaluator
 from service.settings import ServiceSettings
+from service.threads import Poller
 
 T = TypeVar("T")
 KEY_CACHE_SECONDS = 5.0

@@ -4,7 +4,7 @@
 records (O(changes since), not O(gallery)); it rebuilds from SQL when the file is missing,
 corrupt, of another type or space, or when the log was compacted past that position (a replica
 too far behind). :class:`GallerySync` then polls the log (:meth:`GallerySync.refresh`, from a
-:class:`service.registry.holder.Poller`), compacts it now and then, and rebuilds a store off to
+:class:`service.threads.Poller`), compacts it now and then, and rebuilds a store off to
 the side when it has outgrown its index (``auto`` type thresholds, IVF lists, HNSW tombstones).
 Writers in this process also write their own faces straight into the store after their SQL
 commit, so they are searchable here at once; the log entry then finds nothing left to do.

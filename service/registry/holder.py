@@ -3,8 +3,9 @@
 A swap builds and validates the new ONNX session off to the side, then publishes an immutable
 :class:`ActiveTransformer` with one reference assignment. A request reads ``holder.current()``
 ONCE and uses that snapshot to the end, so in-flight requests finish on the version they
-started with. Every worker polls ``registry_state.generation`` (a :class:`Poller` started by the
-app's lifespan, never at import) and swaps when it moves, so workers and replicas converge.
+started with. Every worker polls ``registry_state.generation`` (a
+:class:`service.threads.Poller` started by the app's lifespan, never at import) and swaps when
+it moves, so workers and replicas converge.
 A version this process cannot serve (its file, or a backbone or gallery it does not fit) is
 retried with backoff and reported by :meth:`ActiveTransformerHolder.status` (``/readyz``,
 metrics) instead of being forgotten.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from service.db.models import TransformerVersion
 from service.db.registry_state import registry_state
 from service.errors import ContractError
 from service.gallery.store import gallery_dim, gallery_model_id
+from service.threads import Poller
 
 if TYPE_CHECKING:
     from service.inference.transformer import TransformerSession
@@ -256,46 +258,3 @@ def _warn_if_uncalibrated(version: str, session: object) -> None:
             "with `facebridge transformer fit` for FACEBRIDGE_TARGET_FPIR to apply",
             version,
         )
-
-
-class Poller:
-    """Runs ``tasks`` every ``interval_seconds`` in one daemon thread until ``stop``.
-
-    A task that raises is logged and retried at the next tick; the thread never dies of it.
-    """
-
-    def __init__(
-        self,
-        *,
-        interval_seconds: float,
-        tasks: Sequence[Callable[[], object]],
-        name: str = "facebridge-poller",
-        thread_initializer: Callable[[], None] | None = None,
-    ) -> None:
-        self.interval_seconds = float(interval_seconds)
-        self.tasks = list(tasks)
-        self._thread_initializer = thread_initializer
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, *, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        if self._thread_initializer is not None:
-            self._thread_initializer()
-        while not self._stop.wait(self.interval_seconds):
-            for task in self.tasks:
-                try:
-                    task()
-                except Exception:
-                    log.exception("poller task %s failed", getattr(task, "__name__", task))
