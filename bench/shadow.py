@@ -44,7 +44,8 @@ CLIENT_THREADS = 2
 
 def _prepare(workdir: Path, kit: Path) -> tuple[Path, list[Path], dict[str, Path]]:
     from service.contracts import load_pairs
-    from training.demo import fit_recipe, gallery_and_probes
+    from training.demo.fitting import fit_recipe
+    from training.demo.service_side import gallery_and_probes
 
     pairs_path = kit / "lfw" / "pairs.npz"
     gallery, _, probes = gallery_and_probes(load_pairs(pairs_path).select_split("eval"))

@@ -69,7 +69,8 @@ def kit_console(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     pytest.importorskip("torch", reason="fitting the demo's transformers needs the train extra")
     from service.contracts import KIT_OLD_MODEL_ID, load_pairs
     from service.inference.detect import dlib_available
-    from training.demo import fit_recipe, gallery_and_probes
+    from training.demo.fitting import fit_recipe
+    from training.demo.service_side import gallery_and_probes
 
     if not dlib_available():
         pytest.skip("kit photos need the dlib detector (the [detect] extra)")

@@ -11,23 +11,20 @@ import numpy as np
 import pytest
 
 from service.contracts import load_pairs
-from training.demo import (
+from training.demo.build import build_demo
+from training.demo.cli import curl_commands, print_summary
+from training.demo.fitting import cached_new_flip
+from training.demo.service_side import settings_from_env
+from training.demo.state import (
     CACHE_DIR,
     N_EXAMPLES,
     STATE_FILE,
     SYNTHETIC_BANNER,
     DemoState,
     FlipCache,
-    SyntheticSpec,
-    _reset_data_dir,
-    build_demo,
-    cached_new_flip,
-    curl_commands,
-    print_summary,
-    settings_from_env,
-    synthetic_person_pattern,
-    synthetic_view,
+    reset_data_dir,
 )
+from training.demo.synthetic import SyntheticSpec, synthetic_person_pattern, synthetic_view
 
 # Small but still the whole pipeline: two random iResNet-18s (width 8), ~200 images.
 SMALL_SPEC = SyntheticSpec(
@@ -154,7 +151,7 @@ def test_rebuild_keeps_the_flip_cache(tmp_path: Path) -> None:
     (data_dir / "models").mkdir()
     (data_dir / "models" / "transformer.onnx").write_bytes(b"old build")
     (data_dir / STATE_FILE).write_text("{}")
-    _reset_data_dir(data_dir)
+    reset_data_dir(data_dir)
     assert [p.name for p in data_dir.iterdir()] == [CACHE_DIR]
     assert (data_dir / CACHE_DIR / "new_flip.npz").read_bytes() == b"kept"
 
