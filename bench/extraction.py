@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from service.inference.images import read_image_file
     from service.inference.preprocess import preprocess
     from service.kit import find_kit_dir, kit_backbone_manifest
-    from training.data.extract import extract_pairs, list_image_folder
+    from training.data.extract import extract_pairs
+    from training.data.samples import list_image_folder
 
     with tempfile.TemporaryDirectory(prefix="facebridge-bench-") as tmp:
         work = Path(tmp)

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import training.data.chunks as chunks
 import training.data.extract as extract
+import training.data.samples as samples
 from service.contracts import load_pairs
 from service.errors import ContractError, InvalidInput
 from service.inference.detect import dlib_available
@@ -79,7 +81,7 @@ def test_interrupted_extraction_resumes_without_duplicates(
 
     # Interrupt (Ctrl-C) while writing the third of four chunks.
     output = tmp_path / "resumed.npz"
-    real_write = extract._write_chunk
+    real_write = chunks.write_chunk
     written: list[Path] = []
 
     def write_then_interrupt(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -88,10 +90,10 @@ def test_interrupted_extraction_resumes_without_duplicates(
         real_write(path, arrays)
         written.append(path)
 
-    monkeypatch.setattr(extract, "_write_chunk", write_then_interrupt)
+    monkeypatch.setattr(extract, "write_chunk", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run(crops_dir, sides, output)
-    monkeypatch.setattr(extract, "_write_chunk", real_write)
+    monkeypatch.setattr(extract, "write_chunk", real_write)
     chunk_dir = tmp_path / "resumed.npz.chunks"
     assert sorted(p.name for p in chunk_dir.glob("chunk_*.npz")) == [p.name for p in written]
     assert not output.exists()
@@ -208,7 +210,7 @@ def test_eval_fraction_splits_by_identity(
     assert pairs.split is not None and set(pairs.split) <= {"bridge", "eval"}
     for name in IDENTITIES:
         assert len(set(pairs.split[pairs.name == name])) == 1  # never on both sides
-    expected = {n: extract.split_for_identity(n, eval_fraction=0.5) for n in IDENTITIES}
+    expected = {n: samples.split_for_identity(n, eval_fraction=0.5) for n in IDENTITIES}
     assert {str(n): str(s) for n, s in zip(pairs.name, pairs.split, strict=True)} == expected
 
 
@@ -325,14 +327,14 @@ def test_join_refuses_chunks_with_and_without_new_flip(tmp_path: Path) -> None:
         }
         if flip:
             arrays["new_flip"] = np.ones((2, 2), np.float32)
-        extract._write_chunk(extract._chunk_path(tmp_path, k), arrays)
+        chunks.write_chunk(chunks.chunk_path(tmp_path, k), arrays)
 
     chunk(0, flip=True)
     chunk(1, flip=False)
     with pytest.raises(ContractError, match=r"chunk_000001\.npz differs .* in new_flip"):
-        extract._join_chunks(tmp_path, 2)
+        chunks.join_chunks(tmp_path, 2)
     chunk(1, flip=True)
-    joined = extract._join_chunks(tmp_path, 2)
+    joined = chunks.join_chunks(tmp_path, 2)
     assert joined.new_flip is not None and joined.new_flip.shape == (4, 2)
     assert "new_flip" not in joined.extra
 

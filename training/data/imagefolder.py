@@ -1,6 +1,6 @@
 """A labelled image folder for training: ``root/<identity>/<image>``, class ids by sorted name.
 
-Torch-free: listing is ``training.data.extract.list_image_folder``'s, decoding is
+Torch-free: listing is ``training.data.samples.list_image_folder``'s, decoding is
 ``service.inference.images``'s; this adds the class filter and byte access a training set needs.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import ContractError
-from training.data.extract import list_image_folder
+from training.data.samples import list_image_folder
 
 
 @dataclass(frozen=True)
