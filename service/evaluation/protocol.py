@@ -214,34 +214,25 @@ def _reference_rows(
     gallery_rows, probe_rows = split.gallery_rows, split.probe_rows
     old_gallery, new_gallery = unit(pairs.old[gallery_rows]), unit(pairs.new[gallery_rows])
     old_probes, new_probes = unit(pairs.old[probe_rows]), unit(pairs.new[probe_rows])
-    rows = {
-        ROW_OLD_OLD: _score_row(
-            name=ROW_OLD_OLD,
-            probe="old model",
-            gallery="old model",
-            probe_vectors=old_probes,
-            gallery_vectors=old_gallery,
-            **common,
-        ),
-        ROW_NEW_NEW: _score_row(
-            name=ROW_NEW_NEW,
-            probe="new model",
-            gallery="new model",
-            probe_vectors=new_probes,
-            gallery_vectors=new_gallery,
-            **common,
-        ),
-    }
+    # (row, probe, gallery, probe vectors, gallery vectors)
+    specs = [
+        (ROW_OLD_OLD, "old model", "old model", old_probes, old_gallery),
+        (ROW_NEW_NEW, "new model", "new model", new_probes, new_gallery),
+    ]
     if pairs.new_dim == pairs.old_dim:
-        rows[ROW_RAW_CROSS] = _score_row(
-            name=ROW_RAW_CROSS,
-            probe="new model, unmapped",
-            gallery="old model",
-            probe_vectors=new_probes,
-            gallery_vectors=old_gallery,
+        specs.append((ROW_RAW_CROSS, "new model, unmapped", "old model", new_probes, old_gallery))
+    rows = {
+        name: _score_row(
+            name=name,
+            probe=probe,
+            gallery=gallery,
+            probe_vectors=probe_vectors,
+            gallery_vectors=gallery_vectors,
             **common,
         )
-    else:
+        for name, probe, gallery, probe_vectors, gallery_vectors in specs
+    }
+    if ROW_RAW_CROSS not in rows:
         rows[ROW_RAW_CROSS] = RowMetrics(
             name=ROW_RAW_CROSS,
             probe="new model, unmapped",

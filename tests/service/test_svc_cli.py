@@ -56,9 +56,9 @@ def test_an_unexpected_error_is_one_line_and_the_traceback_goes_to_the_log(tmp_p
     assert "facebridge db current" in text and "Traceback (most recent call last)" in text
 
 
-def test_importing_every_service_module_imports_no_training_and_no_torch() -> None:
+def test_importing_every_service_module_starts_nothing_and_imports_no_training_no_torch() -> None:
     code = (
-        "import importlib, pkgutil, sys\n"
+        "import importlib, pkgutil, sys, threading\n"
         "import service\n"
         "for info in pkgutil.walk_packages(service.__path__, 'service.'):\n"
         "    try:\n"
@@ -67,13 +67,13 @@ def test_importing_every_service_module_imports_no_training_and_no_torch() -> No
         "        if exc.name.split('.')[0] in ('training', 'torch'):\n"
         "            raise\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('training', 'torch'))\n"
-        "print(bad)\n"
+        "print(bad, threading.active_count())\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.strip() == "[] 1"  # no training or torch module, no thread started
 
 
 def test_the_training_commands_come_from_the_entry_point_group() -> None:

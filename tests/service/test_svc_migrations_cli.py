@@ -159,19 +159,3 @@ def test_cli_commands_work_on_the_database(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("args", [["db", "upgrade", "--help"], ["service", "run", "--help"]])
 def test_cli_help(args, capsys):
     assert cli_main(args) == 0
-
-
-def test_importing_the_storage_modules_starts_nothing_and_skips_torch():
-    code = (
-        "import sys, threading\n"
-        "import service.commands, service.keys, service.identities, service.settings\n"
-        "import service.db.session, service.db.models\n"
-        "import service.gallery.index, service.gallery.store, service.gallery.importer\n"
-        "import service.registry.store, service.registry.holder\n"
-        "assert 'torch' not in sys.modules, 'torch imported'\n"
-        "assert threading.active_count() == 1, threading.enumerate()\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
