@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from service.errors import InvalidInput
+from training.backbones.iresnet import IResNet, backbone_from_config
+
+if TYPE_CHECKING:
+    from training.backbones.config import TrainConfig
 
 DEFAULT_SCALE = 64.0
 DEFAULT_MARGIN = 0.5
@@ -108,3 +113,37 @@ class ArcFaceHead(nn.Module):
         loss = F.cross_entropy(logits, labels)
         accuracy = (cosine.argmax(dim=1) == labels).float().mean().detach()
         return ArcFaceTerms(loss=loss, logits=logits, accuracy=accuracy)
+
+
+class BackboneWithHead(nn.Module):
+    """One module for DDP: returns (loss, accuracy).
+
+    With ``amp`` the backbone runs under bfloat16 autocast; the ArcFace head always runs in
+    float32 (its margin arithmetic near cos = +-1 needs the precision).
+    """
+
+    def __init__(self, backbone: IResNet, head: ArcFaceHead, *, amp: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.amp = amp
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            embeddings = self.backbone(images)
+        terms = self.head(embeddings.float(), labels)
+        return terms.loss, terms.accuracy
+
+    @classmethod
+    def for_config(cls, config: TrainConfig, *, num_classes: int) -> BackboneWithHead:
+        """A fresh iResNet and ArcFace head as ``config`` describes them."""
+        head = ArcFaceHead(
+            embedding_dim=config.embedding_dim,
+            num_classes=num_classes,
+            scale=config.scale,
+            margin=config.margin,
+            easy_margin=config.easy_margin,
+        )
+        return cls(backbone_from_config(config), head, amp=config.amp)

@@ -25,8 +25,8 @@ from service.contracts import BackboneManifest
 from service.errors import ContractError, InvalidInput
 from service.files import atomic_path, file_sha256
 from training.backbones.config import TrainConfig
+from training.backbones.dataset import INPUT_NAME, OUTPUT_NAME, backbone_manifest
 from training.backbones.iresnet import IResNet, backbone_from_config
-from training.backbones.train import INPUT_NAME, OUTPUT_NAME, backbone_manifest
 
 PARITY_BATCHES: tuple[int, ...] = (1, 7, 256)
 MIN_COSINE = 0.9999

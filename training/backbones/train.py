@@ -14,23 +14,18 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from service.contracts import BackboneManifest
 from service.errors import ContractError, InvalidInput
-from service.inference.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
-from service.inference.preprocess import preprocess
-from training.backbones.arcface import ArcFaceHead
+from training.backbones.arcface import BackboneWithHead
 from training.backbones.checkpoint import (
     BACKBONE_PREFIX,
     HEAD_PREFIX,
@@ -40,134 +35,17 @@ from training.backbones.checkpoint import (
     save_checkpoint,
 )
 from training.backbones.config import TrainConfig
-from training.backbones.iresnet import IResNet, backbone_from_config
-from training.data.imagefolder import ImageFolder
-from training.data.recordio import InsightFaceRecordSet, is_record_set
+from training.backbones.dataset import (
+    FaceDataset,
+    LabelledImages,
+    backbone_manifest,
+    open_training_data,
+)
+from training.backbones.distributed import DistEnv, detect_distributed, resolve_device
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 BACKBONE_NAME = "backbone.safetensors"
 METRICS_NAME = "metrics.jsonl"
-INPUT_NAME = "input"
-OUTPUT_NAME = "embedding"
-
-
-class LabelledImages(Protocol):
-    num_classes: int
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, i: int) -> tuple[bytes, int]: ...
-
-
-def backbone_manifest(
-    *, model_id: str, file: str, input_size: int, output_dim: int
-) -> BackboneManifest:
-    """How an iResNet is fed: the same object drives training input and the exported JSON."""
-    return BackboneManifest(
-        model_id=model_id,
-        file=file,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        layout="NCHW",
-        input_size=(input_size, input_size),
-        color="RGB",
-        mean=127.5,
-        std=127.5,
-        output_dim=output_dim,
-        output_normalized=False,
-    )
-
-
-def open_training_data(path: str | Path, *, min_images_per_class: int = 1) -> LabelledImages:
-    """An InsightFace RecordIO set (directory with ``train.rec`` or a ``.rec`` file) or a folder."""
-    p = Path(path)
-    if not p.exists():
-        raise InvalidInput(f"training data not found: {p}")
-    if is_record_set(p):
-        return InsightFaceRecordSet(p)
-    return ImageFolder.scan(p, min_images_per_class=min_images_per_class)
-
-
-class FaceDataset(Dataset):
-    """Encoded images -> (float32 [3, H, W] tensor, class id), with a random horizontal flip."""
-
-    def __init__(self, source: LabelledImages, *, manifest: BackboneManifest, flip: float) -> None:
-        self.source = source
-        self.manifest = manifest
-        self.flip = flip
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        data, label = self.source[i]
-        image = decode_image(data, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS)
-        # torch's generator is seeded per DataLoader worker, so flips are reproducible.
-        if self.flip > 0 and float(torch.rand(())) < self.flip:
-            image = image[:, ::-1]
-        x = preprocess(np.ascontiguousarray(image)[None], manifest=self.manifest)[0]
-        return torch.from_numpy(x), int(label)
-
-
-class BackboneWithHead(nn.Module):
-    """One module for DDP: returns (loss, accuracy).
-
-    With ``amp`` the backbone runs under bfloat16 autocast; the ArcFace head always runs in
-    float32 (its margin arithmetic near cos = +-1 needs the precision).
-    """
-
-    def __init__(self, backbone: IResNet, head: ArcFaceHead, *, amp: bool = False) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.amp = amp
-
-    def forward(
-        self, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            embeddings = self.backbone(images)
-        terms = self.head(embeddings.float(), labels)
-        return terms.loss, terms.accuracy
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def detect_distributed() -> DistEnv:
-    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; a plain run has none of them."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistEnv()
-    return DistEnv(
-        rank=int(os.environ.get("RANK", "0")),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        world_size=world,
-    )
-
-
-def resolve_device(device: str, dist: DistEnv) -> torch.device:
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InvalidInput(f"device {device!r} asked for, but CUDA is not available here")
-        if dist.enabled:
-            return torch.device("cuda", dist.local_rank)
-        return torch.device(device)
-    if device != "cpu":
-        raise InvalidInput(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return torch.device("cpu")
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, power: float) -> float:
@@ -261,55 +139,64 @@ def train_backbone(
             torch.distributed.destroy_process_group()
 
 
-def _run(
+@dataclass
+class _Training:
+    """One run's moving parts: the module (backbone + head), what trains it, where it writes."""
+
+    module: BackboneWithHead
+    train_module: nn.Module  # the module, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: DistributedSampler | RandomSampler
+    generator: torch.Generator
+    config: TrainConfig
+    dev: torch.device
+    dist: DistEnv
+    total_steps: int
+    warmup_steps: int
+
+
+def _resume(
+    path: Path,
     *,
-    source: LabelledImages,
+    config: TrainConfig,
+    num_classes: int,
+    module: BackboneWithHead,
+    optimizer: torch.optim.Optimizer,
+) -> Progress:
+    """Load ``path`` (a checkpoint of this run) into the module and optimizer; its progress."""
+    ckpt = read_checkpoint(path)
+    if ckpt.config is not None and ckpt.config.arch != config.arch:
+        raise InvalidInput(f"{path} is a {ckpt.config.arch} run, not {config.arch}")
+    if ckpt.num_classes is not None and ckpt.num_classes != num_classes:
+        raise ContractError(
+            f"{path} was trained on {ckpt.num_classes} classes; the data has {num_classes}"
+        )
+    try:
+        module.backbone.load_state_dict(ckpt.section(BACKBONE_PREFIX))
+        module.head.load_state_dict(ckpt.section(HEAD_PREFIX))
+    except RuntimeError as exc:
+        raise ContractError(f"{path} does not fit this config: {exc}") from exc
+    restore_optimizer(optimizer, ckpt)
+    return ckpt.progress
+
+
+def _training(
+    module: BackboneWithHead,
+    optimizer: torch.optim.Optimizer,
+    *,
     dataset: FaceDataset,
-    out: Path,
     config: TrainConfig,
     dev: torch.device,
     dist: DistEnv,
     batch_size: int,
-    show_progress: bool,
-    resume: bool,
-) -> TrainResult:
-    num_classes = int(source.num_classes)
-    backbone = backbone_from_config(config)
-    head = ArcFaceHead(
-        embedding_dim=config.embedding_dim,
-        num_classes=num_classes,
-        scale=config.scale,
-        margin=config.margin,
-        easy_margin=config.easy_margin,
-    )
-    module = BackboneWithHead(backbone, head, amp=config.amp).to(dev)
-    optimizer = _make_optimizer(module, config)
-
-    checkpoint_path = out / CHECKPOINT_NAME
-    start = Progress()
-    if resume and checkpoint_path.is_file():
-        ckpt = read_checkpoint(checkpoint_path)
-        if ckpt.config is not None and ckpt.config.arch != config.arch:
-            raise InvalidInput(f"{checkpoint_path} is a {ckpt.config.arch} run, not {config.arch}")
-        if ckpt.num_classes is not None and ckpt.num_classes != num_classes:
-            raise ContractError(
-                f"{checkpoint_path} was trained on {ckpt.num_classes} classes; "
-                f"the data has {num_classes}"
-            )
-        try:
-            backbone.load_state_dict(ckpt.section(BACKBONE_PREFIX))
-            head.load_state_dict(ckpt.section(HEAD_PREFIX))
-        except RuntimeError as exc:
-            raise ContractError(f"{checkpoint_path} does not fit this config: {exc}") from exc
-        restore_optimizer(optimizer, ckpt)
-        start = ckpt.progress
-
+) -> _Training:
+    """The (DDP-wrapped) module, the sampler and loader, and the step budget."""
     train_module: nn.Module = module
     if dist.enabled:
         train_module = nn.parallel.DistributedDataParallel(
             module, device_ids=[dev.index] if dev.type == "cuda" else None
         )
-
     generator = torch.Generator().manual_seed(config.seed)
     sampler = (
         DistributedSampler(dataset, shuffle=True, seed=config.seed, drop_last=True)
@@ -329,8 +216,111 @@ def _run(
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    return _Training(
+        module=module,
+        train_module=train_module,
+        optimizer=optimizer,
+        loader=loader,
+        sampler=sampler,
+        generator=generator,
+        config=config,
+        dev=dev,
+        dist=dist,
+        total_steps=total_steps,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+    )
 
+
+def _seed_epoch(run: _Training, epoch: int) -> None:
+    """Every random stream restarts from (seed, epoch, rank): a resumed run repeats exactly
+    what an uninterrupted one would have done (order, flips, dropout, worker seeds)."""
+    seed = int(np.random.SeedSequence([run.config.seed, epoch, run.dist.rank]).generate_state(1)[0])
+    torch.manual_seed(seed)
+    if isinstance(run.sampler, DistributedSampler):
+        run.sampler.set_epoch(epoch)
+    else:
+        run.generator.manual_seed(seed)
+
+
+def _train_epoch(
+    run: _Training, *, epoch: int, step: int, result: TrainResult, show_progress: bool
+) -> tuple[int, dict[str, float], bool]:
+    """One epoch (or what is left of the step budget): (step after, its record, finished)."""
+    config = run.config
+    _seed_epoch(run, epoch)
+    run.train_module.train()
+    started = time.perf_counter()
+    loss_sum, acc_sum, seen = 0.0, 0.0, 0
+    bar = tqdm(
+        run.loader,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=not (show_progress and run.dist.is_main),
+        leave=False,
+    )
+    for images, labels in bar:
+        if step >= run.total_steps:
+            break
+        factor = lr_factor(
+            step, total_steps=run.total_steps, warmup_steps=run.warmup_steps, power=config.lr_power
+        )
+        for group in run.optimizer.param_groups:
+            group["lr"] = config.lr * factor
+        loss, accuracy = run.train_module(
+            images.to(run.dev, non_blocking=True), labels.to(run.dev, non_blocking=True)
+        )
+        if not torch.isfinite(loss):
+            raise ContractError(f"loss became {loss.item()} at step {step}; lower the lr")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # Guards the first steps of a fresh deep model from a single huge update.
+        nn.utils.clip_grad_norm_(run.module.parameters(), max_norm=5.0)
+        run.optimizer.step()
+        step += 1
+        value = float(loss.detach())
+        result.losses.append(value)
+        loss_sum, acc_sum, seen = loss_sum + value, acc_sum + float(accuracy), seen + 1
+        if step % config.log_every == 0:
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{config.lr * factor:.2e}")
+    bar.close()
+    record = {
+        "epoch": epoch + 1,
+        "steps": step,
+        "loss": loss_sum / max(seen, 1),
+        "accuracy": acc_sum / max(seen, 1),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - started,
+    }
+    return step, record, seen == len(run.loader)
+
+
+def _run(
+    *,
+    source: LabelledImages,
+    dataset: FaceDataset,
+    out: Path,
+    config: TrainConfig,
+    dev: torch.device,
+    dist: DistEnv,
+    batch_size: int,
+    show_progress: bool,
+    resume: bool,
+) -> TrainResult:
+    num_classes = int(source.num_classes)
+    module = BackboneWithHead.for_config(config, num_classes=num_classes).to(dev)
+    optimizer = _make_optimizer(module, config)
+    checkpoint_path = out / CHECKPOINT_NAME
+    start = Progress()
+    if resume and checkpoint_path.is_file():
+        start = _resume(
+            checkpoint_path,
+            config=config,
+            num_classes=num_classes,
+            module=module,
+            optimizer=optimizer,
+        )
+    run = _training(
+        module, optimizer, dataset=dataset, config=config, dev=dev, dist=dist, batch_size=batch_size
+    )
     result = TrainResult(
         output=out,
         checkpoint=checkpoint_path,
@@ -347,64 +337,12 @@ def _run(
             (out / METRICS_NAME).unlink(missing_ok=True)  # a fresh run starts a fresh log
     step = start.step
     for epoch in range(start.epochs_done, config.epochs):
-        if step >= total_steps:
+        if step >= run.total_steps:
             break
-        # Every random stream restarts from (seed, epoch, rank): a resumed run repeats exactly
-        # what an uninterrupted one would have done (order, flips, dropout, worker seeds).
-        epoch_seed = int(
-            np.random.SeedSequence([config.seed, epoch, dist.rank]).generate_state(1)[0]
+        step, record, finished_epoch = _train_epoch(
+            run, epoch=epoch, step=step, result=result, show_progress=show_progress
         )
-        torch.manual_seed(epoch_seed)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        else:
-            generator.manual_seed(epoch_seed)
-        train_module.train()
-        started = time.perf_counter()
-        loss_sum, acc_sum, seen = 0.0, 0.0, 0
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not (show_progress and dist.is_main),
-            leave=False,
-        )
-        for images, labels in bar:
-            if step >= total_steps:
-                break
-            factor = lr_factor(
-                step, total_steps=total_steps, warmup_steps=warmup_steps, power=config.lr_power
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * factor
-            images = images.to(dev, non_blocking=True)
-            labels = labels.to(dev, non_blocking=True)
-            loss, accuracy = train_module(images, labels)
-            if not torch.isfinite(loss):
-                raise ContractError(f"loss became {loss.item()} at step {step}; lower the lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # Guards the first steps of a fresh deep model from a single huge update.
-            nn.utils.clip_grad_norm_(module.parameters(), max_norm=5.0)
-            optimizer.step()
-            step += 1
-            value = float(loss.detach())
-            result.losses.append(value)
-            loss_sum += value
-            acc_sum += float(accuracy)
-            seen += 1
-            if step % config.log_every == 0:
-                bar.set_postfix(loss=f"{value:.3f}", lr=f"{config.lr * factor:.2e}")
-        bar.close()
-        finished_epoch = seen == steps_per_epoch
         epochs_done = epoch + 1 if finished_epoch else epoch
-        record = {
-            "epoch": epoch + 1,
-            "steps": step,
-            "loss": loss_sum / max(seen, 1),
-            "accuracy": acc_sum / max(seen, 1),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - started,
-        }
         result.epoch_metrics.append(record)
         result.epochs_done, result.steps = epochs_done, step
         if dist.is_main:

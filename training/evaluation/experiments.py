@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,6 +39,9 @@ from service.evaluation.protocol import (
 from service.kit import find_kit_dir, kit_pairs_path
 from training.config_files import read_config_mapping
 from training.evaluation.synthetic import SYNTHETIC_SOURCE, synthetic_pairs
+
+if TYPE_CHECKING:
+    from training.transformers.data import TrainingPairs
 
 DEFAULT_THREADS = 1  # torch intra-op threads: more were 12-15x slower on a busy shared CPU
 
@@ -236,15 +239,72 @@ def run_experiments(
         torch.set_num_threads(previous_threads)
 
 
+def _one_run(
+    run: RunConfig,
+    seed: int,
+    *,
+    config: ExperimentConfig,
+    data: ExperimentData,
+    train: TrainingPairs,
+) -> RunResult:
+    """Fit one run's recipe with one seed and evaluate it (open-set, and closed-set when the
+    config asks); a recipe that fails is a result with its error, not an exception."""
+    from training.evaluation.openset import open_set_of_fit
+    from training.transformers.fit import fit_normalized
+
+    try:
+        recipe = resolve_recipe(run, config.base)
+        fitted = fit_normalized(
+            train=train,
+            recipe=recipe,
+            device=config.device,
+            seed=seed,
+            progress=False,
+            threads=config.threads,
+        )
+        # scored as the service scores: the run's queries, two-way fused when fitted so
+        report = evaluate_mapping(
+            eval_pairs=data.evaluation, mapped=fitted.map_rows(data.evaluation, flip=config.flip)
+        )
+        report.open_set = open_set_of_fit(
+            fitted, fit_pairs=data.bridge, eval_pairs=data.evaluation, flip=config.flip
+        )
+        closed = (
+            closed_set_report(
+                fit_pairs=data.bridge, mapped=fitted.map_rows(data.bridge, flip=config.flip)
+            )
+            if config.closed_set
+            else None
+        )
+    except FacebridgeError as exc:
+        return RunResult(
+            label=run.label,
+            recipe_name=run.recipe,
+            recipe={},
+            seed=seed,
+            study_top1=run.study_top1,
+            report=None,
+            error=str(exc),
+        )
+    return RunResult(
+        label=run.label,
+        recipe_name=recipe.name,
+        recipe=recipe.to_dict(),
+        seed=seed,
+        study_top1=run.study_top1,
+        report=report,
+        closed_set=closed,
+        fit_seconds=fitted.fit_seconds,
+    )
+
+
 def _run_all(
     config: ExperimentConfig, pairs_override: Path | None, force_synthetic: bool, progress: bool
 ) -> ExperimentResults:
     import torch
     from tqdm import tqdm
 
-    from training.evaluation.openset import open_set_of_fit
     from training.transformers.data import normalized_pairs
-    from training.transformers.fit import fit_normalized
 
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     clock = time.perf_counter()
@@ -258,55 +318,7 @@ def _run_all(
     bar = tqdm(jobs, desc=f"experiments {config.name}", unit="run", disable=not progress)
     for run, seed in bar:
         bar.set_postfix_str(f"{run.label} (seed {seed})")
-        try:
-            recipe = resolve_recipe(run, config.base)
-            fitted = fit_normalized(
-                train=train,
-                recipe=recipe,
-                device=config.device,
-                seed=seed,
-                progress=False,
-                threads=config.threads,
-            )
-            # scored as the service scores: the run's queries, two-way fused when fitted so
-            report = evaluate_mapping(
-                eval_pairs=data.evaluation,
-                mapped=fitted.map_rows(data.evaluation, flip=config.flip),
-            )
-            report.open_set = open_set_of_fit(
-                fitted, fit_pairs=data.bridge, eval_pairs=data.evaluation, flip=config.flip
-            )
-            closed = (
-                closed_set_report(
-                    fit_pairs=data.bridge, mapped=fitted.map_rows(data.bridge, flip=config.flip)
-                )
-                if config.closed_set
-                else None
-            )
-            results.append(
-                RunResult(
-                    label=run.label,
-                    recipe_name=recipe.name,
-                    recipe=recipe.to_dict(),
-                    seed=seed,
-                    study_top1=run.study_top1,
-                    report=report,
-                    closed_set=closed,
-                    fit_seconds=fitted.fit_seconds,
-                )
-            )
-        except FacebridgeError as exc:
-            results.append(
-                RunResult(
-                    label=run.label,
-                    recipe_name=run.recipe,
-                    recipe={},
-                    seed=seed,
-                    study_top1=run.study_top1,
-                    report=None,
-                    error=str(exc),
-                )
-            )
+        results.append(_one_run(run, seed, config=config, data=data, train=train))
     split_counts = {
         "bridge_rows": len(data.bridge),
         "bridge_identities": int(np.unique(data.bridge.label).size),

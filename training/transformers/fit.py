@@ -7,10 +7,7 @@ Reproducible: the seed fixes initialisation, batch order, noise and synthetic pa
 
 from __future__ import annotations
 
-import copy
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,18 +18,15 @@ from torch import nn
 from service.contracts import PairsSet
 from service.errors import InvalidInput
 from service.evaluation.protocol import MappedRows, map_rows
-from service.vectors import l2_normalize
 from training.transformers.closed_form import procrustes_map, ridge_map
 from training.transformers.data import TrainingPairs, normalized_pairs
-from training.transformers.interpolation import make_synthetic
-from training.transformers.losses import MappingLoss
+from training.transformers.learned import EpochCallback, fit_learned, identity_balance_weights
 from training.transformers.models import ScaledAroundMean, build_model, linear_part
 from training.transformers.recipes import Recipe, get_recipe
 
-# One intra-op thread: these models are tiny, and on a shared 2-core machine two OpenMP threads
-# spin at every barrier (measured 12-15x slower per step than one thread under load).
+# One intra-op thread: these models are tiny, and on a busy shared CPU two OpenMP threads spin
+# at every barrier (measured 12-15x slower per step than one thread under load).
 TORCH_THREADS = 1
-EpochCallback = Callable[[int, nn.Module], dict[str, float]]
 
 
 @dataclass
@@ -141,118 +135,11 @@ def _check_device(device: str) -> torch.device:
     return dev
 
 
-def identity_balance_weights(label: np.ndarray, power: float) -> np.ndarray:
-    """Row weights ``count(identity) ** -power``, mean 1: a few identities with hundreds of
-    images (LFW: George W Bush, 530) otherwise dominate the fit."""
-    _, index, counts = np.unique(label, return_inverse=True, return_counts=True)
-    weights = counts[index].astype(np.float64) ** -power
-    return weights / weights.mean()
-
-
 def _closed_form(recipe: Recipe, train: TrainingPairs) -> tuple[np.ndarray, np.ndarray]:
     if recipe.init == "procrustes" or recipe.model == "procrustes":
         return procrustes_map(train.new, train.old)
     weights = identity_balance_weights(train.label, recipe.balance) if recipe.balance else None
     return ridge_map(train.new, train.old, lam=recipe.ridge_lambda, sample_weight=weights)
-
-
-def _class_means(old: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(unit class means [C, d], per-row class index [n])."""
-    classes, index = np.unique(label, return_inverse=True)
-    sums = np.zeros((classes.size, old.shape[1]), dtype=np.float64)
-    np.add.at(sums, index, old)
-    return l2_normalize(sums), index.astype(np.int64)
-
-
-class _WeightAverage:
-    """Exponential moving average of parameters and buffers (weight averaging)."""
-
-    def __init__(self, module: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = copy.deepcopy(module).eval()
-        for p in self.shadow.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        for s, p in zip(
-            self.shadow.state_dict().values(), module.state_dict().values(), strict=True
-        ):
-            if s.dtype.is_floating_point:
-                s.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
-            else:
-                s.copy_(p)
-
-
-def _train_stage(
-    *,
-    model: nn.Module,
-    loss_fn: MappingLoss,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    idx: torch.Tensor,
-    row_weight: torch.Tensor | None,
-    recipe: Recipe,
-    epochs: int,
-    generator: torch.Generator,
-    stage: str,
-    history: list[dict[str, float]],
-    averager: _WeightAverage | None,
-    progress: bool,
-    on_epoch: EpochCallback | None,
-) -> None:
-    if epochs == 0:
-        return
-    from tqdm.auto import tqdm
-
-    n = x.shape[0]
-    batch = min(recipe.batch_size, n)
-    steps_per_epoch = max(n // batch, 1)  # drop the ragged tail: BatchNorm needs > 1 row
-    total_steps = steps_per_epoch * epochs
-    warmup = min(steps_per_epoch, total_steps // 10)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
-    )
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    bar = tqdm(
-        range(epochs), desc=f"fit {recipe.name} [{stage}]", disable=not progress, leave=False
-    )
-    for epoch in bar:
-        model.train()
-        if row_weight is None:
-            perm = torch.randperm(n, generator=generator)
-        else:
-            perm = torch.multinomial(row_weight, n, replacement=True, generator=generator)
-        perm = perm.to(x.device)
-        sums: dict[str, float] = {}
-        for step in range(steps_per_epoch):
-            rows = perm[step * batch : (step + 1) * batch]
-            xb = x[rows]
-            if recipe.input_noise:
-                noise = torch.randn(xb.shape, generator=generator).to(x.device)
-                xb = xb + recipe.input_noise * noise
-            terms = loss_fn(model(xb), y[rows], idx[rows])
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            scheduler.step()
-            if averager is not None:
-                averager.update(model)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-        record = {"stage": stage, "epoch": epoch} | {
-            k: v / steps_per_epoch for k, v in sums.items()
-        }
-        if on_epoch is not None:
-            record |= on_epoch(epoch, averager.shadow if averager is not None else model)
-        history.append(record)
-        bar.set_postfix(loss=f"{record['total']:.4f}")
 
 
 def _fit_backward(recipe: Recipe, train: TrainingPairs, dev: torch.device) -> nn.Module:
@@ -336,67 +223,16 @@ def _fit(
                     f"recipe {recipe.name!r}: model {recipe.model} has no linear part"
                 )
             target.set_weights(*_closed_form(recipe, train))
-        model.to(dev)
-        synthetic = make_synthetic(
-            train,
-            method=recipe.interpolation,
-            rate=recipe.interpolation_rate,
+        model = fit_learned(
+            model.to(dev),
+            train=train,
+            recipe=recipe,
+            dev=dev,
             seed=seed,
+            history=history,
+            progress=progress,
+            on_epoch=on_epoch,
         )
-        everything = TrainingPairs(
-            new=np.concatenate([train.new, synthetic.new]),
-            old=np.concatenate([train.old, synthetic.old]),
-            label=np.concatenate([train.label, synthetic.label]),
-        )
-        means, index = _class_means(everything.old, everything.label)
-        loss_fn = MappingLoss(
-            cos_weight=recipe.cos_weight,
-            mse_weight=recipe.mse_weight,
-            id_weight=recipe.id_weight,
-            temperature=recipe.id_temperature,
-            margin=recipe.id_margin,
-            class_means=torch.from_numpy(means).to(dev),
-            contrast_weight=recipe.contrast_weight,
-            contrast_temperature=recipe.contrast_temperature,
-        )
-        generator = torch.Generator().manual_seed(seed)
-        averager = _WeightAverage(model, recipe.ema) if recipe.ema else None
-        x_all = torch.from_numpy(everything.new).to(dev)
-        y_all = torch.from_numpy(everything.old).to(dev)
-        i_all = torch.from_numpy(index).to(dev)
-        n_real = len(train)
-        stages: list[tuple[str, slice, int]]
-        if len(synthetic) == 0:
-            stages = [("real", slice(0, n_real), recipe.epochs)]
-        elif recipe.interpolation_schedule == "mixed":
-            stages = [("mixed", slice(None), recipe.epochs)]
-        else:
-            stages = [
-                ("pretrain", slice(None), recipe.pretrain_epochs),
-                ("real", slice(0, n_real), recipe.epochs),
-            ]
-        weights = None
-        if recipe.balance:
-            weights = torch.from_numpy(identity_balance_weights(everything.label, recipe.balance))
-        for stage, rows, epochs in stages:
-            _train_stage(
-                model=model,
-                loss_fn=loss_fn,
-                x=x_all[rows],
-                y=y_all[rows],
-                idx=i_all[rows],
-                row_weight=None if weights is None else weights[rows],
-                recipe=recipe,
-                epochs=epochs,
-                generator=generator,
-                stage=stage,
-                history=history,
-                averager=averager,
-                progress=progress,
-                on_epoch=on_epoch,
-            )
-        if averager is not None:
-            model = averager.shadow
     model.eval()
     if recipe.output_scale != 1.0 and recipe.model != "identity":
         model = _rescale_output(model, train, recipe.output_scale, dev)

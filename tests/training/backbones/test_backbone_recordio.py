@@ -10,15 +10,14 @@ import pytest
 
 from service.errors import ContractError
 from service.inference.images import decode_image
+from training.data.record_set import InsightFaceRecordSet, write_record_set
 from training.data.recordio import (
     MAGIC,
-    InsightFaceRecordSet,
     RecordIOReader,
     RecordIOWriter,
     pack_payload,
     read_index,
     unpack_payload,
-    write_record_set,
 )
 
 from .conftest import jpeg_bytes

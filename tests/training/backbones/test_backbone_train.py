@@ -12,7 +12,7 @@ from service.errors import ContractError, InvalidInput
 from training.backbones.checkpoint import BACKBONE_PREFIX, load_backbone, read_checkpoint
 from training.backbones.config import load_train_config
 from training.backbones.train import TrainResult, lr_factor, train_backbone
-from training.data.recordio import write_record_set
+from training.data.record_set import write_record_set
 
 from .conftest import jpeg_bytes, tiny_config
 
