@@ -104,3 +104,19 @@ def test_merging_two_groups_that_define_one_command_twice_is_refused() -> None:
     second.command("fit")(lambda: None)
     with pytest.raises(RuntimeError, match="defined twice"):
         merge_groups("transformer", [first, second])
+
+
+def test_without_the_training_side_the_service_groups_remain() -> None:
+    # As in the service image: the entry points name training modules that are not there.
+    code = (
+        "import sys, typer\n"
+        "sys.modules['training'] = None  # any import of training fails as if not installed\n"
+        "from service.cli import build_app\n"
+        "groups = typer.main.get_command(build_app()).commands\n"
+        "print(' '.join(sorted(name for name, group in groups.items() if not group.hidden)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["db", "gallery", "keys", "service", "transformer"]
