@@ -32,8 +32,10 @@ ImageParts = Annotated[
         "several parts named `image` form a batch answered in order",
     ),
 ]
+# No default in the schema (it is a setting); absent = FACEBRIDGE_DEFAULT_TOP_K. Typed int, not
+# int | None: a query parameter cannot be null, and the schema stays one plain integer.
 TopK = Annotated[
-    int | None,
+    int,
     Query(ge=1, le=100, description="candidates per image; default FACEBRIDGE_DEFAULT_TOP_K"),
 ]
 Threshold = Annotated[
@@ -81,7 +83,7 @@ async def identify(
     _auth: IdentifyScope,
     _multipart: MultipartBody,
     image: ImageParts,
-    top_k: TopK = None,
+    top_k: TopK = None,  # type: ignore[assignment]
     threshold: Threshold = None,
 ) -> IdentifyResponse:
     """Nearest identities in the gallery for each image (new backbone -> active transformer),
