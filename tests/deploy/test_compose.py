@@ -153,7 +153,11 @@ def test_service_image_installs_no_torch(dockerfile: str) -> None:
                 assert extra in extras, f"{dockerfile}: unknown extra {extra}: {run}"
                 assert not [d for d in extras[extra] if d.lower().startswith("torch")], run
         assert " -e " not in f" {run} ", f"{dockerfile}: editable install in an image"
-    assert any("[tables]" in run for run in installs), "Parquet/CSV import needs pyarrow"
+    named_extras = {
+        e for run in installs for n in re.findall(r"\.\[([^\]]*)\]", run) for e in n.split(",")
+    }
+    assert "tables" in named_extras, "Parquet/CSV import needs pyarrow"
+    assert "detect" in named_extras, "photo detection and the crop face check need dlib"
     assert any("pip show torch" in r for r in runs), "the build asserts torch is absent"
     # The runtime stage gets the venv from the builder and runs as a non-root user.
     service = stages["service"]
