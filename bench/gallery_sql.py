@@ -35,8 +35,8 @@ from gallery_data import GalleryGenerator
 from service.db.models import Face, Identity
 from service.db.session import make_engine, make_session_factory, upgrade_database
 from service.gallery.importer import import_gallery
+from service.gallery.opening import open_gallery
 from service.gallery.store import gallery_stats, reconcile, set_faiss_threads
-from service.gallery.sync import open_gallery
 from service.identities import add_faces, create_identity, identities_for_faces
 from service.settings import ServiceSettings
 

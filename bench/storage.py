@@ -19,8 +19,8 @@ import numpy as np
 
 from service.db.session import make_engine, make_session_factory, upgrade_database
 from service.gallery.importer import import_gallery
+from service.gallery.opening import open_gallery
 from service.gallery.store import check_consistency, set_faiss_threads
-from service.gallery.sync import open_gallery
 from service.settings import ServiceSettings
 from service.vectors import l2_normalize
 

@@ -24,7 +24,16 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.api import admin, gallery, health, identify, identities, operator, rollout
+from service.api import (
+    admin,
+    gallery,
+    health,
+    identify,
+    identities,
+    migration,
+    operator,
+    rollout,
+)
 from service.api.auth import AuthMiddleware, FailedAuthLimiter
 from service.api.docs import install_docs
 from service.api.problems import (
@@ -33,21 +42,24 @@ from service.api.problems import (
     install_problem_handlers,
 )
 from service.api.state import InferencePool, ServiceState
+from service.api.tags import OPENAPI_TAGS
 from service.console import install_console
 from service.db.session import make_engine, make_session_factory, upgrade_database
 from service.decision import GalleryCounter
 from service.errors import ServiceUnavailable
+from service.gallery.face_reads import face_vectors_by_id
 from service.gallery.hits import gallery_hits
+from service.gallery.opening import open_gallery
 from service.gallery.store import identities_with_faces, set_faiss_threads
-from service.gallery.sync import GallerySync, open_gallery
-from service.identities import face_vectors_by_id
-from service.inference.backbone import OnnxBackbone
+from service.gallery.sync import GallerySync
+from service.inference.backbone import NoBackbone, OnnxBackbone
 from service.inference.detect import FaceDetector, make_detector
 from service.inference.facecheck import CropFaceCheck, make_face_check
 from service.inference.micro_batch import micro_batched
 from service.inference.transformer import counting_nonfinite
 from service.keys import bootstrap_admin_key
 from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.migration.rule_settings import live_migration
 from service.pipeline import ActiveMapping, Pipeline
 from service.registry.holder import ActiveTransformerHolder
 from service.registry.shadow import ShadowEvaluator
@@ -60,17 +72,6 @@ from service.vectors import QUERIES_FLIP, QUERIES_PLAIN
 log = logging.getLogger("facebridge.app")
 
 API_VERSION = "1"
-OPENAPI_TAGS = [
-    {"name": "identify", "description": "Identify and verify faces against the gallery."},
-    {"name": "identities", "description": "People and their enrolled faces."},
-    {"name": "gallery", "description": "Bulk import of legacy vectors; gallery statistics."},
-    {
-        "name": "admin",
-        "description": "Transformer versions, shadow evaluation, the audit history and API keys "
-        "(admin scope).",
-    },
-    {"name": "health", "description": "Liveness, readiness, Prometheus metrics."},
-]
 # Queue depth per inference thread before the service answers 503 instead of queueing more.
 PENDING_PER_THREAD = 32
 # Images per backbone run. Measured with the kit MobileFaceNet on one ORT thread: batch 1 costs
@@ -129,7 +130,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.facebridge = None
     app.state.facebridge_startup = None
     install_problem_handlers(app)
-    for module in (identify, identities, gallery, admin, rollout, operator, health):
+    for module in (identify, identities, gallery, admin, rollout, operator, migration, health):
         app.include_router(module.router)
     install_docs(app)
     install_console(app)
@@ -293,16 +294,6 @@ def _save_gallery(*, gallery_sync: GallerySync) -> None:
         log.exception("could not save the gallery index at shutdown")
 
 
-class _NoBackbone:
-    """Stands in when no backbone is configured: every image route answers 503."""
-
-    model_id = "none"
-    output_dim = 0
-
-    def embed(self, aligned: np.ndarray, *, flip_average: bool = False) -> np.ndarray:
-        raise ServiceUnavailable("no backbone configured: set FACEBRIDGE_BACKBONE_MANIFEST")
-
-
 def _build_pipeline(
     *,
     settings: ServiceSettings,
@@ -348,7 +339,7 @@ def _build_pipeline(
     # faces = the index's live count (this and, through GallerySync, every other replica's
     # writes); identities are re-counted in SQL when it moves (service.decision.GalleryCounter)
     counter = GalleryCounter(
-        faces=lambda: gallery_sync.primary.ntotal,
+        faces=lambda: sum(store.ntotal for store in list(gallery_sync.stores.values())),
         identities=count_identities,
         max_age_s=settings.generation_poll_seconds,
     )
@@ -379,7 +370,7 @@ def _build_pipeline(
         return out
 
     return Pipeline(
-        backbone=_NoBackbone() if backbone is None else micro_batched(backbone, settings),
+        backbone=NoBackbone() if backbone is None else micro_batched(backbone, settings),
         detector=detector,
         snapshot=snapshot,
         search=search,
@@ -396,4 +387,11 @@ def _build_pipeline(
         gallery_count=counter.current,
         target_fpir=settings.target_fpir,
         verify_far=settings.verify_target_far,
+        migration=live_migration(
+            settings=settings,
+            gallery=gallery_sync,
+            session_factory=session_factory,
+            native_space=None if backbone is None else backbone.model_id,
+            on_capture=metrics.captures.inc,
+        ),
     )

@@ -34,6 +34,7 @@ BUILTIN_GROUPS: tuple[tuple[str, str, str], ...] = (
     ("transformer", "service.registry.commands", "transformer_app"),
     ("keys", "service.commands", "keys_app"),
     ("db", "service.commands", "db_app"),
+    ("migration", "service.migration.cli", "app"),
 )
 # Old spellings kept for one release as hidden aliases (old -> current); each use prints one
 # deprecation line on stderr.

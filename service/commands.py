@@ -91,8 +91,8 @@ def gallery_import(
     import logging
 
     from service.gallery.importer import import_gallery
+    from service.gallery.opening import open_gallery
     from service.gallery.store import set_faiss_threads
-    from service.gallery.sync import open_gallery
 
     with open_storage(settings=settings) as storage:
         report = import_gallery(
@@ -119,8 +119,8 @@ def gallery_import(
 def gallery_rebuild(*, settings: ServiceSettings | None = None) -> Any:
     """Rebuild the vector store from SQL (FAISS file, or the Milvus collection dropped and
     refilled) and save it; returns the full ConsistencyReport after."""
+    from service.gallery.opening import rebuild_gallery
     from service.gallery.store import set_faiss_threads
-    from service.gallery.sync import rebuild_gallery
 
     with open_storage(settings=settings) as storage:
         set_faiss_threads(storage.settings.faiss_threads)
@@ -253,8 +253,8 @@ def gallery_stats_command(
     ] = False,
 ) -> None:
     """Counts, dimension, index type, vectors by source; index vs SQL (counts, or full ids)."""
+    from service.gallery.opening import load_gallery_store
     from service.gallery.store import check_consistency, count_report, gallery_stats
-    from service.gallery.sync import load_gallery_store
 
     with open_storage() as storage, storage.session_factory() as session:
         store = load_gallery_store(

@@ -1,4 +1,5 @@
-"""Identities and their faces (gallery vectors in the OLD model's space).
+"""Identities and their faces (gallery vectors in the old model's space, or native vectors in a
+backbone's own space: ``faces.space``).
 
 Writes go SQL first, the vector store second: a face is committed together with its entry in the
 face change log, then added to this process's store; a deletion likewise. A crash in between is
@@ -24,19 +25,19 @@ from service.errors import Conflict, InvalidInput, NotFound
 from service.gallery.changes import record_face_changes
 from service.gallery.counters import IDENTITIES, add_counts, face_deltas
 from service.gallery.engines.base import VectorStore
+from service.gallery.spaces import old_space, space_dim
 from service.gallery.store import (
     claim_gallery_dim,
     content_hash,
     gallery_dim,
     normalize_gallery_vectors,
     vector_bytes,
-    vector_from_bytes,
 )
 
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
 
-FaceSource = Literal["legacy", "mapped"]
+FaceSource = Literal["legacy", "mapped", "native", "captured"]
 MAX_PAGE = 1000
 
 
@@ -80,6 +81,7 @@ class FaceInfo:
     transformer_version: str | None
     origin: str | None
     created_at: datetime
+    space: str = ""
 
     @classmethod
     def from_row(cls, row: Face) -> FaceInfo:
@@ -91,6 +93,7 @@ class FaceInfo:
             transformer_version=row.transformer_version,
             origin=row.origin,
             created_at=row.created_at,
+            space=row.space,
         )
 
 
@@ -247,12 +250,13 @@ def delete_identity(*, session: Session, index: VectorStore | None, identity_id:
     """Delete an identity and its faces (SQL commit, then the store). Returns faces removed."""
     row = _identity_row(session, identity_id)
     faces = session.execute(
-        select(Face.id, Face.source).where(Face.identity_id == identity_id)
+        select(Face.id, Face.source, Face.space).where(Face.identity_id == identity_id)
     ).all()
-    face_ids = [int(f) for f, _ in faces]
+    face_ids = [int(f) for f, _, _ in faces]
     session.delete(row)
-    record_face_changes(session, removed=face_ids)
-    add_counts(session, {IDENTITIES: -1, **face_deltas([s for _, s in faces], sign=-1)})
+    record_face_changes(session, removed=face_ids, spaces={int(f): s for f, _, s in faces})
+    deltas = face_deltas([s for _, s, _ in faces], sign=-1, spaces=[p for _, _, p in faces])
+    add_counts(session, {IDENTITIES: -1, **deltas})
     _commit(session, what=f"identity {identity_id}")
     if index is not None and face_ids:
         index.remove(ids=face_ids)
@@ -309,9 +313,13 @@ def add_faces(
     transformer_version: str | None = None,
     origin: str | None = None,
     settings: ServiceSettings | None = None,
+    space: str | None = None,
+    commit: bool = True,
 ) -> list[FaceInfo]:
-    """Store old-space vectors [n, d] for an identity (normalised here) in ONE transaction with
-    their change-log entries, then add them to the store: every face is stored or none is.
+    """Store vectors [n, d] of one space (None: the old model's) for an identity (normalised
+    here) in ONE transaction with their change-log entries, then add them to ``index`` (that
+    space's store): every face is stored or none is (``commit`` False: the caller commits and
+    adds them to its store).
 
     ``source="mapped"`` (enrolled through the transformer) needs ``transformer_version``.
     A vector the identity already has (or one repeated in ``vectors``) is a Conflict.
@@ -321,8 +329,12 @@ def add_faces(
     if source == "mapped" and not transformer_version:
         raise InvalidInput("a mapped face needs the transformer version that produced it")
     _identity_row(session, identity_id)
-    dim = gallery_dim(session=session, settings=settings)
-    normalized = normalize_gallery_vectors(np.asarray(vectors), dim=dim)
+    old = old_space(session=session, settings=settings)
+    space = space or old
+    dim = gallery_dim(session=session, settings=settings) if space == old else None
+    normalized = normalize_gallery_vectors(
+        np.asarray(vectors), dim=dim if space == old else space_dim(session, space, old=old)
+    )
     if normalized.shape[0] == 0:
         raise InvalidInput("no vectors to add")
     stored = [vector_bytes(v) for v in normalized]
@@ -334,7 +346,8 @@ def add_faces(
     )
     if duplicate is not None:
         raise Conflict(f"identity {identity_id} already has this vector (face {duplicate})")
-    claim_gallery_dim(session=session, dim=int(normalized.shape[1]), settings=settings)
+    if space == old:
+        claim_gallery_dim(session=session, dim=int(normalized.shape[1]), settings=settings)
     rows = [
         Face(
             identity_id=identity_id,
@@ -344,14 +357,20 @@ def add_faces(
             source=source,
             transformer_version=transformer_version,
             origin=origin,
+            space=space,
         )
         for blob, digest in zip(stored, digests, strict=True)
     ]
     session.add_all(rows)
     what = f"face(s) of identity {identity_id}"
     _flush(session, what=what)  # e.g. the same vector enrolled concurrently: 409, not 500
-    record_face_changes(session, added=[int(r.id) for r in rows])
-    add_counts(session, face_deltas([source] * len(rows), sign=1))
+    record_face_changes(
+        session, added=[int(r.id) for r in rows], spaces={r.id: space for r in rows}
+    )
+    add_counts(session, face_deltas([source] * len(rows), sign=1, spaces=[space] * len(rows)))
+    if not commit:
+        _flush(session, what=what)
+        return [FaceInfo.from_row(r) for r in rows]
     _commit(session, what=what)
     if index is not None:
         index.add(ids=[int(r.id) for r in rows], vectors=normalized)
@@ -372,37 +391,10 @@ def delete_face(
     row = session.get(Face, face_id)
     if row is None or int(row.identity_id) != int(identity_id):
         raise NotFound(f"face {face_id} of identity {identity_id} not found")
-    source = row.source
+    source, space = row.source, row.space
     session.delete(row)
-    record_face_changes(session, removed=[face_id])
-    add_counts(session, face_deltas([source], sign=-1))
+    record_face_changes(session, removed=[face_id], spaces={face_id: space})
+    add_counts(session, face_deltas([source], sign=-1, spaces=[space]))
     _commit(session, what=f"face {face_id}")
     if index is not None:
         index.remove(ids=[face_id])
-
-
-def face_vectors_by_id(*, session: Session, face_ids: np.ndarray) -> dict[int, np.ndarray]:
-    """Stored vectors of ``face_ids`` (absent ids: deleted meanwhile), in one query."""
-    wanted = sorted({int(i) for i in np.asarray(face_ids).reshape(-1)})
-    if not wanted:
-        return {}
-    rows = session.execute(select(Face.id, Face.vector, Face.dim).where(Face.id.in_(wanted)))
-    return {int(i): vector_from_bytes(v, d) for i, v, d in rows.all()}
-
-
-def face_vectors(*, session: Session, identity_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Face ids (int64 [m]) and stored old-space vectors (float32 [m, d], L2-normalised).
-
-    NotFound for an unknown identity; an identity without faces gives empty arrays.
-    """
-    _identity_row(session, identity_id)
-    rows = session.execute(
-        select(Face.id, Face.vector, Face.dim)
-        .where(Face.identity_id == identity_id)
-        .order_by(Face.id)
-    ).all()
-    if not rows:
-        dim = gallery_dim(session=session) or 0
-        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-    ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-    return ids, np.vstack([vector_from_bytes(r[1], r[2]) for r in rows])

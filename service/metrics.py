@@ -71,6 +71,22 @@ class ServiceMetrics:
             "Vectors in the gallery index (vector store) of the old model's space.",
             registry=self.registry,
         )
+        self.gallery_space_vectors = Gauge(
+            "facebridge_gallery_space_vectors",
+            "Vectors in this process's store of each embedding space (progressive migration).",
+            ("space",),
+            registry=self.registry,
+        )
+        self.migration_coverage = Gauge(
+            "facebridge_migration_coverage",
+            "Share of identities with at least one native vector (set by GET /v1/migration).",
+            registry=self.registry,
+        )
+        self.captures = Counter(
+            "facebridge_captures",
+            "Native vectors captured from confident identify requests by this process.",
+            registry=self.registry,
+        )
         self.gallery_consistent = Gauge(
             "facebridge_gallery_consistent",
             "1 when the last full comparison of the index's ids with SQL's agreed, 0 when it "

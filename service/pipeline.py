@@ -33,12 +33,14 @@ import numpy as np
 
 from service.decision import Decision, GalleryCount, decide_identify, decide_verify
 from service.errors import FacebridgeError, ImageError, InvalidInput, ServiceUnavailable
-from service.fusion import RERANK_DEPTH, candidate_scores, fused_scores
+from service.fusion import fused_scores
+from service.fusion_search import fused_hits
 from service.inference.align import ARCFACE_SIZE
 from service.inference.detect import FaceDetector
 from service.inference.facecheck import CropFaceCheck
 from service.inference.faces import NO_DETECTOR_MESSAGE, FaceCrop, aligned_faces, face_crops
 from service.inference.images import image_size, load_rgb_image
+from service.migration.live import LiveMigration
 from service.pipeline_types import (
     ActiveMapping,
     AfterIdentifyFn,
@@ -99,6 +101,7 @@ class Pipeline:
         target_fpir: float = 0.01,
         verify_far: float = 1e-3,
         after_identify: AfterIdentifyFn | None = None,
+        migration: LiveMigration | None = None,
     ) -> None:
         self.backbone = backbone
         self.detector = detector
@@ -118,6 +121,7 @@ class Pipeline:
         self.target_fpir = float(target_fpir)
         self.verify_far = float(verify_far)
         self.after_identify = after_identify
+        self.migration = migration  # cross-space ranking + capture (service.migration.live)
         # dlib's detector objects are not documented as thread-safe: one detection at a time.
         self._detector_lock = threading.Lock()
 
@@ -264,10 +268,17 @@ class Pipeline:
 
     # -- operations ----------------------------------------------------------------------------
     def identify(
-        self, *, images: Sequence[ImageUpload], top_k: int, threshold: float | None
+        self,
+        *,
+        images: Sequence[ImageUpload],
+        top_k: int,
+        threshold: float | None,
+        capture: bool = True,
+        request_id: str | None = None,
     ) -> tuple[list[IdentifyOutcome], Decision]:
         """One outcome per image, in upload order (a failed image carries its ``error``), and
-        the decision rule that set ``match`` (:func:`service.decision.decide_identify`)."""
+        the decision rule that set ``match`` (:func:`service.decision.decide_identify`).
+        ``capture`` False: this request never adds captured vectors (service.migration)."""
         mapping = self.active_mapping()
         mapped = self.map_images(images=images, mapping=mapping, per_image=True)
         outcomes, decision = self.rank(
@@ -276,6 +287,7 @@ class Pipeline:
             top_k=top_k,
             threshold=threshold,
             filenames=[image.filename for image in images],
+            capture=(capture, request_id),
         )
         if self.after_identify is not None and mapped.image_index:
             reply = IdentifyReply(
@@ -328,6 +340,7 @@ class Pipeline:
         threshold: float | None,
         filenames: Sequence[str | None] | None = None,
         record: bool = True,
+        capture: tuple[bool, str | None] = (False, None),
     ) -> tuple[list[IdentifyOutcome], Decision]:
         """Search, (fused) scoring, identities and the open-set decision for mapped queries:
         one outcome per entry of ``mapped.timings`` (failed images carry their error)."""
@@ -339,7 +352,19 @@ class Pipeline:
             target_fpir=self.target_fpir,
             gallery=self.gallery_count(),
         )
-        candidates = self._candidates(mapped=mapped, mapping=mapping, top_k=top_k, record=record)
+        if self.migration is not None and self.migration.applies(mapping):
+            candidates = self.migration.candidates(
+                mapped=mapped,
+                mapping=mapping,
+                top_k=top_k,
+                lookup=self.lookup,
+                capture=capture,
+                observe=self._observe,
+            )
+        else:
+            candidates = self._candidates(
+                mapped=mapped, mapping=mapping, top_k=top_k, record=record
+            )
         outcomes: list[IdentifyOutcome] = []
         for i, timings in enumerate(mapped.timings):
             found = candidates.get(i, [])
@@ -370,8 +395,8 @@ class Pipeline:
         # identity's best face so `top_k` counts identities.
         rerank_s = 0.0
         if mapping.two_way:
-            hits_per_query, search_s, rerank_s = self._fused_hits(
-                mapped=mapped, mapping=mapping, top_k=top_k
+            hits_per_query, search_s, rerank_s = fused_hits(
+                self.search_with_vectors, mapped=mapped, mapping=mapping, top_k=top_k
             )
             observe("rerank", rerank_s)
         else:
@@ -409,45 +434,6 @@ class Pipeline:
             t.search, t.rerank, t.lookup = search_s / n, rerank_s / n, lookup_s / n
             out[i] = found
         return out
-
-    def _fused_hits(
-        self, *, mapped: MappedFaces, mapping: ActiveMapping, top_k: int
-    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
-        """Per query (face ids, fused scores) best first; with the search and re-rank seconds.
-
-        The forward search (old space) over-fetches ``max(4 * top_k, RERANK_DEPTH)`` candidates
-        with their stored vectors; the backward map runs once on all of them; each query's
-        candidates are re-scored with :func:`service.fusion.candidate_scores` and re-sorted.
-        """
-        map_gallery = mapping.map_gallery
-        if map_gallery is None:
-            raise ServiceUnavailable(f"transformer {mapping.version} has no gallery map")
-        start = time.perf_counter()
-        found = self.search_with_vectors(mapped.vectors, max(top_k * 4, RERANK_DEPTH))
-        search_s = time.perf_counter() - start
-        start = time.perf_counter()
-        stored = [vectors for _, _, vectors in found]
-        gallery_new = (
-            map_gallery(np.concatenate(stored, axis=0)) if sum(len(v) for v in stored) else None
-        )
-        out: list[tuple[np.ndarray, np.ndarray]] = []
-        offset = 0
-        for i, (ids, _, vectors) in enumerate(found):
-            m = len(ids)
-            if m == 0 or gallery_new is None:
-                out.append((ids, np.zeros(0, np.float32)))
-                continue
-            scores = candidate_scores(
-                query_old=mapped.vectors[i],
-                query_new=mapped.queries_new[i],
-                candidate_old=vectors,
-                candidate_new=gallery_new[offset : offset + m],
-                weight=mapping.fusion_weight,
-            )
-            offset += m
-            order = np.argsort(-scores, kind="stable")  # ties keep the forward order
-            out.append((ids[order], scores[order]))
-        return out, search_s, time.perf_counter() - start
 
     def verify(
         self,
@@ -499,13 +485,14 @@ class Pipeline:
         *,
         images: Sequence[ImageUpload],
         check_identity: Callable[[], object],
-        store: Callable[[np.ndarray, str], list[T]],
+        store: Callable[[np.ndarray, str, np.ndarray], list[T]],
     ) -> tuple[list[T], MappedFaces]:
         """Map each image into the old space with ONE snapshot and store the vectors.
 
         ``check_identity()`` runs first (NotFound before any inference); ``store(vectors,
-        transformer_version)`` writes them (SQL, then FAISS) and returns what it stored.
+        transformer_version, native_vectors)`` writes them (SQL, then the stores) and returns
+        what it stored.
         """
         check_identity()
         mapped = self.map_images(images=images)
-        return store(mapped.vectors, mapped.transformer), mapped
+        return store(mapped.vectors, mapped.transformer, mapped.queries_new), mapped

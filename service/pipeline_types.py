@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.decision import ScoreCalibration
+from service.decision import SCORE_NATIVE, ScoreCalibration, pick_calibration
 from service.errors import FacebridgeError, NoFaceFound
 
 
@@ -30,6 +30,8 @@ class ActiveMapping:
     fusion_weight: float = 1.0
     map_gallery: Callable[[np.ndarray], np.ndarray] | None = None
     calibration: ScoreCalibration | None = None  # open-set calibration of its score
+    # native new/new scores' calibration (service.migration.fusion; None: the fallback)
+    native_calibration: ScoreCalibration | None = None
 
     @property
     def two_way(self) -> bool:
@@ -54,6 +56,9 @@ class ActiveMapping:
             fusion_weight=session.fusion_weight,
             map_gallery=session.map_gallery if session.two_way else None,
             calibration=None if metadata is None else metadata.calibration_for(queries=queries),
+            native_calibration=None
+            if metadata is None
+            else pick_calibration(metadata.calibrations, score_kind=SCORE_NATIVE, queries=queries),
         )
 
 
@@ -119,6 +124,7 @@ class Candidate:
     name: str | None
     score: float
     face_id: int
+    spaces: tuple[str, ...] = ()  # the spaces whose evidence this candidate has (migration)
 
 
 @dataclass

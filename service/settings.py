@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from service.migration.settings import MigrationSettings
 from service.settings_request import RequestPathSettings
 
 # Values that look like a secret someone forgot to replace.
@@ -58,7 +59,7 @@ def is_placeholder_secret(value: str) -> bool:
     return value.strip().lower() in PLACEHOLDER_SECRETS
 
 
-class ServiceSettings(RequestPathSettings):
+class ServiceSettings(RequestPathSettings, MigrationSettings):
     """Everything the service and the ``facebridge`` service commands read from the env."""
 
     model_config = SettingsConfigDict(env_prefix="FACEBRIDGE_", extra="ignore", frozen=True)

@@ -100,6 +100,7 @@ def gallery_stats(state: StateDep, session: DbSession, _auth: IdentifyScope) -> 
         identities=stats.identities,
         faces=stats.faces,
         faces_by_source=stats.by_source,
+        faces_by_space=stats.by_space,
         dim=stats.dim,
         model_id=stats.model_id,
         vector_store=store.engine,

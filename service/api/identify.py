@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from service.api.deps import IdentifyScope, MultipartBody, StateDep
+from service.api.problems import current_request_id
 from service.api.schemas import (
     MAX_DB_INT,
     Candidate,
@@ -38,6 +39,13 @@ TopK = Annotated[
     int,
     Query(ge=1, le=100, description="candidates per image; default FACEBRIDGE_DEFAULT_TOP_K"),
 ]
+Capture = Annotated[
+    bool,
+    Query(
+        description="false: never keep this request's native vectors (FACEBRIDGE_CAPTURE; "
+        "docs/service.md, progressive migration)"
+    ),
+]
 Threshold = Annotated[
     float | None,
     Query(
@@ -52,7 +60,11 @@ Threshold = Annotated[
 
 def _candidate(c: PipelineCandidate) -> Candidate:
     return Candidate(
-        identity_id=c.identity_id, external_id=c.external_id, name=c.name, score=c.score
+        identity_id=c.identity_id,
+        external_id=c.external_id,
+        name=c.name,
+        score=c.score,
+        spaces=list(c.spaces),
     )
 
 
@@ -85,6 +97,7 @@ async def identify(
     image: ImageParts,
     top_k: TopK = None,  # type: ignore[assignment]
     threshold: Threshold = None,
+    capture: Capture = True,
 ) -> IdentifyResponse:
     """Nearest identities in the gallery for each image (new backbone -> active transformer),
     with the open-set `match` decision. In a batch each image has its own `status`; a request
@@ -92,7 +105,12 @@ async def identify(
     uploads = await read_images(image, max_images=state.settings.max_batch_images)
     top_k = state.settings.default_top_k if top_k is None else top_k
     outcomes, decision = await state.pool.run(
-        state.pipeline.identify, images=uploads, top_k=top_k, threshold=threshold
+        state.pipeline.identify,
+        images=uploads,
+        top_k=top_k,
+        threshold=threshold,
+        capture=capture,
+        request_id=current_request_id(),
     )
     state.metrics.images.labels(operation="identify").inc(len(outcomes))
     state.metrics.count_decisions(outcomes)  # failed images too: their outcome says why

@@ -22,6 +22,7 @@ from service.api.schemas import (
     problem_responses,
 )
 from service.api.uploads import read_images
+from service.migration.enrol import enrol_both
 
 router = APIRouter(prefix="/v1/identities", tags=["identities"])
 
@@ -116,6 +117,7 @@ def delete_identity(
     identity_id: IdentityId, state: StateDep, session: DbSession, _auth: EnrolScope
 ) -> Response:
     domain.delete_identity(session=session, index=state.index, identity_id=identity_id)
+    state.gallery.refresh()  # its native vectors leave this process's other stores at once
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -142,21 +144,24 @@ async def enrol_faces(
     ],
 ) -> EnrolResponse:
     """New backbone -> active transformer -> stored in the OLD space, marked ``mapped`` with the
-    transformer version, so it is searchable next to the legacy vectors."""
+    transformer version, so it is searchable next to the legacy vectors; the backbone's own
+    vector is stored too, in its native space (``native``: progressive migration). The reply
+    lists the mapped faces."""
     uploads = await read_images(image, max_images=state.settings.max_batch_images)
 
     def check_identity() -> None:
         with state.session_factory() as session:
             domain.get_identity(session=session, identity_id=identity_id)
 
-    def store(vectors: np.ndarray, version: str) -> list[domain.FaceInfo]:
+    def store(vectors: np.ndarray, version: str, native: np.ndarray) -> list[domain.FaceInfo]:
         with state.session_factory() as session:
-            return domain.add_faces(
+            return enrol_both(
                 session=session,
-                index=state.index,
+                gallery=state.gallery,
                 identity_id=identity_id,
-                vectors=vectors,
-                source="mapped",
+                mapped=vectors,
+                native=native,
+                native_space=state.pipeline.backbone.model_id,
                 transformer_version=version,
                 settings=state.settings,
             )
@@ -189,4 +194,5 @@ def delete_face(
     _auth: EnrolScope,
 ) -> Response:
     domain.delete_face(session=session, index=state.index, identity_id=identity_id, face_id=face_id)
+    state.gallery.refresh()  # a native face leaves its space's store at once
     return Response(status_code=status.HTTP_204_NO_CONTENT)

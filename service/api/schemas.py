@@ -77,7 +77,14 @@ class Candidate(BaseModel):
     name: str | None
     score: float = Field(
         description="cosine similarity in the old model's space; for a two-way transformer the "
-        "fused score w * cos(f(query), g) + (1 - w) * cos(query, h(g)), also in [-1, 1]"
+        "fused score w * cos(f(query), g) + (1 - w) * cos(query, h(g)), also in [-1, 1]; "
+        "with native vectors in the gallery, the identity's evidence fused across spaces, on "
+        "the mapped score's scale (docs/service.md, progressive migration)"
+    )
+    spaces: list[str] = Field(
+        default_factory=list,
+        description="the embedding spaces (model ids) whose vectors gave this candidate "
+        "evidence; empty on the one-space path",
     )
 
 
@@ -224,13 +231,19 @@ class Face(BaseModel):
             "id": 1001,
             "identity_id": 42,
             "source": "mapped",
+            "space": "dlib-resnet-v1",
             "transformer_version": "tf-20260101-ab12cd34",
             "created_at": "2026-01-01T12:00:00Z",
         }
     )
     id: int
     identity_id: int
-    source: str = Field(description="'legacy' (imported old-model vector) or 'mapped'")
+    source: str = Field(
+        description="'legacy' (imported old-model vector), 'mapped' (enrolled through the "
+        "transformer), 'native' (the backbone's own vector of an enrolment) or 'captured' "
+        "(kept from a confident identify)"
+    )
+    space: str = Field(default="", description="the embedding space (model id) the vector lives in")
     transformer_version: str | None
     created_at: datetime | None = None
 
@@ -365,8 +378,11 @@ class GalleryStats(BaseModel):
         }
     )
     identities: int
-    faces: int
+    faces: int = Field(description="faces of the old model's space (legacy + mapped)")
     faces_by_source: dict[str, int]
+    faces_by_space: dict[str, int] = Field(
+        default_factory=dict, description="faces per embedding space (native spaces too)"
+    )
     dim: int | None
     model_id: str | None
     vector_store: str = Field(description="faiss (embedded) or milvus")

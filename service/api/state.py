@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db.session import database_reachable
 from service.errors import ContractError, ServiceUnavailable
 from service.gallery.engines.base import VectorStore
+from service.gallery.face_reads import face_vectors
 from service.gallery.store import count_report
 from service.gallery.sync import GallerySync
-from service.identities import face_vectors
 from service.inference.backbone import OnnxBackbone
 from service.keys import ApiKeyInfo
 from service.metrics import ServiceMetrics
@@ -215,6 +215,8 @@ class ServiceState:
     def refresh_gauges(self) -> None:
         """Gauges that cost nothing to read (no SQL): scraping /metrics stays cheap."""
         self.metrics.gallery_size.set(self.index.ntotal)
+        for space, store in list(self.gallery.stores.items()):
+            self.metrics.gallery_space_vectors.labels(space=space).set(store.ntotal)
         checked = self.gallery.last_check
         self.metrics.gallery_consistent.set(-1 if checked is None else int(checked.consistent))
         self.metrics.gallery_log_position.set(self.gallery.feed.watermark)

@@ -39,7 +39,12 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-FACE_SOURCES = ("legacy", "mapped")
+# legacy/mapped: the old model's space; native (enrolled through the service) and captured
+# (kept from a confident identify, service.migration) are in a backbone's own space.
+FACE_SOURCES = ("legacy", "mapped", "native", "captured")
+OLD_SPACE_SOURCES = ("legacy", "mapped")
+# The old model's space while no model id is recorded (service.gallery.spaces: an alias of it).
+UNNAMED_OLD_SPACE = "default"
 TRANSFORMER_STATES = ("inactive", "active")
 STATE_ACTIVE = "active"
 STATE_INACTIVE = "inactive"
@@ -92,12 +97,13 @@ class Identity(Base):
 
 
 class Face(Base):
-    """One gallery vector in the OLD model's space. ``id`` is its vector-store id (never reused:
-    AUTOINCREMENT on SQLite, a sequence on PostgreSQL)."""
+    """One gallery vector in the embedding space ``space`` (a model id: the old model's for
+    legacy/mapped rows, a backbone's for native/captured ones). ``id`` is its vector-store id
+    (never reused: AUTOINCREMENT on SQLite, a sequence on PostgreSQL)."""
 
     __tablename__ = "faces"
     __table_args__ = (
-        CheckConstraint("source IN ('legacy', 'mapped')", name="source"),
+        CheckConstraint("source IN ('legacy', 'mapped', 'native', 'captured')", name="source"),
         CheckConstraint("dim > 0", name="dim_positive"),
         # Idempotent imports: the same vector is stored once per identity.
         UniqueConstraint("identity_id", "content_hash", name="uq_faces_identity_content"),
@@ -115,6 +121,9 @@ class Face(Base):
     dim: Mapped[int] = mapped_column(Integer, nullable=False)
     content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     source: Mapped[str] = mapped_column(String(16), nullable=False)
+    space: Mapped[str] = mapped_column(
+        String(255), nullable=False, index=True, server_default=text("'default'")
+    )
     transformer_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     origin: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -143,7 +152,29 @@ class FaceChange(Base):
     seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     face_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     op: Mapped[str] = mapped_column(String(8), nullable=False)
+    space: Mapped[str | None] = mapped_column(String(255), nullable=True)  # None: before 0005
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class FaceCapture(Base):
+    """Provenance of a native vector captured from a confident identify (migration ``0005``):
+    when, which request, the fused score and margin that passed the capture rule, and the
+    transformer version that scored it. Deleted with its face (an undo deletes the face)."""
+
+    __tablename__ = "face_captures"
+
+    face_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("faces.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    )
+    identity_id: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    score: Mapped[float] = mapped_column(Float, nullable=False)
+    margin: Mapped[float] = mapped_column(Float, nullable=False)
+    transformer_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class GalleryCounter(Base):

@@ -17,7 +17,7 @@ writers are serialised and a rollback returns its seq: gaps cannot be in flight 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,14 +35,23 @@ COMPACT_BATCH = 100_000
 
 
 def record_face_changes(
-    session: Session, *, added: Sequence[int] = (), removed: Sequence[int] = ()
+    session: Session,
+    *,
+    added: Sequence[int] = (),
+    removed: Sequence[int] = (),
+    spaces: Mapping[int, str] | None = None,
 ) -> None:
     """Append one log row per face added / removed, in the caller's transaction (after its
-    face rows are flushed, so the transaction holds an id before it takes a seq)."""
+    face rows are flushed, so the transaction holds an id before it takes a seq). ``spaces``:
+    each face's embedding space, recorded with the entry (replicas route by the face row)."""
     session.flush()
     now = utcnow()
-    rows = [{"face_id": int(i), "op": "add", "created_at": now} for i in added]
-    rows += [{"face_id": int(i), "op": "remove", "created_at": now} for i in removed]
+    spaces = spaces or {}
+
+    def row(face_id: int, op: str) -> dict[str, Any]:
+        return {"face_id": face_id, "op": op, "created_at": now, "space": spaces.get(face_id)}
+
+    rows = [row(int(i), "add") for i in added] + [row(int(i), "remove") for i in removed]
     if rows:
         if _is_postgres(session):  # held to the end of the transaction (see the module doc)
             session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": WRITERS_LOCK})

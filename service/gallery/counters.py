@@ -21,8 +21,16 @@ IDENTITIES = "identities"
 FACES = "faces"
 
 
+SPACE_PREFIX = "space."
+
+
 def face_source_counter(source: str) -> str:
     return f"{FACES}.{source}"
+
+
+def face_space_counter(space: str) -> str:
+    """Native faces of one embedding space (a model id; cut at the column's 64 characters)."""
+    return f"{SPACE_PREFIX}{space}"[:64]
 
 
 def add_counts(session: Session, deltas: Mapping[str, int]) -> None:
@@ -53,10 +61,16 @@ def read_counts(session: Session) -> dict[str, int]:
     return {str(name): int(total or 0) for name, total in rows}
 
 
-def face_deltas(sources: list[str], *, sign: int) -> dict[str, int]:
-    """Counter deltas for faces of ``sources`` added (sign +1) or removed (-1)."""
+def face_deltas(sources: list[str], *, sign: int, spaces: list[str]) -> dict[str, int]:
+    """Counter deltas for faces of ``sources`` in ``spaces`` (one each) added (sign +1) or
+    removed (-1). Native faces count per space too (legacy and mapped are the old space)."""
     deltas: dict[str, int] = {FACES: sign * len(sources)}
-    for source in sources:
-        key = face_source_counter(source)
+    native = [p for s, p in zip(sources, spaces, strict=True) if s not in ("legacy", "mapped")]
+    for key in [face_source_counter(s) for s in sources] + [face_space_counter(s) for s in native]:
         deltas[key] = deltas.get(key, 0) + sign
     return deltas
+
+
+def space_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Faces per space from :func:`read_counts`' result (the counter names' space part)."""
+    return {k[len(SPACE_PREFIX) :]: v for k, v in counts.items() if k.startswith(SPACE_PREFIX)}

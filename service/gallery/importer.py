@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.locks import exclusive
 from service.db.models import Face, Identity, utcnow
-from service.db.registry_state import registry_row
 from service.errors import (
     ContractError,
     FacebridgeError,
@@ -39,6 +38,7 @@ from service.errors import (
 from service.gallery.changes import record_face_changes
 from service.gallery.counters import IDENTITIES, add_counts, face_deltas
 from service.gallery.npz_stream import ImportLimits, NpzColumns
+from service.gallery.spaces import old_space, record_old_model_id
 from service.gallery.store import (
     claim_gallery_dim,
     content_hash,
@@ -356,6 +356,7 @@ def _store_chunk(
     dim: int,
     existing_below: int,
     matched: set[int],
+    space: str,
 ) -> tuple[int, int, int]:
     """Insert one chunk's identities and new faces (+ their change-log entries and counts).
     Returns (rows, identities created, faces skipped). Only the ids of matched pre-existing
@@ -379,6 +380,7 @@ def _store_chunk(
                 "dim": dim,
                 "content_hash": key[1],
                 "source": "legacy",
+                "space": space,
                 "transformer_version": None,
                 "origin": chunk.origins[i],
                 "created_at": now,
@@ -386,8 +388,9 @@ def _store_chunk(
         )
     if faces:
         ids = session.scalars(insert(Face).returning(Face.id), faces).all()
-        record_face_changes(session, added=[int(i) for i in ids])
-    add_counts(session, {IDENTITIES: created, **face_deltas(["legacy"] * len(faces), sign=1)})
+        record_face_changes(session, added=[int(i) for i in ids], spaces=dict.fromkeys(ids, space))
+    deltas = face_deltas(["legacy"] * len(faces), sign=1, spaces=[space] * len(faces))
+    add_counts(session, {IDENTITIES: created, **deltas})
     return len(identity_ids), created, skipped
 
 
@@ -427,6 +430,7 @@ def import_gallery(
     with session_factory() as session, exclusive(session, "gallery-import"):
         try:
             dim = gallery_dim(session=session, settings=settings)
+            space = model_id or old_space(session=session, settings=settings)
             existing_below = int(session.scalar(select(func.max(Identity.id))) or 0)
             chunks = read_import_file(
                 reader_source, format=fmt, chunk_rows=chunk_rows, limits=limits
@@ -444,18 +448,19 @@ def import_gallery(
                     dim = int(vectors.shape[1])
                 claim_gallery_dim(session=session, dim=dim, settings=settings)
                 n, c, k = _store_chunk(
-                    session, chunk, vectors, dim=dim, existing_below=existing_below, matched=matched
+                    session,
+                    chunk,
+                    vectors,
+                    dim=dim,
+                    existing_below=existing_below,
+                    matched=matched,
+                    space=space,
                 )
                 rows, created, skipped = rows + n, created + c, skipped + k
             if rows == 0:
                 raise ContractError("the import file holds no rows")
             if model_id:
-                state = registry_row(session)
-                if state.gallery_model_id and state.gallery_model_id != model_id:
-                    raise ContractError(
-                        f"gallery model id is {state.gallery_model_id!r}; import says {model_id!r}"
-                    )
-                state.gallery_model_id = model_id
+                record_old_model_id(session, model_id)
             session.commit()
         except FacebridgeError:
             session.rollback()

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.orm import Session
 
-from service.db.models import Face
+from service.db.models import OLD_SPACE_SOURCES, Face
 from service.db.registry_state import registry_row, registry_state
 from service.errors import ContractError, InvalidInput
 from service.gallery.counters import FACES, IDENTITIES, read_counts
@@ -108,14 +108,22 @@ def claim_gallery_dim(*, session: Session, dim: int, settings: ServiceSettings |
 # Reading faces back / reconcile / check
 # ---------------------------------------------------------------------------------------------
 def iter_face_vectors(
-    session: Session, *, ids: list[int] | None = None, chunk_rows: int = SQL_CHUNK_ROWS
+    session: Session,
+    *,
+    ids: list[int] | None = None,
+    chunk_rows: int = SQL_CHUNK_ROWS,
+    where: ColumnElement[bool] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) chunks from SQL, in id order; only ``ids`` when given."""
+    """(ids, vectors) chunks from SQL, in id order; only ``ids`` when given; only the faces
+    ``where`` selects (one space: :func:`service.gallery.spaces.in_space`) when given."""
+    where = true() if where is None else where
     if ids is not None:
         for start in range(0, len(ids), chunk_rows):
             part = ids[start : start + chunk_rows]
             rows = session.execute(
-                select(Face.id, Face.vector, Face.dim).where(Face.id.in_(part)).order_by(Face.id)
+                select(Face.id, Face.vector, Face.dim)
+                .where(Face.id.in_(part), where)
+                .order_by(Face.id)
             ).all()
             if rows:
                 yield _rows_to_arrays(rows)
@@ -124,7 +132,7 @@ def iter_face_vectors(
     while True:  # keyset pagination: constant memory, no server-side cursor needed
         rows = session.execute(
             select(Face.id, Face.vector, Face.dim)
-            .where(Face.id > last_id)
+            .where(Face.id > last_id, where)
             .order_by(Face.id)
             .limit(chunk_rows)
         ).all()
@@ -140,8 +148,8 @@ def _rows_to_arrays(rows: list) -> tuple[np.ndarray, np.ndarray]:  # type: ignor
     return ids, vectors
 
 
-def sql_face_ids(session: Session) -> set[int]:
-    return set(session.scalars(select(Face.id)).all())
+def sql_face_ids(session: Session, *, where: ColumnElement[bool] | None = None) -> set[int]:
+    return set(session.scalars(select(Face.id).where(true() if where is None else where)).all())
 
 
 def sql_face_count(session: Session) -> int:
@@ -149,14 +157,17 @@ def sql_face_count(session: Session) -> int:
     return int(read_counts(session).get(FACES, 0))
 
 
-def sample_face_vectors(session: Session, *, rows: int, wanted: int) -> np.ndarray:
+def sample_face_vectors(
+    session: Session, *, rows: int, wanted: int, where: ColumnElement[bool] | None = None
+) -> np.ndarray:
     """About ``wanted`` stored vectors spread over the whole id range (IVF training)."""
+    where = true() if where is None else where
     stride = max(1, rows // max(1, wanted))
     parts, last_id = [], -1
     while True:
         batch = session.execute(
             select(Face.id, Face.vector, Face.dim)
-            .where(Face.id > last_id, Face.id % stride == 0)
+            .where(Face.id > last_id, Face.id % stride == 0, where)
             .order_by(Face.id)
             .limit(SQL_CHUNK_ROWS)
         ).all()
@@ -165,7 +176,7 @@ def sample_face_vectors(session: Session, *, rows: int, wanted: int) -> np.ndarr
         last_id = int(batch[-1][0])
         parts.append(_rows_to_arrays(batch)[1])
     if not parts:  # no id divisible by the stride: the first rows will do
-        first = next(iter_face_vectors(session, chunk_rows=max(1, wanted)), None)
+        first = next(iter_face_vectors(session, chunk_rows=max(1, wanted), where=where), None)
         return first[1] if first is not None else np.zeros((0, 0), np.float32)
     return np.vstack(parts)
 
@@ -205,7 +216,10 @@ class ConsistencyReport:
         )
 
 
-def _compare(session: Session, index: VectorStore) -> tuple[set[int], set[int], int, int]:
+def _compare(
+    session: Session, index: VectorStore, where: ColumnElement[bool] | None
+) -> tuple[set[int], set[int], int, int]:
+    where = Face.source.in_(OLD_SPACE_SOURCES) if where is None else where  # the old space
     """(missing in index, extra in index, SQL count, index count).
 
     The index is read BEFORE SQL: a write that lands in between (SQL commit, then FAISS) then
@@ -214,7 +228,7 @@ def _compare(session: Session, index: VectorStore) -> tuple[set[int], set[int], 
     """
     index_ids = index.ids()
     index_count = index.ntotal
-    sql_ids = sql_face_ids(session)
+    sql_ids = sql_face_ids(session, where=where)
     return sql_ids - index_ids, index_ids - sql_ids, len(sql_ids), index_count
 
 
@@ -231,15 +245,24 @@ def _report(
     )
 
 
-def check_consistency(*, session: Session, index: VectorStore) -> ConsistencyReport:
-    """Compare ``ntotal`` and the id sets of the index and of SQL (O(n))."""
-    missing, extra, sql_count, index_count = _compare(session, index)
+def check_consistency(
+    *, session: Session, index: VectorStore, where: ColumnElement[bool] | None = None
+) -> ConsistencyReport:
+    """Compare ``ntotal`` and the id sets of the index and of SQL (O(n)); ``where``: the
+    faces of the index's space."""
+    missing, extra, sql_count, index_count = _compare(session, index, where)
     return _report(missing, extra, sql_count, index_count)
 
 
-def count_report(*, session: Session, index: VectorStore) -> ConsistencyReport:
-    """Compare the store's count with SQL's (O(1): the counters)."""
-    sql_count, index_count = sql_face_count(session), index.ntotal
+def count_report(
+    *, session: Session, index: VectorStore, sql_count: int | None = None
+) -> ConsistencyReport:
+    """Compare the store's count with SQL's (O(1): the counters; ``sql_count``: its space's,
+    default the old space's: legacy + mapped faces)."""
+    if sql_count is None:
+        counts = read_counts(session)
+        sql_count = sum(int(counts.get(f"{FACES}.{s}", 0)) for s in OLD_SPACE_SOURCES)
+    index_count = index.ntotal
     return ConsistencyReport(
         sql_count=sql_count,
         index_count=index_count,
@@ -249,15 +272,22 @@ def count_report(*, session: Session, index: VectorStore) -> ConsistencyReport:
     )
 
 
-def reconcile(*, session: Session, index: VectorStore, quiet: bool = False) -> ConsistencyReport:
-    """Add faces SQL has and the index lacks, drop ids SQL no longer has. Returns the repair."""
-    missing, extra, sql_count, index_count = _compare(session, index)
+def reconcile(
+    *,
+    session: Session,
+    index: VectorStore,
+    quiet: bool = False,
+    where: ColumnElement[bool] | None = None,
+) -> ConsistencyReport:
+    """Add faces SQL has and the index lacks, drop ids SQL no longer has (``where``: the faces
+    of the index's space; default the old space). Returns the repair."""
+    missing, extra, sql_count, index_count = _compare(session, index, where)
     report = _report(missing, extra, sql_count, index_count)
     if report.consistent:
         return report
     if extra:
         index.remove(ids=sorted(extra))
-    for ids, vectors in iter_face_vectors(session, ids=sorted(missing)):
+    for ids, vectors in iter_face_vectors(session, ids=sorted(missing), where=where):
         index.add(ids=ids, vectors=vectors)
     (log.info if quiet else log.warning)("gallery index synchronised from SQL: %s", report.detail)
     return replace(report, repaired=True)
@@ -275,6 +305,7 @@ class GalleryStats:
     index_ntotal: int
     by_source: dict[str, int]
     model_id: str | None
+    by_space: dict[str, int] = field(default_factory=dict)  # old space + native spaces
 
 
 def gallery_stats(
@@ -289,14 +320,19 @@ def gallery_stats(
     index_type = (
         index.index_type if index is not None else (settings.index_type if settings else "flat")
     )
+    old_faces = sum(by_source.get(s, 0) for s in OLD_SPACE_SOURCES)
+    model_id = gallery_model_id(session=session, settings=settings)
+    by_space = {model_id or "default": old_faces}
+    by_space.update({k[len("space.") :]: v for k, v in counts.items() if k.startswith("space.")})
     return GalleryStats(
         identities=int(counts.get(IDENTITIES, 0)),
-        faces=int(counts.get(FACES, 0)),
+        faces=old_faces,  # the old space's: what the index of the old space holds
         dim=gallery_dim(session=session, settings=settings),
         index_type=index_type,
         index_ntotal=index.ntotal if index is not None else 0,
         by_source=by_source,
-        model_id=gallery_model_id(session=session, settings=settings),
+        model_id=model_id,
+        by_space=by_space,
     )
 
 

@@ -21,43 +21,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db.models import Face
 from service.db.registry_state import compacted_through
-from service.errors import ContractError
 from service.gallery.changes import ChangeFeed, compact_changes
-from service.gallery.engines.base import DEFAULT_SPACE, VectorStore, space_slug
-from service.gallery.engines.faiss import FaissStore, sidecar_path
+from service.gallery.engines.base import VectorStore, space_slug
+from service.gallery.engines.faiss import FaissStore
 from service.gallery.engines.faiss_build import (
     IVF_TRAIN_POINTS_PER_LIST,
     IVF_TYPES,
-    IndexParams,
     ideal_nlist,
     resolve_index_type,
 )
+from service.gallery.spaces import in_space, old_space, space_face_count, store_space
 from service.gallery.store import (
     ConsistencyReport,
     check_consistency,
-    count_report,
-    gallery_dim,
-    gallery_model_id,
     iter_face_vectors,
     reconcile,
     sample_face_vectors,
-    sql_face_count,
 )
 
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
 
+__all__ = ["GallerySync", "fill_from_sql", "index_path", "new_store", "old_space"]
 log = logging.getLogger(__name__)
 COMPACT_EVERY_S = 60.0
 MAINTAIN_EVERY_S = 30.0
-
-
-def old_space(*, session: Session, settings: ServiceSettings) -> str:
-    """The key of the old model's space: its model id (``default`` while none is recorded)."""
-    return gallery_model_id(session=session, settings=settings) or DEFAULT_SPACE
 
 
 def index_path(settings: ServiceSettings, *, space: str, primary: bool) -> Path:
@@ -79,15 +72,21 @@ def new_store(*, settings: ServiceSettings, space: str, dim: int | None) -> Vect
     return FaissStore.from_settings(dim=dim, settings=settings, space=space)
 
 
-def fill_from_sql(*, store: VectorStore, session: Session, settings: ServiceSettings) -> None:
-    """Add every face in SQL to an empty store (streamed; IVF trained on a strided sample)."""
+def fill_from_sql(
+    *, store: VectorStore, session: Session, settings: ServiceSettings, old: str | None = None
+) -> None:
+    """Add every face of the store's space in SQL to an empty store (streamed; IVF trained on
+    a strided sample). ``old``: the old space's key (read from SQL when not given)."""
+    old = old or old_space(session=session, settings=settings)
+    where = in_space(store.space, old=old)
     if isinstance(store, FaissStore):
-        rows = sql_face_count(session)
+        rows = space_face_count(session, store.space, old=old)
         kind = resolve_index_type(settings.index_type, rows=rows)
         if rows and kind in IVF_TYPES:
             wanted = ideal_nlist(rows, store.params) * IVF_TRAIN_POINTS_PER_LIST
-            store.train(sample_face_vectors(session, rows=rows, wanted=wanted), rows=rows)
-    for ids, vectors in iter_face_vectors(session):
+            sample = sample_face_vectors(session, rows=rows, wanted=wanted, where=where)
+            store.train(sample, rows=rows)
+    for ids, vectors in iter_face_vectors(session, where=where):
         store.add(ids=ids, vectors=vectors)
 
 
@@ -138,6 +137,18 @@ class GallerySync:
         """The old model's store (read once per request: a rebuild swaps it)."""
         return self.stores[self.primary_space]
 
+    def store(self, space: str) -> VectorStore | None:
+        """The store of ``space`` (None while the space has no face here)."""
+        return self.stores.get(space)
+
+    def where(self, space: str) -> Any:
+        """SQL filter: the faces of ``space``."""
+        return in_space(space, old=self.primary_space)
+
+    @staticmethod
+    def where_for(space: str, *, old: str) -> Any:
+        return in_space(space, old=old)
+
     # -- tailing -------------------------------------------------------------------------------
     def refresh(self) -> int:
         """Apply every log entry not applied yet; returns how many entries were read. Resyncs
@@ -159,27 +170,42 @@ class GallerySync:
             self.applied_total += read
             return read
 
-    def _apply(self, session: Session, face_ids: list[int]) -> None:
+    def _apply(
+        self,
+        session: Session,
+        face_ids: list[int],
+        *,
+        stores: dict[str, VectorStore] | None = None,
+    ) -> None:
         """Make the stores agree with SQL for ``face_ids`` (order-free: each entry re-reads the
-        face's current state; faces are immutable and their ids never reused)."""
+        face's current state; faces are immutable and their ids never reused). A face of a
+        space with no store yet gets a new store (unless ``stores`` is given: a rebuild)."""
+        lazily = stores is None
+        stores = self.stores if stores is None else stores
         wanted = np.unique(np.asarray(face_ids, np.int64))
-        found_ids, found_vectors = [], []
-        for ids, vectors in iter_face_vectors(session, ids=wanted.tolist()):
-            found_ids.append(ids)
-            found_vectors.append(vectors)
-        present = np.concatenate(found_ids) if found_ids else np.zeros(0, np.int64)
+        by_space: dict[str, list[int]] = {}
+        for start in range(0, wanted.size, 5000):
+            part = wanted[start : start + 5000].tolist()
+            for face_id, space, source in session.execute(
+                select(Face.id, Face.space, Face.source).where(Face.id.in_(part))
+            ).all():
+                key = store_space(space, source, old=self.primary_space)
+                by_space.setdefault(key, []).append(int(face_id))
+        present = np.asarray(sorted(i for ids in by_space.values() for i in ids), np.int64)
         gone = wanted[~np.isin(wanted, present)]
-        for store in self.stores.values():  # a removed face leaves every space
+        for store in stores.values():  # a removed face leaves every space
             if gone.size:
                 store.remove(ids=gone)
-        if present.size:
-            # Routing by space arrives with faces.space (progressive migration); today every
-            # face is in the old model's space.
-            store = self.primary
-            vectors = np.vstack(found_vectors)
-            missing = ~store.contains_many(present)
-            if missing.any():
-                store.add(ids=present[missing], vectors=vectors[missing])
+        for space, ids in by_space.items():
+            store = stores.get(space)
+            if store is None and not lazily:
+                continue
+            if store is None:
+                store = stores[space] = new_store(settings=self.settings, space=space, dim=None)
+            ids_array = np.asarray(sorted(ids), np.int64)
+            ids_array = ids_array[~store.contains_many(ids_array)]
+            for found, vectors in iter_face_vectors(session, ids=ids_array.tolist()):
+                store.add(ids=found, vectors=vectors)
 
     # -- maintenance ---------------------------------------------------------------------------
     def maintain(self) -> None:
@@ -201,36 +227,38 @@ class GallerySync:
             self.check()
 
     def rebuild_if_outgrown(self) -> str:
-        """Rebuild the primary store off to the side when it outgrew its index; swap it in."""
-        reason = getattr(self.primary, "outgrown", lambda: "")()
-        if not reason:
-            return ""
-        log.info("rebuilding the gallery index: %s", reason)
+        """Rebuild each store that outgrew its index off to the side; swap it in."""
+        reasons = []
+        for space in list(self.stores):
+            reason = getattr(self.stores[space], "outgrown", lambda: "")()
+            if reason:
+                log.info("rebuilding the gallery index of space %s: %s", space, reason)
+                self._rebuild_space(space)
+                reasons.append(reason)
+        if reasons:
+            self.save()
+        return "; ".join(reasons)
+
+    def _rebuild_space(self, space: str) -> None:
         with self._session_factory() as session:
             feed = ChangeFeed.at_current_position(session)
-            store = new_store(settings=self.settings, space=self.primary_space, dim=None)
-            fill_from_sql(store=store, session=session, settings=self.settings)
+            store = new_store(settings=self.settings, space=space, dim=None)
+            fill_from_sql(
+                store=store, session=session, settings=self.settings, old=self.primary_space
+            )
         with self._lock, self._session_factory() as session:
-            while entries := feed.poll(session):  # what changed while it was being built
-                self._apply_to(store, session, [f for _, f in entries])
-            self.stores[self.primary_space], self.feed = store, feed
-        self.save()
-        return reason
-
-    def _apply_to(self, store: VectorStore, session: Session, face_ids: list[int]) -> None:
-        stores, primary = self.stores, self.primary_space
-        self.stores = {primary: store}
-        try:
-            self._apply(session, face_ids)
-        finally:
-            self.stores = stores
+            # What changed while it was being built. The other stores stay at ``self.feed``:
+            # entries it re-reads later are applied again, harmlessly (order-free, idempotent).
+            while entries := feed.poll(session):
+                self._apply(session, [f for _, f in entries], stores={space: store})
+            self.stores[space] = store
 
     def _resync_all(self, session: Session) -> None:
         """Too far behind the log: compare every store's ids with SQL and repair the difference
         (a Milvus collection is shared by the replicas: it is repaired, never dropped)."""
         feed = ChangeFeed.at_current_position(session)
-        for store in self.stores.values():
-            reconcile(session=session, index=store)
+        for space, store in self.stores.items():
+            reconcile(session=session, index=store, where=self.where(space))
         self.feed = feed
 
     # -- persistence and checks ----------------------------------------------------------------
@@ -248,12 +276,19 @@ class GallerySync:
                     path.write_text(json.dumps({"collection": store.collection, "sync": state}))
 
     def check(self) -> ConsistencyReport:
-        """Full comparison of the primary store's ids with SQL's (O(n): the poller runs it every
+        """Full comparison of every store's ids with SQL's (O(n): the poller runs it every
         ``gallery_check_seconds``; /readyz and stats compare counts only). Applies the log first
-        so a change committed a moment ago is not reported as a difference."""
+        so a change committed a moment ago is not reported as a difference. Returns the old
+        space's report, or the first inconsistent one."""
         self.refresh()
+        reports = {}
         with self._lock, self._session_factory() as session:
-            report = check_consistency(session=session, index=self.primary)
+            for space, store in self.stores.items():
+                reports[space] = check_consistency(
+                    session=session, index=store, where=self.where(space)
+                )
+        report = next((r for r in reports.values() if not r.consistent), None)
+        report = report or reports[self.primary_space]
         self.last_check, self.last_check_at = report, datetime.now(UTC)
         if not report.consistent:
             log.warning("gallery index vs SQL: %s", report.detail)
@@ -262,106 +297,3 @@ class GallerySync:
     def close(self) -> None:
         for store in self.stores.values():
             store.close()
-
-
-def _load_store(
-    *, settings: ServiceSettings, space: str, session: Session
-) -> tuple[VectorStore | None, dict[str, Any], str]:
-    """(store, saved sync state, reason it could not be loaded)."""
-    dim = gallery_dim(session=session, settings=settings)
-    if settings.vector_store == "milvus":
-        store = new_store(settings=settings, space=space, dim=dim)
-        if not getattr(store, "existed", True):
-            store.close()
-            return None, {}, f"no Milvus collection {getattr(store, 'collection', space)}"
-        path = milvus_sync_path(settings, space=space)
-        try:
-            saved = json.loads(path.read_text()).get("sync", {})
-        except (OSError, ValueError):
-            saved = {}
-        return store, saved, ""
-    path = index_path(settings, space=space, primary=True)
-    if not (path.exists() or sidecar_path(path).exists()):
-        return None, {}, "no index file"
-    params = IndexParams.from_settings(settings)
-    try:
-        store = FaissStore.load(path, params=params, index_type=settings.index_type, space=space)
-    except ContractError as exc:
-        return None, {}, str(exc)
-    if store.dim is not None and dim is not None and store.dim != dim:
-        return None, {}, f"index dim {store.dim} != gallery dim {dim}"
-    return store, store.loaded_sync, ""
-
-
-def open_gallery(
-    *, session_factory: sessionmaker[Session], settings: ServiceSettings
-) -> tuple[GallerySync, ConsistencyReport]:
-    """This process's stores, agreeing with SQL: loaded + tailed from the saved log position,
-    repaired by a full id comparison when there is no usable position, or rebuilt; then saved.
-    The report says what was found before any repair (``repaired``/``rebuilt``: what was done).
-    """
-    with session_factory() as session:
-        space = old_space(session=session, settings=settings)
-        store, saved, reason = _load_store(settings=settings, space=space, session=session)
-        low = compacted_through(session)
-        if store is not None and int(saved.get("watermark", -1)) >= low:
-            feed = ChangeFeed.from_state(saved)  # tail from here: O(changes since the save)
-            report = count_report(session=session, index=store)
-        elif store is not None:
-            # No position (an older index file, a new replica of a Milvus cluster) or the log
-            # was compacted past it: compare the id sets once, then tail from now on.
-            feed = ChangeFeed.at_current_position(session)
-            report = reconcile(session=session, index=store)
-        else:
-            log.warning("building the gallery index from SQL: %s", reason)
-            feed = ChangeFeed.at_current_position(session)
-            store = new_store(settings=settings, space=space, dim=None)
-            fill_from_sql(store=store, session=session, settings=settings)
-            report = ConsistencyReport(
-                sql_count=store.ntotal,
-                index_count=0,
-                missing_in_index=store.ntotal,
-                extra_in_index=0,
-                rebuilt=True,
-            )
-    sync = GallerySync.of_one_space(
-        session_factory=session_factory, settings=settings, store=store, feed=feed
-    )
-    applied = sync.refresh()
-    if applied or report.rebuilt or report.repaired or not saved:
-        sync.save()  # a 10M-vector index is ~1 GB: rewritten only when something changed
-    return sync, report
-
-
-def rebuild_gallery(
-    *, session_factory: sessionmaker[Session], settings: ServiceSettings
-) -> ConsistencyReport:
-    """Build the old space's store from SQL alone and save it with its log position: the repair
-    path for both engines (FAISS: a new index file; Milvus: the collection is dropped and
-    refilled, so every replica searches the rebuilt one). Returns the full comparison after."""
-    with session_factory() as session:
-        space = old_space(session=session, settings=settings)
-        feed = ChangeFeed.at_current_position(session)
-        store = new_store(settings=settings, space=space, dim=None)
-        if hasattr(store, "drop"):
-            store.drop()
-        fill_from_sql(store=store, session=session, settings=settings)
-    sync = GallerySync.of_one_space(
-        session_factory=session_factory, settings=settings, store=store, feed=feed
-    )
-    try:
-        sync.refresh()
-        sync.save()
-        return sync.check()
-    finally:
-        sync.close()
-
-
-def load_gallery_store(
-    *, session_factory: sessionmaker[Session], settings: ServiceSettings
-) -> VectorStore | None:
-    """The persisted store as it is (no tailing, no repair, nothing written): for ``stats``."""
-    with session_factory() as session:
-        space = old_space(session=session, settings=settings)
-        store, _, _ = _load_store(settings=settings, space=space, session=session)
-    return store

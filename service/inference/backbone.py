@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from service.contracts import BackboneManifest, load_backbone_manifest
-from service.errors import ContractError, ImageError
+from service.errors import ContractError, ImageError, ServiceUnavailable
 from service.inference.preprocess import preprocess
 from service.vectors import flip_average as average_flips
 from service.vectors import l2_normalize
@@ -196,3 +196,13 @@ class OnnxBackbone:
             raise ContractError(
                 f"{where}: manifest says output_normalized but probe norms are {norms.round(4)}"
             )
+
+
+class NoBackbone:
+    """Stands in when no backbone is configured: every image route answers 503."""
+
+    model_id = "none"
+    output_dim = 0
+
+    def embed(self, aligned: np.ndarray, *, flip_average: bool = False) -> np.ndarray:
+        raise ServiceUnavailable("no backbone configured: set FACEBRIDGE_BACKBONE_MANIFEST")

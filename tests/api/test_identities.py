@@ -73,16 +73,22 @@ def test_enrol_marks_faces_mapped_and_delete_face_removes_it(
     for face in body["faces"]:
         assert face["source"] == "mapped" and face["transformer_version"] == active_version
     detail = client.get(f"/v1/identities/{identity_id}", headers=keys["identify"]).json()
-    assert len(detail["faces"]) == 3
+    # each image: its mapped face (old space) and its native twin (the backbone's space)
+    by_source = sorted((f["source"], f["space"]) for f in detail["faces"])
+    assert by_source == [("mapped", "tiny-old-16")] * 3 + [("native", "tiny-backbone-16")] * 3
+    natives = sorted(f["id"] for f in detail["faces"] if f["source"] == "native")
 
     face_id = body["faces"][0]["id"]
-    gone = client.delete(f"/v1/identities/{identity_id}/faces/{face_id}", headers=keys["enrol"])
-    assert gone.status_code == 204
+    for gone_id in (face_id, natives[1]):  # image 50's two vectors
+        gone = client.delete(f"/v1/identities/{identity_id}/faces/{gone_id}", headers=keys["enrol"])
+        assert gone.status_code == 204
     assert_problem(
         client.delete(f"/v1/identities/{identity_id}/faces/{face_id}", headers=keys["enrol"]), 404
     )
     stats = client.get("/v1/gallery/stats", headers=keys["identify"]).json()
-    assert stats["faces"] == 2 and stats["index_vectors"] == 2 and stats["consistent"] is True
+    assert stats["faces"] == 2 and stats["faces_by_source"]["native"] == 2
+    assert stats["faces_by_space"] == {"tiny-old-16": 2, "tiny-backbone-16": 2}
+    assert stats["index_vectors"] == 2 and stats["consistent"] is True
     # The deleted face no longer answers identify.
     result = client.post(
         "/v1/identify", files=[image_part(50)], params={"top_k": 1}, headers=keys["identify"]

@@ -66,24 +66,25 @@ def test_the_threshold_follows_identities_added_and_removed(
     ids = _enrol(client, range(3))
     small = _identify(client, 0)
     assert small["threshold_rule"] == "target-fpir" and small["target_fpir"] == 0.01
-    assert (small["gallery_identities"], small["gallery_faces"]) == (3, 3)
-    assert small["threshold"] == pytest.approx(expected(3))
+    # enrolment stores a mapped and a native vector per image: N counts both spaces' vectors
+    assert (small["gallery_identities"], small["gallery_faces"]) == (3, 6)
+    assert small["threshold"] == pytest.approx(expected(6))
     assert small["estimated_fpir"] == pytest.approx(0.01, rel=1e-6)
     assert small["results"][0]["match"] is not None  # its own image: score 1.0
 
     _enrol(client, range(3, 40))
     large = _identify(client, 0)
-    assert (large["gallery_identities"], large["gallery_faces"]) == (40, 40)
+    assert (large["gallery_identities"], large["gallery_faces"]) == (40, 80)
     assert (
-        large["threshold"] == pytest.approx(expected(40))
+        large["threshold"] == pytest.approx(expected(80))
         and large["threshold"] > small["threshold"]
     )
 
     for identity in ids[:2]:
         assert client.delete(f"/v1/identities/{identity}", headers=ADMIN).status_code == 204
     after = _identify(client, 5)
-    assert (after["gallery_identities"], after["gallery_faces"]) == (38, 38)
-    assert after["threshold"] == pytest.approx(expected(38))
+    assert (after["gallery_identities"], after["gallery_faces"]) == (38, 76)
+    assert after["threshold"] == pytest.approx(expected(76))
     assert after["threshold"] < large["threshold"]
 
     explicit = _identify(client, 5, threshold=0.3)
@@ -99,17 +100,17 @@ def test_another_replica_growing_the_gallery_moves_the_threshold(
     client: TestClient, settings, calibrated_version: str, calibration: ScoreCalibration
 ) -> None:  # type: ignore[no-untyped-def]
     _enrol(client, range(2))
-    assert _identify(client, 0)["gallery_faces"] == 2
+    assert _identify(client, 0)["gallery_faces"] == 4  # mapped + native per enrolment
     with started_client(settings) as other:
         _enrol(other, range(100, 110))  # written by the other replica (same database)
     deadline = time.monotonic() + 10.0
     body = _identify(client, 0)
-    while body["gallery_faces"] != 12 and time.monotonic() < deadline:
+    while body["gallery_faces"] != 24 and time.monotonic() < deadline:
         time.sleep(0.1)  # this replica's GallerySync polls every 0.2 s in the test settings
         body = _identify(client, 0)
-    assert (body["gallery_identities"], body["gallery_faces"]) == (12, 12)
+    assert (body["gallery_identities"], body["gallery_faces"]) == (12, 24)
     assert body["threshold"] == pytest.approx(
-        open_set_threshold(calibration=calibration, target_fpir=0.01, gallery_faces=12)
+        open_set_threshold(calibration=calibration, target_fpir=0.01, gallery_faces=24)
     )
 
 
@@ -128,7 +129,7 @@ def test_an_older_file_without_calibration_falls_back_and_warns_once(
             body = _identify(client, 0, 1)
             assert body["threshold_rule"] == "transformer-threshold"
             assert body["threshold"] == 0.5 and body["target_fpir"] is None
-            assert body["estimated_fpir"] is None and body["gallery_faces"] == 3
+            assert body["estimated_fpir"] is None and body["gallery_faces"] == 6
         time.sleep(0.5)  # a few generation polls: still one warning
     warnings = [r for r in caplog.records if "no open-set calibration" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -212,13 +213,13 @@ def test_a_shadow_run_reports_the_candidates_fpir_at_the_live_gallery_size(
     )
     assert started.status_code == 201, started.text
     fpir = client.get(f"/v1/admin/transformers/{candidate}/shadow", headers=ADMIN).json()["fpir"]
-    assert fpir["available"] is True and fpir["gallery_faces"] == 6
+    assert fpir["available"] is True and fpir["gallery_faces"] == 12  # both spaces' vectors
     assert fpir["threshold"] == pytest.approx(
-        open_set_threshold(calibration=calibration, target_fpir=0.01, gallery_faces=6), abs=1e-5
+        open_set_threshold(calibration=calibration, target_fpir=0.01, gallery_faces=12), abs=1e-5
     )
     assert fpir["value"] == pytest.approx(0.01, rel=1e-6) and fpir["target_fpir"] == 0.01
     assert fpir["one_to_one_fpir"] == pytest.approx(  # the file stores knots to 6 decimals
-        estimated_fpir(calibration=calibration, threshold=0.5, gallery_faces=6), rel=1e-4
+        estimated_fpir(calibration=calibration, threshold=0.5, gallery_faces=12), rel=1e-4
     )
     overview = client.get("/v1/admin/shadow", headers=ADMIN).json()
     assert overview["current"]["fpir"]["available"] is True

@@ -184,6 +184,6 @@ def test_kit_photo_identified_and_overview_painted(
     assert browser.foreign_requests() == ([], [])
 
     browser.open("/console#/migration")
-    browser.wait_css("#migration-empty")
+    browser.wait_css("#migration-spaces")  # GET /v1/migration: the old space + the native one
     browser.screenshot("console-migration")
     assert browser.foreign_requests() == ([], [])

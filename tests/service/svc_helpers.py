@@ -26,6 +26,7 @@ def make_transformer_onnx(
     seed: int = 0,
     recipe: str = "test-matmul",
     metrics: dict[str, float] | None = None,
+    calibrations: tuple = (),  # type: ignore[type-arg]
 ) -> bytes:
     """A transformer artefact: one MatMul [batch, in] x [in, out], with facebridge metadata."""
     import onnx
@@ -52,6 +53,7 @@ def make_transformer_onnx(
         created_at="2026-01-01T00:00:00Z",
         threshold=threshold,
         metrics={"top1": 90.0} if metrics is None else metrics,
+        calibrations=tuple(calibrations),
     )
     helper.set_model_props(model, meta.to_props())
     onnx.checker.check_model(model)

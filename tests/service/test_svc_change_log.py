@@ -14,8 +14,8 @@ from service.db.models import Face, Identity
 from service.db.registry_state import compacted_through
 from service.gallery.changes import compact_changes, record_face_changes
 from service.gallery.counters import read_counts
+from service.gallery.opening import open_gallery
 from service.gallery.store import content_hash, vector_bytes
-from service.gallery.sync import open_gallery
 from service.identities import add_face, create_identity, delete_identity
 
 DIM = 16

@@ -14,8 +14,8 @@ from service.errors import ContractError
 from service.gallery import store as store_module
 from service.gallery.engines.faiss import FaissStore, sidecar_path
 from service.gallery.engines.faiss_build import ids_checksum
+from service.gallery.opening import open_gallery, rebuild_gallery
 from service.gallery.store import check_consistency, gallery_stats
-from service.gallery.sync import open_gallery, rebuild_gallery
 from service.identities import add_face, create_identity, delete_face, delete_identity
 
 DIM = 16

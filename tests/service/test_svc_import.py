@@ -14,8 +14,8 @@ from svc_helpers import unit_vectors
 from service.db.models import Face, Identity
 from service.errors import ContractError, InvalidInput
 from service.gallery.importer import import_gallery
+from service.gallery.opening import open_gallery
 from service.gallery.store import check_consistency
-from service.gallery.sync import open_gallery
 
 DIM = 8
 

@@ -13,6 +13,7 @@ from svc_helpers import unit_vectors
 from service.db.models import ApiKey
 from service.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from service.gallery.engines.faiss import FaissStore
+from service.gallery.face_reads import face_vectors
 from service.identities import (
     UNSET,
     add_face,
@@ -20,7 +21,6 @@ from service.identities import (
     create_identity,
     delete_face,
     delete_identity,
-    face_vectors,
     get_identity,
     identities_for_faces,
     list_faces,

@@ -35,7 +35,7 @@ def test_migrated_schema_matches_the_models(env):
     with env.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0004"
+        assert context.get_current_revision() == "0005"
         assert set(sa.inspect(conn).get_table_names()) >= TABLES
         generation = conn.execute(sa.text("select generation from registry_state")).scalar()
     assert generation == 0

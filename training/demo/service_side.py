@@ -32,6 +32,8 @@ def service_env(
         # Demo probes are aligned 112x112 crops: no detector needed (photos need the dlib extra).
         "FACEBRIDGE_DETECTOR": "auto",
         "FACEBRIDGE_FACE_CHECK": "off" if synthetic else "auto",
+        # The gallery migrates itself with the traffic (docs/service.md, progressive migration).
+        "FACEBRIDGE_CAPTURE": "confident",
     }
 
 

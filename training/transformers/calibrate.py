@@ -19,9 +19,17 @@ from typing import Any
 import numpy as np
 
 from service.contracts import PairsSet
-from service.decision import SCORE_FORWARD, SCORE_FUSED, ScoreCalibration, fit_calibration
+from service.decision import (
+    SCORE_FORWARD,
+    SCORE_FUSED,
+    SCORE_NATIVE,
+    ScoreCalibration,
+    fit_calibration,
+)
 from service.errors import InvalidInput
+from service.vectors import flip_average, l2_normalize
 from training.evaluation.calibration import calibrate, impostor_scores
+from service.evaluation.protocol import build_gallery_and_probes
 from training.transformers.fit import FittedTransformer, fit_transformer
 
 DEFAULT_FOLDS = 5
@@ -83,4 +91,37 @@ def fit_calibrations(
             source=f"fit rows, {folds}-fold cross-fitted by identity (recipe {fitted.recipe.name})",
         )
         for f in kinds
+    ]
+
+
+def native_calibrations(pairs: PairsSet, *, space: str, flip: bool) -> list[ScoreCalibration]:
+    """The calibration of native new/new scores (``space``: the backbone's model id): every
+    row's new vector (flip-averaged when the pairs carry ``new_flip`` and ``flip`` is on, as
+    the service sends them) against one new-model template of every other identity. No map is
+    fitted, so nothing is cross-fitted. The service fuses native and mapped evidence per
+    identity through these tails (service.migration.fusion)."""
+    split = build_gallery_and_probes(pairs)
+    templates = np.sort(split.gallery_rows)
+    queries = pairs.new
+    kind = "plain"
+    if flip and pairs.new_flip is not None:
+        queries, kind = flip_average(pairs.new, pairs.new_flip), "flip-averaged"
+    queries = l2_normalize(np.asarray(queries, np.float32))
+    gallery = l2_normalize(np.asarray(pairs.new[templates], np.float32))
+    labels = np.asarray(pairs.label)
+    parts = []
+    for start in range(0, len(queries), 1024):
+        rows = np.arange(start, min(start + 1024, len(queries)))
+        scores = queries[rows] @ gallery.T
+        parts.append(scores[labels[rows][:, None] != labels[templates][None, :]])
+    return [
+        fit_calibration(
+            np.concatenate(parts),
+            score_kind=SCORE_NATIVE,
+            space=space,
+            queries=kind,
+            n_queries=len(queries),
+            n_gallery=int(templates.size),
+            source=f"fit rows, native new/new: {len(queries)} queries x {templates.size} ids",
+        )
     ]

@@ -150,6 +150,17 @@ def _fit_rows(pairs: list[Path], *, all_rows: bool, repeat: int) -> tuple[Any, A
     return files[0], combined.pairs, combined.training(repeat=repeat)
 
 
+def _native_calibrations(fit_pairs: Any, space: str, flip: bool) -> list[Any]:
+    """The native new/new calibration (service.migration.fusion), or none with a warning."""
+    from training.transformers.calibrate import native_calibrations
+
+    try:
+        return native_calibrations(fit_pairs, space=space, flip=flip)
+    except InvalidInput as exc:  # ContractError included
+        typer.echo(f"WARNING: no open-set calibration ({exc}); the service will fall back")
+        return []
+
+
 @app.command("fit")
 def fit_command(
     pairs: FitPairsOpt,
@@ -196,6 +207,7 @@ def fit_command(
     closed = closed_set_report(fit_pairs=fit_pairs, mapped=fitted.map_rows(fit_pairs, flip=flip))
     threshold = closed.row(ROW_MAPPED).threshold_at_far_1e3
     calibrations = _calibrations(fitted, fit_pairs, target_model, flip, calibration_folds, seed)
+    calibrations += _native_calibrations(fit_pairs, source_model, flip)
     metadata = functools.partial(
         default_metadata,
         fitted,

@@ -1,5 +1,5 @@
-// Migration (admin): coverage over time, captures per day, undo. It reads GET /v1/migration,
-// which the progressive-migration work adds; until the service has it, an empty state.
+// Migration (admin): coverage, captures per day, spaces, undo history. It reads GET
+// /v1/migration (docs/service.md, progressive migration); a service without it: an empty state.
 //
 // The shape this page reads (every field optional, docs/console.md):
 //   {"coverage": [{"day": "2026-12-01", "share": 0.42}, ...],        share of identities with
@@ -9,7 +9,7 @@
 //    "summary": {"native_identities": 601, "identities": 1431}}
 
 import { api, optional } from "./api.js";
-import { ask, card, clear, columns, h, line, percent, problem, table, when } from "./ui.js";
+import { ask, card, clear, columns, h, percent, problem, table, when } from "./ui.js";
 
 function emptyState() {
   return card("Progressive migration", h("div", { class: "empty", id: "migration-empty" },
@@ -47,14 +47,27 @@ export default {
         clear(body, emptyState());
         return;
       }
-      const coverage = (status.coverage || []).map((p) => ({ x: p.day || p.at, y: p.share }));
-      const perDay = (status.captures_per_day || []).map((p) => ({ x: p.day, y: p.count }));
-      const latest = coverage.length ? coverage[coverage.length - 1].y : null;
+      // GET /v1/migration (docs/service.md): coverage now, a 30-day captures series, spaces.
+      const coverage = typeof status.coverage === "number" ? status.coverage : null;
+      const perDay = (status.captures_per_day || []).map((p) => ({
+        x: p.date || p.day, y: p.captures ?? p.count ?? 0 }));
+      const spaces = (status.spaces || []).map((s) => h("tr", {},
+        h("td", {}, s.space), h("td", {}, s.kind), h("td", {}, String(s.faces)),
+        h("td", {}, String(s.identities))));
+      const undos = (status.undo_history || []).map((u) => h("tr", {},
+        h("td", {}, when(u.at)), h("td", {}, u.actor || "—"),
+        h("td", {}, String(u.faces_removed ?? "")), h("td", {}, u.reason || "")));
       clear(body,
-        card(`Coverage ${latest === null ? "" : `(${percent(latest)} now)`}`,
-          coverage.length ? line(coverage) : h("p", { class: "hint" }, "no coverage data yet")),
+        card(`Coverage ${coverage === null ? "" : `(${percent(coverage)} now)`}`,
+          h("p", { id: "migration-coverage" }, `${status.identities_with_native ?? 0} of ` +
+            `${status.identities ?? 0} identities have a native vector; ` +
+            `${status.captures_total ?? 0} captured vectors held; capture ${status.capture || "?"}`)),
         card("Captures per day",
-          perDay.length ? columns(perDay) : h("p", { class: "hint" }, "no captures yet")),
+          perDay.some((p) => p.y) ? columns(perDay) : h("p", { class: "hint" }, "no captures yet")),
+        card("Spaces", table(["space", "kind", "faces", "identities"], spaces,
+          { id: "migration-spaces" })),
+        undos.length ? card("Undo history", table(["at", "by", "faces removed", "reason"],
+          undos, { id: "migration-undos" })) : null,
         status.captures ? card("Recent captures", table(["id", "identity", "at", ""],
           captureRows(status.captures, reload), { id: "migration-captures" })) : null);
     };

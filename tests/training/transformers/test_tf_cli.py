@@ -39,7 +39,10 @@ def test_fit_uses_bridge_rows_embeds_eval_metrics_and_evaluate_reads_the_file(
     assert {"eval_top1", "eval_top5", "eval_tar_at_far_1e3", "eval_fnir_at_fpir_1e2"} <= set(
         meta.metrics
     )
-    (calibration,) = meta.calibrations  # plain queries only: the pairs carry no new_flip
+    # plain queries only (the pairs carry no new_flip): the mapped score's and the native one's
+    calibration, native = meta.calibrations
+    assert native.score_kind == "native" and native.space == meta.source_model
+    assert native.n_impostor == n_bridge * (n_bridge // 5 - 1)
     assert calibration.score_kind == "forward" and calibration.queries == "plain"
     assert "5-fold cross-fitted" in calibration.source
     assert calibration.n_impostor == n_bridge * (n_bridge // 5 - 1)  # 5 images per identity
