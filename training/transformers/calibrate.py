@@ -27,9 +27,9 @@ from service.decision import (
     fit_calibration,
 )
 from service.errors import InvalidInput
+from service.evaluation.protocol import build_gallery_and_probes
 from service.vectors import flip_average, l2_normalize
 from training.evaluation.calibration import calibrate, impostor_scores
-from service.evaluation.protocol import build_gallery_and_probes
 from training.transformers.fit import FittedTransformer, fit_transformer
 
 DEFAULT_FOLDS = 5
