@@ -30,12 +30,12 @@ def _facebridge(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 
 
 def test_an_unknown_command_is_a_usage_error_without_traceback() -> None:
-    result = _facebridge("migration", "simulate")
+    result = _facebridge("teleport", "simulate")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[0].startswith("Usage: ")
-    assert lines[-1] == "Error: No such command 'migration'."
+    assert lines[-1] == "Error: No such command 'teleport'."
     assert len(lines) <= 3, result.stderr
 
 
