@@ -119,4 +119,4 @@ def test_without_the_training_side_the_service_groups_remain() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["db", "gallery", "keys", "service", "transformer"]
+    assert result.stdout.split() == ["db", "gallery", "keys", "migration", "service", "transformer"]
