@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, Field
 
 from service.api.deps import AdminActor, DbSession, IdentifyScope, StateDep
-from service.api.schemas import MAX_DB_INT, _example, problem_responses
+from service.api.schemas import MAX_DB_INT, example_config, problem_responses
 from service.migration.captures import undo_captures
 from service.migration.export import export_capture_pairs
 from service.migration.status import migration_status
@@ -28,7 +28,7 @@ class SpaceStatus(BaseModel):
 
 
 class MigrationStatusResponse(BaseModel):
-    model_config = _example(
+    model_config = example_config(
         {
             "identities": 1431,
             "faces": 2885,
@@ -60,7 +60,7 @@ class MigrationStatusResponse(BaseModel):
 
 
 class UndoRequest(BaseModel):
-    model_config = _example(
+    model_config = example_config(
         {"since": "2026-12-01T00:00:00Z", "transformer_version": "t-3f2a9c0b1d4e", "reason": "bad"}
     )
     identity_id: int | None = Field(default=None, ge=1, le=MAX_DB_INT)
@@ -71,7 +71,7 @@ class UndoRequest(BaseModel):
 
 
 class UndoResponse(BaseModel):
-    model_config = _example({"faces_removed": 2, "face_ids": [5012, 5020]})
+    model_config = example_config({"faces_removed": 2, "face_ids": [5012, 5020]})
     faces_removed: int
     face_ids: list[int]
 
