@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from service.contracts import load_pairs
-    from service.evaluation.protocol import session_rows
-    from service.inference.transformer import TransformerSession
+    from service.evaluation.protocol import runner_rows
+    from service.inference.transformer import TransformerRunner
     from service.kit import find_kit_dir
 
     if args.pairs is None:
@@ -134,14 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         args.pairs = str(kit / "lfw" / "pairs.npz")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        session = TransformerSession(_transformer(args, Path(tmp)), intra_op_threads=2)
+        runner = TransformerRunner(_transformer(args, Path(tmp)), intra_op_threads=2)
     evaluation = load_pairs(args.pairs).select_split("eval")
-    mapped = session_rows(evaluation, session=session)
-    calibration = session.metadata.calibration_for(queries=mapped.query_kind)
+    mapped = runner_rows(evaluation, runner=runner)
+    calibration = runner.metadata.calibration_for(queries=mapped.query_kind)
     if calibration is None:
         print("the transformer carries no open-set calibration", file=sys.stderr)
         return 1
-    rows = _measure(evaluation, mapped, session, calibration, args)
+    rows = _measure(evaluation, mapped, runner, calibration, args)
     _print(rows, args, calibration, time.perf_counter() - started)
     ok = all(
         0.5 * args.target_fpir <= row.false_matches / row.searches <= 2.0 * args.target_fpir
@@ -182,7 +182,7 @@ def _galleries(
 
 
 def _measure(
-    evaluation: Any, mapped: Any, session: Any, calibration: Any, args: argparse.Namespace
+    evaluation: Any, mapped: Any, runner: Any, calibration: Any, args: argparse.Namespace
 ) -> list[Row]:
     from service.decision import open_set_threshold
     from service.vectors import l2_normalize
@@ -206,7 +206,7 @@ def _measure(
             )
             found = []
             for old in draws:
-                probes, gallery = _scoring(mapped, session, strangers, old)
+                probes, gallery = _scoring(mapped, runner, strangers, old)
                 found.append(int(np.sum(np.max(probes @ gallery.T, axis=1) >= t)))
             rows.append(Row(split, name, str(n), float(np.mean(found)), strangers.size, t, found))
     for name in dict.fromkeys(r.gallery for r in rows):
@@ -225,14 +225,14 @@ def _measure(
     return rows
 
 
-def _scoring(mapped: Any, session: Any, strangers: np.ndarray, old: np.ndarray) -> tuple:  # type: ignore[type-arg]
+def _scoring(mapped: Any, runner: Any, strangers: np.ndarray, old: np.ndarray) -> tuple:  # type: ignore[type-arg]
     """(stranger query vectors, gallery vectors) in the service's comparison space, the
     gallery's backward map run by the transformer as the service runs it."""
     from dataclasses import replace
 
     from service.evaluation.protocol import mapped_vectors
 
-    with_gallery = replace(mapped, backward=session.map_gallery(old)) if session.two_way else mapped
+    with_gallery = replace(mapped, backward=runner.map_gallery(old)) if runner.two_way else mapped
     return mapped_vectors(
         with_gallery, query_rows=strangers, gallery_rows=np.arange(old.shape[0]), old_gallery=old
     )

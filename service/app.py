@@ -310,8 +310,8 @@ def _build_pipeline(
 
     def snapshot() -> ActiveMapping | None:
         active = holder.current()  # ONE read: the request keeps this version throughout
-        session = active.session
-        if active.version is None or session is None:
+        runner = active.runner
+        if active.version is None or runner is None:
             refused = holder.status()
             if refused.expected_version is not None:
                 raise ServiceUnavailable(
@@ -319,8 +319,8 @@ def _build_pipeline(
                     f"serve it: {refused.last_error}"
                 )
             return None
-        mapping = ActiveMapping.from_session(
-            version=active.version, session=session, threshold=active.threshold, queries=queries
+        mapping = ActiveMapping.from_runner(
+            version=active.version, runner=runner, threshold=active.threshold, queries=queries
         )
         nonfinite = metrics.transformer_nonfinite.labels(version=active.version).inc
         # NaN/inf out of either head: counted per version, answered 503 naming it.

@@ -2,7 +2,8 @@
 
 :func:`atomic_path` is the temp-file + ``os.replace`` pattern (a reader sees the old file or
 the new one, never half of one); :func:`write_text_atomically` is it for a text file;
-:func:`file_sha256` hashes a file in chunks.
+:func:`move_into_place` is its last step alone, for a temp file whose final name is known only
+once it is written; :func:`file_sha256` hashes a file in chunks.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def move_into_place(tmp: str | Path, target: str | Path) -> None:
+    """Give a finished temp file (written beside ``target``, fsynced by the caller when that
+    matters) its final name in one step: for a name known only once the file is written (a
+    content-addressed upload); otherwise use :func:`atomic_path`."""
+    os.replace(tmp, target)
+
+
 @contextmanager
 def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temp path beside ``path`` to write (and check); when the block ends without an
@@ -39,7 +47,7 @@ def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
         yield tmp
         if fsync:
             fsync_file(tmp)
-        os.replace(tmp, target)
+        move_into_place(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from service.decision import SCORE_NATIVE, ScoreCalibration, pick_calibration
 from service.errors import FacebridgeError, NoFaceFound
+from service.inference.transformer import TransformerRunner
 
 
 @dataclass(frozen=True)
@@ -38,42 +39,28 @@ class ActiveMapping:
         return self.map_gallery is not None and self.fusion_weight < 1.0
 
     @classmethod
-    def from_session(
+    def from_runner(
         cls,
         *,
         version: str,
-        session: TransformerRunner,
+        runner: TransformerRunner,
         threshold: float | None,
         queries: str | None = None,
     ) -> ActiveMapping:
-        """The mapping of a loaded transformer session (active, or a shadow candidate), with the
+        """The mapping of a loaded transformer runner (active, or a shadow candidate), with the
         file's open-set calibration for ``queries`` (flip-averaged or plain; None: either)."""
-        metadata = getattr(session, "metadata", None)
+        metadata = getattr(runner, "metadata", None)
         return cls(
             version=version,
-            map=session.map,
+            map=runner.map,
             threshold=threshold,
-            fusion_weight=session.fusion_weight,
-            map_gallery=session.map_gallery if session.two_way else None,
+            fusion_weight=runner.fusion_weight,
+            map_gallery=runner.map_gallery if runner.two_way else None,
             calibration=None if metadata is None else metadata.calibration_for(queries=queries),
             native_calibration=None
             if metadata is None
             else pick_calibration(metadata.calibrations, score_kind=SCORE_NATIVE, queries=queries),
         )
-
-
-class TransformerRunner(Protocol):
-    """What a mapping needs of ``service.inference.transformer.TransformerSession``."""
-
-    @property
-    def fusion_weight(self) -> float: ...
-
-    @property
-    def two_way(self) -> bool: ...
-
-    def map(self, vectors: np.ndarray) -> np.ndarray: ...
-
-    def map_gallery(self, vectors: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def _reason(body: ChangeReason | None) -> str | None:
     return None if body is None else body.reason
 
 
-def _transformer(info: registry.TransformerInfo) -> TransformerInfo:
+def _transformer(info: registry.StoredTransformer) -> TransformerInfo:
     return TransformerInfo(
         version=info.version,
         sha256=info.sha256,

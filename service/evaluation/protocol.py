@@ -45,8 +45,8 @@ from service.evaluation.rows import (
     map_rows,
     mapped_vectors,
     query_vectors,
+    runner_rows,
     scoring_name,
-    session_rows,
     unit,
 )
 
@@ -77,8 +77,8 @@ __all__ = [
     "map_rows",
     "mapped_vectors",
     "query_vectors",
+    "runner_rows",
     "scoring_name",
-    "session_rows",
 ]
 
 FAR_TARGET = 1e-3

@@ -1,5 +1,5 @@
 """What a transformer gives the protocol: its output for every row of an evaluated pairs set,
-computed the way the service scores (:func:`map_rows`, :func:`session_rows`), and the vectors
+computed the way the service scores (:func:`map_rows`, :func:`runner_rows`), and the vectors
 whose inner products are the mapped row's scores (:func:`mapped_vectors`).
 
 All vectors of the evaluation side are L2-normalised here in exactly one place (:func:`unit`;
@@ -86,15 +86,15 @@ def map_rows(
     )
 
 
-def session_rows(pairs: PairsSet, *, session: Any, flip: bool = True) -> MappedRows:
+def runner_rows(pairs: PairsSet, *, runner: Any, flip: bool = True) -> MappedRows:
     """:func:`map_rows` with an ONNX transformer runner
-    (:class:`service.inference.transformer.TransformerSession`: ``map``, ``map_gallery``,
+    (:class:`service.inference.transformer.TransformerRunner`: ``map``, ``map_gallery``,
     ``two_way``, ``fusion_weight``), the way the service uses it."""
     return map_rows(
         pairs,
-        forward=session.map,
-        backward=session.map_gallery if session.two_way else None,
-        fusion_weight=session.fusion_weight,
+        forward=runner.map,
+        backward=runner.map_gallery if runner.two_way else None,
+        fusion_weight=runner.fusion_weight,
         flip=flip,
     )
 

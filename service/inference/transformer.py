@@ -99,7 +99,7 @@ def _check_tensor(source: str, what: str, arg: Any) -> None:
         )
 
 
-class TransformerSession:
+class TransformerRunner:
     """A validated ONNX transformer ready to map new-model embeddings into the old space.
 
     Thread-safe for concurrent ``map``/``map_gallery`` calls (one ORT session serves many
@@ -236,7 +236,7 @@ class TransformerSession:
         m = self.metadata
         way = f", two-way w={m.fusion_weight}" if self.two_way else ""
         return (
-            f"TransformerSession({self.path.name!r}, {m.source_model} {self.input_dim} -> "
+            f"TransformerRunner({self.path.name!r}, {m.source_model} {self.input_dim} -> "
             f"{m.target_model} {self.output_dim}, recipe={m.recipe!r}{way}, "
             f"sha256={self.sha256[:12]})"
         )

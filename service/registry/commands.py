@@ -29,7 +29,7 @@ def transformer_upload(
     activate: bool = False,
     note: str | None = None,
 ) -> Any:
-    """Validate and store a transformer ONNX file; optionally activate it. TransformerInfo."""
+    """Validate and store a transformer ONNX file; optionally activate it. StoredTransformer."""
     from service.errors import InvalidInput
     from service.registry.store import upload_transformer
 

@@ -1,6 +1,6 @@
 """The hot-swap holder: which transformer serves requests in this process.
 
-A swap builds and validates the new ONNX session off to the side, then publishes an immutable
+A swap builds and validates the new transformer runner off to the side, then publishes an immutable
 :class:`ActiveTransformer` with one reference assignment. A request reads ``holder.current()``
 ONCE and uses that snapshot to the end, so in-flight requests finish on the version they
 started with. Every worker polls ``registry_state.generation`` (a
@@ -30,8 +30,8 @@ from service.gallery.store import gallery_dim, gallery_model_id
 from service.threads import Poller
 
 if TYPE_CHECKING:
-    from service.inference.transformer import TransformerSession
-    from service.registry.store import BackboneFacts
+    from service.inference.transformer import TransformerRunner
+    from service.registry.records import BackboneFacts
     from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ActiveTransformer:
-    """One immutable snapshot: the version, its session and its decision threshold."""
+    """One immutable snapshot: the version, its runner and its decision threshold."""
 
     version: str | None
-    session: TransformerSession | None
+    runner: TransformerRunner | None
     threshold: float | None
     generation: int
     sha256: str | None = None
@@ -51,10 +51,10 @@ class ActiveTransformer:
 
     @property
     def ready(self) -> bool:
-        return self.session is not None
+        return self.runner is not None
 
 
-NO_TRANSFORMER = ActiveTransformer(version=None, session=None, threshold=None, generation=-1)
+NO_TRANSFORMER = ActiveTransformer(version=None, runner=None, threshold=None, generation=-1)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class ActiveTransformerHolder:
         *,
         session_factory: sessionmaker[Session],
         settings: ServiceSettings,
-        loader: Callable[..., TransformerSession] | None = None,
+        loader: Callable[..., TransformerRunner] | None = None,
         serving: BackboneFacts | None = None,
         on_load_error: Callable[[str], None] | None = None,
         thread_initializer: Callable[[], None] | None = None,
@@ -129,12 +129,12 @@ class ActiveTransformerHolder:
             retry_in_seconds=None if failed is None else max(0.0, failed.retry_at - now),
         )
 
-    def _load(self, path: Any) -> TransformerSession:
+    def _load(self, path: Any) -> TransformerRunner:
         if self._loader is not None:
             return self._loader(path)
-        from service.registry.store import load_transformer_session
+        from service.registry.validation import load_transformer_runner
 
-        return load_transformer_session(path, settings=self._settings)
+        return load_transformer_runner(path, settings=self._settings)
 
     def refresh(self) -> bool:
         """Follow the database: swap when the generation moved. Returns True on a swap.
@@ -164,10 +164,10 @@ class ActiveTransformerHolder:
                     )
             if facts is None:
                 snapshot = ActiveTransformer(
-                    version=None, session=None, threshold=None, generation=generation
+                    version=None, runner=None, threshold=None, generation=generation
                 )
-            elif facts[0] == current.version and current.session is not None:
-                # Same version (e.g. gallery-only change of generation): keep the session.
+            elif facts[0] == current.version and current.runner is not None:
+                # Same version (e.g. gallery-only change of generation): keep the runner.
                 snapshot = replace(current, threshold=facts[2], generation=generation)
             else:
                 version, file_name, threshold, sha256 = facts
@@ -179,7 +179,7 @@ class ActiveTransformerHolder:
                     return False
                 snapshot = ActiveTransformer(
                     version=version,
-                    session=built,
+                    runner=built,
                     threshold=threshold,
                     generation=generation,
                     sha256=sha256,
@@ -200,14 +200,14 @@ class ActiveTransformerHolder:
 
     def _build(
         self, version: str, file_name: str, sha256: str, gallery: tuple[int | None, str | None]
-    ) -> TransformerSession:
+    ) -> TransformerRunner:
         """Load the version's file off to the side and check it fits what runs here."""
         path = self._settings.transformers_path / file_name
         built = self._load(path)  # requests still use `current` meanwhile
         if getattr(built, "sha256", sha256) != sha256:
             raise ContractError(f"file {path} does not match the sha256 of {version}")
         if self._serving is not None:
-            from service.registry.store import check_fits
+            from service.registry.validation import check_fits
 
             check_fits(
                 built,
@@ -247,10 +247,10 @@ class ActiveTransformerHolder:
             self._poller = None
 
 
-def _warn_if_uncalibrated(version: str, session: object) -> None:
+def _warn_if_uncalibrated(version: str, runner: object) -> None:
     """Once per loaded version (a swap loads it once): an older file has no open-set
     calibration, so identify falls back to a 1:1 threshold (docs/service.md)."""
-    metadata = getattr(session, "metadata", None)
+    metadata = getattr(runner, "metadata", None)
     if metadata is not None and not getattr(metadata, "calibrations", ()):
         log.warning(
             "transformer %s carries no open-set calibration (facebridge.calibration): identify "

@@ -231,16 +231,16 @@ class ShadowEvaluator:
             if held is not None and held.id == current.id:
                 return
             try:
-                session_obj = self._load(self._settings.transformers_path / facts[0])
+                runner = self._load(self._settings.transformers_path / facts[0])
             except Exception as exc:
                 self.last_error = f"cannot load shadow candidate {current.candidate_version}: {exc}"
                 log.error("%s", self.last_error)
                 self._set_run(None)
                 return
             self.last_error = None
-            mapping = ActiveMapping.from_session(
+            mapping = ActiveMapping.from_runner(
                 version=current.candidate_version,
-                session=session_obj,
+                runner=runner,
                 threshold=facts[1],
                 queries=QUERIES_FLIP if self._settings.flip_average_queries else QUERIES_PLAIN,
             )
@@ -269,9 +269,9 @@ class ShadowEvaluator:
     def _load(self, path: Any) -> Any:
         if self._loader is not None:
             return self._loader(path)
-        from service.registry.store import load_transformer_session
+        from service.registry.validation import load_transformer_runner
 
-        return load_transformer_session(path, settings=self._settings)
+        return load_transformer_runner(path, settings=self._settings)
 
     def flush(self) -> None:
         """Write this worker's statistics of the held run when they changed. One write at a
@@ -317,7 +317,7 @@ def start_shadow(
     active version, or while another candidate is shadowed."""
     from service.db.registry_state import registry_state
     from service.errors import Conflict
-    from service.registry.store import validate_stored_version
+    from service.registry.validation import validate_stored_version
 
     with session_factory() as session:
         shadow_store.version_row(session, candidate)  # NotFound first

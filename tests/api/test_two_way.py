@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.errors import ContractError
 from service.inference.backbone import OnnxBackbone
 from service.inference.images import decode_image
-from service.inference.transformer import TransformerSession
+from service.inference.transformer import TransformerRunner
 
 from .conftest import (
     ADMIN,
@@ -34,7 +34,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# The file contract (TransformerSession)
+# The file contract (TransformerRunner)
 # ---------------------------------------------------------------------------------------------
 def test_two_way_session_runs_each_head_alone(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
@@ -42,24 +42,24 @@ def test_two_way_session_runs_each_head_alone(tmp_path: Path) -> None:
     path = write_matrix_transformer(
         tmp_path / "two.onnx", matrix=forward, backward=backward, fusion_weight=0.8
     )
-    session = TransformerSession(path)
-    assert session.two_way and session.fusion_weight == pytest.approx(0.8)
-    assert (session.input_dim, session.output_dim) == (6, 5)
+    runner = TransformerRunner(path)
+    assert runner.two_way and runner.fusion_weight == pytest.approx(0.8)
+    assert (runner.input_dim, runner.output_dim) == (6, 5)
     new, old = rng.standard_normal((7, 6)), rng.standard_normal((3, 5))
-    np.testing.assert_allclose(session.map_raw(new), new @ forward, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(session.map(new), unit(new @ forward), atol=1e-5)
-    np.testing.assert_allclose(session.map_gallery_raw(old), old @ backward, rtol=1e-5, atol=1e-5)
-    mapped = session.map_gallery(old)
+    np.testing.assert_allclose(runner.map_raw(new), new @ forward, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(runner.map(new), unit(new @ forward), atol=1e-5)
+    np.testing.assert_allclose(runner.map_gallery_raw(old), old @ backward, rtol=1e-5, atol=1e-5)
+    mapped = runner.map_gallery(old)
     assert mapped.shape == (3, 6) and mapped.dtype == np.float32
     np.testing.assert_allclose(mapped, unit(old @ backward), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(mapped, axis=1), 1.0, atol=1e-6)
-    assert session.map_gallery(np.zeros((0, 5))).shape == (0, 6)
+    assert runner.map_gallery(np.zeros((0, 5))).shape == (0, 6)
     with pytest.raises(ContractError, match="expected dimension 5"):
-        session.map_gallery(np.zeros((2, 6)))
+        runner.map_gallery(np.zeros((2, 6)))
 
-    one = TransformerSession(write_matrix_transformer(tmp_path / "one.onnx", matrix=forward))
+    one = TransformerRunner(write_matrix_transformer(tmp_path / "one.onnx", matrix=forward))
     assert not one.two_way and one.fusion_weight == 1.0
-    np.testing.assert_allclose(one.map(new), session.map(new), atol=1e-6)
+    np.testing.assert_allclose(one.map(new), runner.map(new), atol=1e-6)
     with pytest.raises(ContractError, match="one-way"):
         one.map_gallery(old)
 
@@ -81,7 +81,7 @@ def test_off_contract_two_way_files_are_one_line_errors(
     kwargs = {"backward": np.eye(TINY_DIM), **options}
     path = write_matrix_transformer(tmp_path / "t.onnx", matrix=np.eye(TINY_DIM), **kwargs)
     with pytest.raises(ContractError, match=message) as caught:
-        TransformerSession(path)
+        TransformerRunner(path)
     assert "\n" not in str(caught.value)
 
 

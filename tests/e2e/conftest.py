@@ -298,10 +298,10 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
     from service.evaluation.protocol import (
         build_gallery_and_probes,
         evaluate_mapping,
-        session_rows,
+        runner_rows,
     )
     from service.inference.backbone import OnnxBackbone
-    from service.inference.transformer import TransformerSession
+    from service.inference.transformer import TransformerRunner
     from training.data.flip import mirrored_embeddings
     from training.transformers.calibrate import fit_calibrations
     from training.transformers.export import default_metadata, export_transformer
@@ -346,11 +346,11 @@ def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAs
         calibrations=calibrations,
     )
     export_transformer(fitted, default, metadata=metadata)
-    session = TransformerSession(default)
-    assert session.two_way
+    runner = TransformerRunner(default)
+    assert runner.two_way
     report = evaluate_mapping(
         eval_pairs=evaluation,
-        mapped=session_rows(evaluation, session=session, flip=True),
+        mapped=runner_rows(evaluation, runner=runner, flip=True),
     )
     assert report.queries == "flip-averaged"
     # A second valid version for the hot-swap test only (its accuracy is irrelevant there).

@@ -116,7 +116,7 @@ def test_a_version_for_another_backbone_is_refused_on_load(configured) -> None:
     )
     holder.refresh()
     status = holder.status()
-    assert holder.current().session is None
+    assert holder.current().runner is None
     assert status.expected_version == a.version
     assert "source model" in str(status.last_error) and "mobilefacenet-128" in str(
         status.last_error

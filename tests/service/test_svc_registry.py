@@ -159,8 +159,8 @@ def test_holder_swaps_on_generation_and_keeps_snapshots(configured):
     assert second.version == b.version and second.threshold == pytest.approx(0.6)
     # The old snapshot still works: in-flight requests finish on their version.
     probe = unit_vectors(3, NEW_DIM)
-    assert first.session.map(probe).shape == (3, OLD_DIM)
-    assert not np.allclose(first.session.map(probe), second.session.map(probe))
+    assert first.runner.map(probe).shape == (3, OLD_DIM)
+    assert not np.allclose(first.runner.map(probe), second.runner.map(probe))
 
 
 def test_holder_keeps_serving_when_the_new_file_is_broken(configured):

@@ -92,7 +92,7 @@ def fit_and_export(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``facebridge transformer fit`` (fit on the bridge rows, threshold, export, validate),
     then the protocol's evaluation of the exported ONNX on the eval rows (docs/PROTOCOL.md)."""
-    from service.inference.transformer import TransformerSession
+    from service.inference.transformer import TransformerRunner
     from training.transformers.cli import evaluate_artefact
 
     fit_recipe(
@@ -104,12 +104,12 @@ def fit_and_export(
         progress=progress,
     )
     report = evaluate_artefact(pairs_path=pairs_path, transformer_path=output, all_rows=False)
-    session = TransformerSession(output)
-    meta = session.metadata
+    runner = TransformerRunner(output)
+    meta = runner.metadata
     info = {
         "path": str(output),
         "recipe": meta.recipe,
-        "sha256": session.sha256,
+        "sha256": runner.sha256,
         "source_model": meta.source_model,
         "target_model": meta.target_model,
         "threshold": meta.threshold,

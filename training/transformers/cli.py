@@ -94,26 +94,26 @@ def _evaluation_metrics(pairs_path: Path, transformer: Path, *, flip: bool) -> d
 def evaluate_artefact(
     *, pairs_path: Path, transformer_path: Path, all_rows: bool, flip: bool = True
 ) -> Any:
-    """Run an exported ONNX through ``TransformerSession`` on the eval rows -> EvaluationReport
+    """Run an exported ONNX through ``TransformerRunner`` on the eval rows -> EvaluationReport
     (its ``open_set`` holds the open-set figures).
 
     Scored as the service scores: two-way fused when the file is two-way; flip-averaged queries
     when the pairs carry ``new_flip`` and ``flip`` is on. The open-set report applies the file's
     own calibration (the service's default rule) when it has one.
     """
-    from service.evaluation.protocol import evaluate_mapping, session_rows
-    from service.inference.transformer import TransformerSession
+    from service.evaluation.protocol import evaluate_mapping, runner_rows
+    from service.inference.transformer import TransformerRunner
     from training.evaluation.openset import evaluate_open_set
 
     pairs = _load_split(pairs_path, SPLIT_EVAL, all_rows)
-    session = TransformerSession(transformer_path, intra_op_threads=2)
-    if session.input_dim != pairs.new_dim or session.output_dim != pairs.old_dim:
+    runner = TransformerRunner(transformer_path, intra_op_threads=2)
+    if runner.input_dim != pairs.new_dim or runner.output_dim != pairs.old_dim:
         raise InvalidInput(
-            f"transformer maps {session.input_dim} -> {session.output_dim} but the pairs are "
+            f"transformer maps {runner.input_dim} -> {runner.output_dim} but the pairs are "
             f"new {pairs.new_dim} / old {pairs.old_dim}"
         )
-    mapped = session_rows(pairs, session=session, flip=flip)
-    calibration = session.metadata.calibration_for(queries=mapped.query_kind)
+    mapped = runner_rows(pairs, runner=runner, flip=flip)
+    calibration = runner.metadata.calibration_for(queries=mapped.query_kind)
     report = evaluate_mapping(eval_pairs=pairs, mapped=mapped)
     report.open_set = evaluate_open_set(eval_pairs=pairs, mapped=mapped, calibration=calibration)
     return report

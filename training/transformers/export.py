@@ -5,7 +5,7 @@ One file (no external data), input ``new_embedding`` [batch, d_new], output ``ol
 fitted transformer (``fusion_weight`` < 1) also gets the input ``gallery_old_embedding``
 [gallery, d_old] and the output ``gallery_new_embedding`` [gallery, d_new] (the backward map,
 its own symbolic batch) and ``facebridge.fusion_weight`` in the metadata. After writing:
-onnx.checker, a fresh :class:`TransformerSession` (names, dims, metadata), and cosine parity
+onnx.checker, a fresh :class:`TransformerRunner` (names, dims, metadata), and cosine parity
 torch vs ONNX Runtime >= 0.9999 at batch 1, 7 and 256 on every export, for each head. The
 file's sha256 goes into the report and into ``FILE.onnx.sha256`` beside it.
 """
@@ -33,7 +33,7 @@ from service.contracts import (
 from service.decision import ScoreCalibration
 from service.errors import ContractError
 from service.files import atomic_path, file_sha256
-from service.inference.transformer import TransformerSession
+from service.inference.transformer import TransformerRunner
 from service.metadata_fields import encode_vectors, evenly_spaced_unit_rows
 from service.vectors import l2_normalize
 from training.transformers.fit import FittedTransformer
@@ -184,12 +184,12 @@ def export_transformer(
         onnx.helper.set_model_props(model, metadata.to_props())
         onnx.checker.check_model(model, full_check=True)
         onnx.save_model(model, str(tmp), save_as_external_data=False)
-        session = TransformerSession(tmp, intra_op_threads=1)  # names, dims, symbolic batch
-        parity = _parity(fitted.transform, session.map_raw, dim=fitted.input_dim, seed=fitted.seed)
+        runner = TransformerRunner(tmp, intra_op_threads=1)  # names, dims, symbolic batch
+        parity = _parity(fitted.transform, runner.map_raw, dim=fitted.input_dim, seed=fitted.seed)
         parity_backward = (
             _parity(
                 fitted.transform_gallery,
-                session.map_gallery_raw,
+                runner.map_gallery_raw,
                 dim=fitted.output_dim,
                 seed=fitted.seed + 1,
             )

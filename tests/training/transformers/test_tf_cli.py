@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from service.cli import main
 from service.contracts import PairsSet, save_pairs
 from service.errors import FacebridgeError
-from service.inference.transformer import TransformerSession
+from service.inference.transformer import TransformerRunner
 from training.transformers.cli import app
 
 
@@ -28,8 +28,8 @@ def test_fit_uses_bridge_rows_embeds_eval_metrics_and_evaluate_reads_the_file(
     assert result.exit_code == 0, result.output
     n_bridge = int((pairs.split == "bridge").sum())
     assert f"on {n_bridge} rows" in result.output
-    session = TransformerSession(out)
-    meta = session.metadata
+    runner = TransformerRunner(out)
+    meta = runner.metadata
     assert (meta.recipe, meta.source_model, meta.target_model) == (
         "quick-fc",
         "m-new",
@@ -47,7 +47,7 @@ def test_fit_uses_bridge_rows_embeds_eval_metrics_and_evaluate_reads_the_file(
     assert "5-fold cross-fitted" in calibration.source
     assert calibration.n_impostor == n_bridge * (n_bridge // 5 - 1)  # 5 images per identity
     assert meta.calibration_for(queries="flip-averaged") is calibration
-    assert out.with_name("t.onnx.sha256").read_text().split()[0] == session.sha256
+    assert out.with_name("t.onnx.sha256").read_text().split()[0] == runner.sha256
 
     result = runner.invoke(
         app, ["evaluate", "--pairs", str(pairs_file), "--transformer", str(out), "--json"]

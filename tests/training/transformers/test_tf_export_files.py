@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.contracts import META_VALIDATION_SAMPLE, SPLIT_BRIDGE, PairsSet, save_pairs
-from service.inference.transformer import TransformerSession
+from service.inference.transformer import TransformerRunner
 from service.metadata_fields import decode_vectors
 from training.transformers.cli import app
 from training.transformers.export import default_metadata, export_transformer
@@ -45,7 +45,7 @@ def test_fit_stores_a_validation_sample_of_its_fit_rows(pairs: PairsSet, tmp_pat
     args = ["fit", "--pairs", str(pairs_file), "--output", str(out), "--recipe", "ridge"]
     result = CliRunner().invoke(app, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
-    meta = TransformerSession(out).metadata
+    meta = TransformerRunner(out).metadata
     assert meta.validation_sample is not None
     sample = decode_vectors(meta.validation_sample, dim=pairs.new_dim, key=META_VALIDATION_SAMPLE)
     bridge = pairs.select_split(SPLIT_BRIDGE).new

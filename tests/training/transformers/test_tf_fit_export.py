@@ -17,7 +17,7 @@ from service.contracts import (
     PairsSet,
 )
 from service.errors import ContractError, InvalidInput
-from service.inference.transformer import TransformerSession
+from service.inference.transformer import TransformerRunner
 from training.transformers.data import normalized_pairs
 from training.transformers.export import PARITY_BATCHES, default_metadata, export_transformer
 from training.transformers.fit import fit_transformer
@@ -49,13 +49,13 @@ def test_fit_export_parity_and_contract(name: str, pairs: PairsSet, tmp_path: Pa
     assert model.graph.output[0].name == TRANSFORMER_OUTPUT
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
 
-    session = TransformerSession(out)
-    assert session.metadata.recipe == fitted.recipe.name
-    assert (session.input_dim, session.output_dim) == (pairs.new_dim, pairs.old_dim)
+    runner = TransformerRunner(out)
+    assert runner.metadata.recipe == fitted.recipe.name
+    assert (runner.input_dim, runner.output_dim) == (pairs.new_dim, pairs.old_dim)
     x = normalized_pairs(pairs).new[:9]
     ref = fitted.transform(x)
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
-    np.testing.assert_allclose(session.map(x), ref, atol=1e-4)
+    np.testing.assert_allclose(runner.map(x), ref, atol=1e-4)
 
 
 def test_identity_exports_when_dims_are_equal(make_pairs, tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_identity_exports_when_dims_are_equal(make_pairs, tmp_path: Path) -> Non
         metadata=default_metadata(fitted, source_model="a", target_model="b"),
     )
     x = normalized_pairs(pairs).new[:4]
-    np.testing.assert_allclose(TransformerSession(report.path).map(x), x, atol=1e-6)
+    np.testing.assert_allclose(TransformerRunner(report.path).map(x), x, atol=1e-6)
 
 
 def test_export_refuses_metadata_with_other_dims(pairs: PairsSet, tmp_path: Path) -> None:

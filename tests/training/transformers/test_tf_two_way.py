@@ -23,7 +23,7 @@ from service.contracts import (
 )
 from service.errors import ContractError, InvalidInput
 from service.evaluation.protocol import ROW_MAPPED, closed_set_report
-from service.inference.transformer import TransformerSession
+from service.inference.transformer import TransformerRunner
 from training.transformers.cli import app, evaluate_artefact
 from training.transformers.data import normalized_pairs
 from training.transformers.export import PARITY_BATCHES, default_metadata, export_transformer
@@ -126,9 +126,9 @@ def test_two_way_export_has_both_heads_parity_and_metadata(pairs: PairsSet, tmp_
     assert empty.shape == (0, pairs.new_dim)
     np.testing.assert_allclose(only_forward, forward, atol=1e-6)
 
-    session = TransformerSession(out)
-    assert session.two_way and session.fusion_weight == 0.9
-    np.testing.assert_allclose(session.map_gallery(g), unit(backward), atol=1e-5)
+    runner = TransformerRunner(out)
+    assert runner.two_way and runner.fusion_weight == 0.9
+    np.testing.assert_allclose(runner.map_gallery(g), unit(backward), atol=1e-5)
 
 
 def test_backward_parity_failure_fails_the_export(
@@ -173,7 +173,7 @@ def test_cli_two_way_threshold_is_the_fused_one_and_no_flip_is_honoured(
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "flip-averaged queries, two-way fused, w=0.9" in result.output
-    meta = TransformerSession(out).metadata
+    meta = TransformerRunner(out).metadata
     bridge = flipped.select_split("bridge")
     fitted = fit_transformer(pairs=bridge, recipe="default", progress=False)
     fused = closed_set_report(fit_pairs=bridge, mapped=fitted.map_rows(bridge))

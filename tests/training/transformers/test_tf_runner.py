@@ -1,4 +1,4 @@
-"""TransformerSession: the service-side runner refuses anything off-contract, in one line."""
+"""TransformerRunner: the service-side runner refuses anything off-contract, in one line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from service.contracts import TransformerMetadata
 from service.errors import ContractError
 from service.files import file_sha256
-from service.inference.transformer import TransformerSession
+from service.inference.transformer import TransformerRunner
 
 
 def _matmul_model(
@@ -53,56 +53,56 @@ def _matmul_model(
 def test_valid_file_loads_maps_and_normalises(tmp_path: Path) -> None:
     path = tmp_path / "t.onnx"
     weight = _matmul_model(path)
-    session = TransformerSession(path)
-    assert (session.input_dim, session.output_dim) == (4, 3)
-    assert session.metadata.source_model == "new-model" and session.metadata.threshold == 0.5
-    assert session.sha256 == file_sha256(path)
+    runner = TransformerRunner(path)
+    assert (runner.input_dim, runner.output_dim) == (4, 3)
+    assert runner.metadata.source_model == "new-model" and runner.metadata.threshold == 0.5
+    assert runner.sha256 == file_sha256(path)
     x = np.random.default_rng(1).standard_normal((5, 4))
-    raw = session.map_raw(x)
+    raw = runner.map_raw(x)
     np.testing.assert_allclose(raw, x.astype(np.float32) @ weight, rtol=1e-5, atol=1e-5)
-    mapped = session.map(x)
+    mapped = runner.map(x)
     np.testing.assert_allclose(np.linalg.norm(mapped, axis=1), 1.0, atol=1e-6)
-    assert session.map(np.zeros((0, 4))).shape == (0, 3)
+    assert runner.map(np.zeros((0, 4))).shape == (0, 3)
 
 
 def test_garbage_bytes_are_a_contract_error(tmp_path: Path) -> None:
     path = tmp_path / "garbage.onnx"
     path.write_bytes(b"\x00not an onnx file" * 64)
     with pytest.raises(ContractError, match="not a valid ONNX model"):
-        TransformerSession(path)
+        TransformerRunner(path)
 
 
 def test_missing_file_is_a_contract_error(tmp_path: Path) -> None:
     with pytest.raises(ContractError, match="not found"):
-        TransformerSession(tmp_path / "absent.onnx")
+        TransformerRunner(tmp_path / "absent.onnx")
 
 
 def test_metadata_dims_must_match_the_graph(tmp_path: Path) -> None:
     path = tmp_path / "wrong.onnx"
     _matmul_model(path, meta_dims=(5, 3))
     with pytest.raises(ContractError, match="metadata says 5 -> 3 but the graph maps 4 -> 3"):
-        TransformerSession(path)
+        TransformerRunner(path)
 
 
 def test_missing_metadata_is_a_contract_error(tmp_path: Path) -> None:
     path = tmp_path / "bare.onnx"
     _matmul_model(path, props={})
     with pytest.raises(ContractError, match="metadata_props lacks"):
-        TransformerSession(path)
+        TransformerRunner(path)
 
 
 def test_wrong_input_name_and_static_batch_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "name.onnx"
     _matmul_model(path, input_name="embedding")
     with pytest.raises(ContractError, match="new_embedding"):
-        TransformerSession(path)
+        TransformerRunner(path)
     _matmul_model(path, batch=8)
     with pytest.raises(ContractError, match="dynamic batch"):
-        TransformerSession(path)
+        TransformerRunner(path)
 
 
 def test_wrong_input_width_is_refused_at_map(tmp_path: Path) -> None:
     path = tmp_path / "t.onnx"
     _matmul_model(path)
     with pytest.raises(ContractError, match="expected dimension 4"):
-        TransformerSession(path).map(np.zeros((2, 5), np.float32))
+        TransformerRunner(path).map(np.zeros((2, 5), np.float32))
