@@ -3,7 +3,7 @@
 It holds the counters every worker polls (``generation``: bumped by every activation, deletion
 and rollback), the activation memory (``active_version``, ``previous_version``), the gallery's
 facts (``gallery_dim``, ``gallery_model_id``) and the change log's compaction mark. The
-registry (``service.registry.store``) and the gallery (``service.gallery``) call the functions
+registry (``service.registry.activation``) and the gallery (``service.gallery``) call the functions
 below; neither touches the row otherwise.
 """
 

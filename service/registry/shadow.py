@@ -11,7 +11,7 @@ share is bounded by the sample rate, the queue size and that single thread (ONNX
 the service's intra-op thread count, FAISS with its OpenMP thread count).
 
 Which run is going lives in SQL (:mod:`shadow_store`); every worker follows it from its poller
-(:meth:`refresh`), loads the candidate's ONNX session off to the side and rewrites its own
+(:meth:`refresh`), loads the candidate's transformer runner off to the side and rewrites its own
 results row at each poll.
 """
 
