@@ -37,6 +37,7 @@ from service.errors import ContractError
 from service.inference.transformer import read_metadata
 from service.pipeline import ActiveMapping, IdentifyOutcome, IdentifyReply
 from service.registry import shadow_store
+from service.registry.records import version_row
 from service.registry.shadow_stats import Decision, ShadowStats
 from service.vectors import QUERIES_FLIP, QUERIES_PLAIN
 
@@ -320,7 +321,7 @@ def start_shadow(
     from service.registry.validation import validate_stored_version
 
     with session_factory() as session:
-        shadow_store.version_row(session, candidate)  # NotFound first
+        version_row(session, candidate)  # NotFound first
         active = registry_state(session=session).active_version
     if active is None:
         raise Conflict("no active transformer to compare a candidate with; activate one first")

@@ -23,7 +23,6 @@ from service.db.models import (
     Face,
     ShadowResult,
     ShadowRun,
-    TransformerVersion,
     utcnow,
 )
 from service.decision import ScoreCalibration, open_set_threshold
@@ -66,15 +65,6 @@ class ShadowRunInfo:
             workers=workers,
             created=created,
         )
-
-
-def version_row(session: Session, version: str) -> TransformerVersion:
-    row = session.scalars(
-        select(TransformerVersion).where(TransformerVersion.version == version)
-    ).first()
-    if row is None:
-        raise NotFound(f"transformer version {version!r} not found")
-    return row
 
 
 def running_run(session: Session) -> ShadowRunInfo | None:
