@@ -22,9 +22,9 @@ def test_fit_uses_bridge_rows_embeds_eval_metrics_and_evaluate_reads_the_file(
     out = tmp_path / "t.onnx"
     config = tmp_path / "quick.toml"
     config.write_text('base = "study-fc"\nname = "quick-fc"\nepochs = 3\n')
-    runner = CliRunner()
+    cli = CliRunner()
     fit_args = ["fit", "--pairs", str(pairs_file), "--output", str(out), "--config", str(config)]
-    result = runner.invoke(app, [*fit_args, "--no-progress", "--source-model", "m-new"])
+    result = cli.invoke(app, [*fit_args, "--no-progress", "--source-model", "m-new"])
     assert result.exit_code == 0, result.output
     n_bridge = int((pairs.split == "bridge").sum())
     assert f"on {n_bridge} rows" in result.output
@@ -49,7 +49,7 @@ def test_fit_uses_bridge_rows_embeds_eval_metrics_and_evaluate_reads_the_file(
     assert meta.calibration_for(queries="flip-averaged") is calibration
     assert out.with_name("t.onnx.sha256").read_text().split()[0] == runner.sha256
 
-    result = runner.invoke(
+    result = cli.invoke(
         app, ["evaluate", "--pairs", str(pairs_file), "--transformer", str(out), "--json"]
     )
     assert result.exit_code == 0, result.output
@@ -59,7 +59,7 @@ def test_fit_uses_bridge_rows_embeds_eval_metrics_and_evaluate_reads_the_file(
     assert set(open_set["fnir_at_fpir"]) == {"old/old", "new/new", "mapped"}
     assert open_set["service_rule"]["target_fpir"] == 0.01
     det = tmp_path / "det.png"
-    result = runner.invoke(
+    result = cli.invoke(
         app,
         ["evaluate", "--pairs", str(pairs_file), "--transformer", str(out), "--det-plot", str(det)],
     )
