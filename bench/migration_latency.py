@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from service.contracts import load_pairs
 from service.gallery.engines.faiss import FaissStore
 from service.gallery.store import set_faiss_threads
-from service.inference.transformer import TransformerSession
+from service.inference.transformer import TransformerRunner
 from service.kit import find_kit_dir
 from service.migration.capture import CaptureRule
 from service.migration.search import SpaceQuery, fused_candidates, search_spaces
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = Simulation(
         pairs=pairs,
         split=split,
-        transformer=TransformerSession(args.transformer),
+        transformer=TransformerRunner(args.transformer),
         rule=CaptureRule(),
     )
     sim.stream(np.random.default_rng(0).permutation(split.stream))

@@ -8,7 +8,7 @@ used (the transformer was fitted on the ``bridge`` rows; ``all_rows`` uses every
 
 The stream is identified once in a seeded random order with capture on, one image per request,
 through the service's own code (:mod:`service.migration.search`: FAISS stores per space, the
-transformer's ONNX session and calibrations, fusion, the capture rule and its cap); the test
+transformer's runner and calibrations, fusion, the capture rule and its cap); the test
 images are then identified with capture off. Queries are flip-averaged when the file carries
 ``new_flip`` (as the service sends them with ``FACEBRIDGE_FLIP_AVERAGE_QUERIES``).
 
@@ -201,10 +201,10 @@ def simulate(
     all_rows: bool = False,
 ) -> dict[str, Any]:
     """The figures of one simulation (module docstring), as a JSON-ready dict."""
-    from service.inference.transformer import TransformerSession
+    from service.inference.transformer import TransformerRunner
 
     pairs = load_pairs(pairs_path, mmap=False)
-    transformer = TransformerSession(transformer_path)
+    transformer = TransformerRunner(transformer_path)
     use_eval = pairs.split is not None and not all_rows and bool((pairs.split == "eval").any())
     rows = np.flatnonzero(pairs.split == "eval") if use_eval else np.arange(len(pairs))
     split = migration_split(pairs, rows)

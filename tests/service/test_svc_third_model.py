@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from service.decision import SCORE_FORWARD, fit_calibration
 from service.gallery.engines.faiss import FaissStore
 from service.inference.backbone import OnnxBackbone
-from service.inference.transformer import TransformerSession
+from service.inference.transformer import TransformerRunner
 from service.migration.chain import SpaceMap, TransformerChain, identify_across
 
 M2, M3, OLD = "tiny-backbone-16", "tiny-rotated-3", "tiny-old-16"
@@ -82,7 +82,7 @@ def _images(seeds, blend=None):  # type: ignore[no-untyped-def]
     return np.stack(out)
 
 
-def _transformer(path: Path, matrix: np.ndarray, *, source: str, target: str) -> TransformerSession:
+def _transformer(path: Path, matrix: np.ndarray, *, source: str, target: str) -> TransformerRunner:
     from api.onnx_fixtures import write_matrix_transformer
 
     rng = np.random.default_rng(1)
@@ -92,7 +92,7 @@ def _transformer(path: Path, matrix: np.ndarray, *, source: str, target: str) ->
     write_matrix_transformer(
         path, matrix=matrix, source_model=source, target_model=target, calibrations=(calibration,)
     )
-    return TransformerSession(path)
+    return TransformerRunner(path)
 
 
 def test_a_model3_query_reaches_old_space_and_model2_native_identities(tmp_path) -> None:
