@@ -13,13 +13,10 @@ the index.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, asynccontextmanager
-from dataclasses import replace
 
-import numpy as np
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,29 +42,23 @@ from service.api.state import InferencePool, ServiceState
 from service.api.tags import OPENAPI_TAGS
 from service.console import install_console
 from service.db.session import make_engine, make_session_factory, upgrade_database
-from service.decision import GalleryCounter
 from service.errors import ServiceUnavailable
-from service.gallery.face_reads import face_vectors_by_id
-from service.gallery.hits import gallery_hits
 from service.gallery.opening import open_gallery
-from service.gallery.store import identities_with_faces, set_faiss_threads
+from service.gallery.store import set_faiss_threads
 from service.gallery.sync import GallerySync
-from service.inference.backbone import NoBackbone, OnnxBackbone
-from service.inference.detect import FaceDetector, make_detector
+from service.inference.backbone import OnnxBackbone
+from service.inference.detect import make_detector
 from service.inference.facecheck import CropFaceCheck, make_face_check
-from service.inference.micro_batch import micro_batched
-from service.inference.transformer import counting_nonfinite
 from service.keys import bootstrap_admin_key
 from service.metrics import MetricsMiddleware, ServiceMetrics
-from service.migration.rule_settings import live_migration
-from service.pipeline import ActiveMapping, Pipeline
+from service.pipeline import Pipeline
+from service.pipeline_wiring import build_pipeline
 from service.registry.holder import ActiveTransformerHolder
 from service.registry.shadow import ShadowEvaluator
 from service.registry.store import backbone_facts_of
 from service.settings import ServiceSettings
 from service.startup import Startup, preflight
 from service.threads import Poller, configure_faiss_threads
-from service.vectors import QUERIES_FLIP, QUERIES_PLAIN
 
 log = logging.getLogger("facebridge.app")
 
@@ -190,44 +181,24 @@ def _start(
         )
     set_faiss_threads(settings.faiss_threads)  # this thread rebuilds the index
     step("migrating the database")
-    upgrade_database(url=settings.database_url)
-    engine = make_engine(settings.database_url)
-    stack.callback(engine.dispose)
-    session_factory = make_session_factory(engine)
-    with session_factory() as session:
-        bootstrap_admin_key(session=session, settings=settings)
+    engine, session_factory = _open_database(settings=settings, stack=stack)
     step("loading the backbone")
     backbone = _load_backbone(settings)
     step("loading the face detector")
     detector = make_detector(settings.detector)
-    face_check = make_face_check(settings.face_check, upscale=settings.face_check_upscale)
-    if face_check is None:
-        log.warning(
-            "face check off (FACEBRIDGE_FACE_CHECK=%s%s): 112x112 uploads are used unchecked",
-            settings.face_check,
-            "; dlib is not installed" if settings.face_check == "auto" else "",
-        )
+    face_check = _make_face_check(settings)
     step("opening the gallery index")
-    gallery_sync, report = open_gallery(session_factory=session_factory, settings=settings)
-    log.info(
-        "gallery opened (%s, %s): %s",
-        settings.vector_store,
-        gallery_sync.primary.index_type,
-        report.detail,
+    gallery_sync = _open_gallery_index(
+        settings=settings, session_factory=session_factory, stack=stack
     )
-    stack.callback(gallery_sync.close)
-    stack.callback(_save_gallery, gallery_sync=gallery_sync)
     step("loading the active transformer")
-    holder = ActiveTransformerHolder(
-        session_factory=session_factory,
+    holder = _start_holder(
         settings=settings,
-        serving=backbone_facts_of(backbone),
-        on_load_error=lambda message: metrics.transformer_load_failures.inc(),
-        thread_initializer=lambda: set_faiss_threads(settings.faiss_threads),
+        metrics=metrics,
+        session_factory=session_factory,
+        backbone=backbone,
+        stack=stack,
     )
-    holder.refresh()
-    holder.start_polling()
-    stack.callback(holder.stop_polling)
     pool = InferencePool(
         threads=settings.inference_threads,
         max_pending=settings.inference_threads * PENDING_PER_THREAD,
@@ -235,7 +206,7 @@ def _start(
         thread_initializer=lambda: set_faiss_threads(settings.faiss_threads),
     )
     stack.callback(pool.shutdown)
-    pipeline = _build_pipeline(
+    pipeline = build_pipeline(
         settings=settings,
         metrics=metrics,
         backbone=backbone,
@@ -248,6 +219,103 @@ def _start(
     )
     stack.callback(getattr(pipeline.backbone, "close", lambda: None))  # a MicroBatcher's thread
     step("starting the shadow evaluator and the pollers")
+    shadow, gallery_poller = _start_background(
+        settings=settings,
+        metrics=metrics,
+        session_factory=session_factory,
+        pipeline=pipeline,
+        gallery_sync=gallery_sync,
+        stack=stack,
+    )
+    state = ServiceState(
+        settings=settings,
+        metrics=metrics,
+        pool=pool,
+        engine=engine,
+        session_factory=session_factory,
+        backbone=backbone,
+        holder=holder,
+        gallery=gallery_sync,
+        pipeline=pipeline,
+        gallery_poller=gallery_poller,
+        shadow=shadow,
+    )
+    state.refresh_gauges()
+    return state
+
+
+def _open_database(
+    *, settings: ServiceSettings, stack: ExitStack
+) -> tuple[Engine, sessionmaker[Session]]:
+    """Migrate, open the engine (disposed by ``stack``) and bootstrap the admin key."""
+    upgrade_database(url=settings.database_url)
+    engine = make_engine(settings.database_url)
+    stack.callback(engine.dispose)
+    session_factory = make_session_factory(engine)
+    with session_factory() as session:
+        bootstrap_admin_key(session=session, settings=settings)
+    return engine, session_factory
+
+
+def _make_face_check(settings: ServiceSettings) -> CropFaceCheck | None:
+    face_check = make_face_check(settings.face_check, upscale=settings.face_check_upscale)
+    if face_check is None:
+        log.warning(
+            "face check off (FACEBRIDGE_FACE_CHECK=%s%s): 112x112 uploads are used unchecked",
+            settings.face_check,
+            "; dlib is not installed" if settings.face_check == "auto" else "",
+        )
+    return face_check
+
+
+def _open_gallery_index(
+    *, settings: ServiceSettings, session_factory: sessionmaker[Session], stack: ExitStack
+) -> GallerySync:
+    """The gallery's stores, reconciled with SQL; ``stack`` saves and closes them."""
+    gallery_sync, report = open_gallery(session_factory=session_factory, settings=settings)
+    log.info(
+        "gallery opened (%s, %s): %s",
+        settings.vector_store,
+        gallery_sync.primary.index_type,
+        report.detail,
+    )
+    stack.callback(gallery_sync.close)
+    stack.callback(_save_gallery, gallery_sync=gallery_sync)
+    return gallery_sync
+
+
+def _start_holder(
+    *,
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    session_factory: sessionmaker[Session],
+    backbone: OnnxBackbone | None,
+    stack: ExitStack,
+) -> ActiveTransformerHolder:
+    """The active transformer, loaded now and polled for swaps until ``stack`` stops it."""
+    holder = ActiveTransformerHolder(
+        session_factory=session_factory,
+        settings=settings,
+        serving=backbone_facts_of(backbone),
+        on_load_error=lambda message: metrics.transformer_load_failures.inc(),
+        thread_initializer=lambda: set_faiss_threads(settings.faiss_threads),
+    )
+    holder.refresh()
+    holder.start_polling()
+    stack.callback(holder.stop_polling)
+    return holder
+
+
+def _start_background(
+    *,
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    session_factory: sessionmaker[Session],
+    pipeline: Pipeline,
+    gallery_sync: GallerySync,
+    stack: ExitStack,
+) -> tuple[ShadowEvaluator, Poller]:
+    """The shadow evaluator and the gallery poller, stopped by ``stack``."""
     shadow = ShadowEvaluator(
         session_factory=session_factory,
         settings=settings,
@@ -270,21 +338,7 @@ def _start(
     )
     gallery_poller.start()
     stack.callback(gallery_poller.stop)
-    state = ServiceState(
-        settings=settings,
-        metrics=metrics,
-        pool=pool,
-        engine=engine,
-        session_factory=session_factory,
-        backbone=backbone,
-        holder=holder,
-        gallery=gallery_sync,
-        pipeline=pipeline,
-        gallery_poller=gallery_poller,
-        shadow=shadow,
-    )
-    state.refresh_gauges()
-    return state
+    return shadow, gallery_poller
 
 
 def _save_gallery(*, gallery_sync: GallerySync) -> None:
@@ -292,106 +346,3 @@ def _save_gallery(*, gallery_sync: GallerySync) -> None:
         gallery_sync.save()
     except Exception:  # the index is a cache: losing it costs a rebuild, never data
         log.exception("could not save the gallery index at shutdown")
-
-
-def _build_pipeline(
-    *,
-    settings: ServiceSettings,
-    metrics: ServiceMetrics,
-    backbone: OnnxBackbone | None,
-    detector: FaceDetector | None,
-    face_check: CropFaceCheck | None,
-    holder: ActiveTransformerHolder,
-    gallery_sync: GallerySync,
-    session_factory: sessionmaker[Session],
-    engine: Engine,
-) -> Pipeline:
-    queries = QUERIES_FLIP if settings.flip_average_queries else QUERIES_PLAIN
-
-    def snapshot() -> ActiveMapping | None:
-        active = holder.current()  # ONE read: the request keeps this version throughout
-        runner = active.runner
-        if active.version is None or runner is None:
-            refused = holder.status()
-            if refused.expected_version is not None:
-                raise ServiceUnavailable(
-                    f"transformer {refused.expected_version} is active but this worker does not "
-                    f"serve it: {refused.last_error}"
-                )
-            return None
-        mapping = ActiveMapping.from_runner(
-            version=active.version, runner=runner, threshold=active.threshold, queries=queries
-        )
-        nonfinite = metrics.transformer_nonfinite.labels(version=active.version).inc
-        # NaN/inf out of either head: counted per version, answered 503 naming it.
-        return replace(
-            mapping,
-            map=counting_nonfinite(mapping.map, version=active.version, count=nonfinite),
-            map_gallery=None
-            if mapping.map_gallery is None
-            else counting_nonfinite(mapping.map_gallery, version=active.version, count=nonfinite),
-        )
-
-    def count_identities() -> int:
-        with session_factory() as session:
-            return identities_with_faces(session)
-
-    # faces = the index's live count (this and, through GallerySync, every other replica's
-    # writes); identities are re-counted in SQL when it moves (service.decision.GalleryCounter)
-    counter = GalleryCounter(
-        faces=lambda: sum(store.ntotal for store in list(gallery_sync.stores.values())),
-        identities=count_identities,
-        max_age_s=settings.generation_poll_seconds,
-    )
-
-    def search(vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        store = gallery_sync.primary  # read once: a rebuild may swap it
-        return [(hits.ids, hits.scores) for hits in store.search(vectors, k=k)]
-
-    def search_with_vectors(
-        vectors: np.ndarray, k: int
-    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        store = gallery_sync.primary
-        if getattr(store, "exact_vectors", True):
-            found = store.search(vectors, k=k, with_vectors=True)
-            return [(hits.ids, hits.scores, hits.vectors) for hits in found]  # type: ignore[misc]
-        # A compressed index keeps codes, not vectors: the candidates' vectors come from SQL.
-        found = store.search(vectors, k=k)
-        with session_factory() as session:
-            held = face_vectors_by_id(
-                session=session, face_ids=np.concatenate([h.ids for h in found])
-            )
-        out = []
-        for hits in found:
-            keep = np.asarray([int(i) in held for i in hits.ids], bool)
-            rows = [held[int(i)] for i in hits.ids[keep]]
-            matrix = np.stack(rows) if rows else np.zeros((0, store.dim or 0), np.float32)
-            out.append((hits.ids[keep], hits.scores[keep], matrix))
-        return out
-
-    return Pipeline(
-        backbone=NoBackbone() if backbone is None else micro_batched(backbone, settings),
-        detector=detector,
-        snapshot=snapshot,
-        search=search,
-        search_with_vectors=search_with_vectors,
-        lookup=functools.partial(gallery_hits, engine),  # one Core query, no ORM session
-        max_image_bytes=settings.max_upload_bytes,
-        max_image_pixels=settings.max_image_pixels,
-        max_request_pixels=settings.max_request_pixels,
-        detect_max_side=settings.detect_max_side,
-        default_threshold=settings.default_threshold,
-        flip_average_queries=settings.flip_average_queries,
-        observe=metrics.observe_stage,
-        face_check=face_check,
-        gallery_count=counter.current,
-        target_fpir=settings.target_fpir,
-        verify_far=settings.verify_target_far,
-        migration=live_migration(
-            settings=settings,
-            gallery=gallery_sync,
-            session_factory=session_factory,
-            native_space=None if backbone is None else backbone.model_id,
-            on_capture=metrics.captures.inc,
-        ),
-    )
