@@ -7,8 +7,6 @@ values such as ``changeme`` are refused so a copied example never reaches produc
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -17,46 +15,18 @@ from pydantic_settings import SettingsConfigDict
 
 from service.migration.settings import MigrationSettings
 from service.settings_request import RequestPathSettings
-
-# Values that look like a secret someone forgot to replace.
-PLACEHOLDER_SECRETS = frozenset(
-    {
-        "",
-        "changeme",
-        "change-me",
-        "change_me",
-        "changethis",
-        "secret",
-        "password",
-        "admin",
-        "example",
-        "xxx",
-        "todo",
-    }
+from service.settings_secrets import (
+    MIN_ADMIN_KEY_BITS,
+    MIN_ADMIN_KEY_LENGTH,
+    character_entropy_bits,
+    is_placeholder_secret,
 )
-MIN_ADMIN_KEY_LENGTH = 16
-# Shannon entropy of the characters x length: 16 repeated characters score 0, "abcd" x 4 scores
-# 32, a random 16-character token_urlsafe ~55-60. A rough floor, not a strength meter.
-MIN_ADMIN_KEY_BITS = 40.0
 
 IndexType = Literal["auto", "flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
 VectorStoreEngine = Literal["faiss", "milvus"]
 MilvusIndexType = Literal["AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "HNSW_SQ"]
 Detector = Literal["auto", "dlib", "none"]
 Device = Literal["cpu", "cuda"]
-
-
-def character_entropy_bits(value: str) -> float:
-    """Shannon entropy of ``value``'s characters times its length (bits, a rough estimate)."""
-    n = len(value)
-    if n == 0:
-        return 0.0
-    return -n * sum(c / n * math.log2(c / n) for c in Counter(value).values())
-
-
-def is_placeholder_secret(value: str) -> bool:
-    """True for empty or well-known placeholder secrets (case-insensitive)."""
-    return value.strip().lower() in PLACEHOLDER_SECRETS
 
 
 class ServiceSettings(RequestPathSettings, MigrationSettings):
