@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.errors import UnsupportedMediaType
-from service.gallery import importer
+from service.gallery import import_files as importer
 
 
 @pytest.fixture
