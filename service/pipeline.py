@@ -13,18 +13,14 @@ In a batch every image gets its own result: an image that fails (no face, unread
 its error and the others are answered (the route turns a one-image failure into a problem).
 
 Everything here is blocking (Pillow, ORT, FAISS, SQL) and runs in the app's bounded thread pool,
-never on the event loop. The storage side is reached through three small callables so this module
-does not care how the gallery and registry are built (see ``service.app``).
-
-Micro-batching of concurrent requests into one backbone call is the backbone's business
-(:mod:`service.inference.micro_batch`, off by default): on these CPUs the kit MobileFaceNet is
-no faster per image at larger batches. A request with several images is one backbone call.
+never on the event loop. The storage side is reached through small callables (wired in
+``service.pipeline_wiring``); the image stages are :mod:`service.pipeline_images`. Micro-batching
+concurrent requests is the backbone's (:mod:`service.inference.micro_batch`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -32,15 +28,13 @@ from typing import TypeVar
 import numpy as np
 
 from service.decision import Decision, GalleryCount, decide_identify, decide_verify
-from service.errors import FacebridgeError, ImageError, InvalidInput, ServiceUnavailable
+from service.errors import ServiceUnavailable
 from service.fusion import fused_scores
 from service.fusion_search import fused_hits
-from service.inference.align import ARCFACE_SIZE
 from service.inference.detect import FaceDetector
 from service.inference.facecheck import CropFaceCheck
-from service.inference.faces import NO_DETECTOR_MESSAGE, FaceCrop, aligned_faces, face_crops
-from service.inference.images import image_size, load_rgb_image
 from service.migration.live import LiveMigration
+from service.pipeline_images import ImageStages
 from service.pipeline_types import (
     ActiveMapping,
     AfterIdentifyFn,
@@ -77,7 +71,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class Pipeline:
+class Pipeline(ImageStages):
     """Blocking request orchestration. Thread-safe: call it from the worker threads."""
 
     def __init__(
@@ -103,27 +97,27 @@ class Pipeline:
         after_identify: AfterIdentifyFn | None = None,
         migration: LiveMigration | None = None,
     ) -> None:
+        super().__init__(
+            detector=detector,
+            max_image_bytes=max_image_bytes,
+            max_image_pixels=max_image_pixels,
+            max_request_pixels=max_request_pixels,
+            detect_max_side=detect_max_side,
+            face_check=face_check,
+            observe=observe,
+        )
         self.backbone = backbone
-        self.detector = detector
         self.snapshot = snapshot
         self.search = search
         self.search_with_vectors = search_with_vectors
         self.flip_average_queries = bool(flip_average_queries)
         self.lookup = lookup
-        self.max_image_bytes = int(max_image_bytes)
-        self.max_image_pixels = int(max_image_pixels)
-        self.max_request_pixels = max_request_pixels
-        self.detect_max_side = detect_max_side
         self.default_threshold = float(default_threshold)
-        self._observe = observe or (lambda stage, seconds: None)
-        self.face_check = face_check
         self.gallery_count = gallery_count or (lambda: GalleryCount(identities=0, faces=0))
         self.target_fpir = float(target_fpir)
         self.verify_far = float(verify_far)
         self.after_identify = after_identify
         self.migration = migration  # cross-space ranking + capture (service.migration.live)
-        # dlib's detector objects are not documented as thread-safe: one detection at a time.
-        self._detector_lock = threading.Lock()
 
     # -- shared stages -------------------------------------------------------------------------
     def active_mapping(self) -> ActiveMapping:
@@ -134,99 +128,6 @@ class Pipeline:
                 "(POST /v1/admin/transformers, then .../{version}/activate)"
             )
         return mapping
-
-    def _crop(self, upload: ImageUpload, size: tuple[int, int], t: StageTimes) -> np.ndarray:
-        if self.detector is None and size != (ARCFACE_SIZE, ARCFACE_SIZE):
-            width, height = size  # refused from the header: no need to decode a photo
-            raise ImageError(f"{NO_DETECTOR_MESSAGE} (got a {width}x{height} image)")
-        start = time.perf_counter()
-        image = load_rgb_image(
-            upload.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
-        )
-        t.decode = time.perf_counter() - start
-        start = time.perf_counter()
-        try:
-            if self.detector is None:
-                faces = aligned_faces(image, detector=None, face_check=self.face_check)
-            else:
-                with self._detector_lock:
-                    faces = aligned_faces(
-                        image,
-                        detector=self.detector,
-                        face_check=self.face_check,
-                        detect_max_side=self.detect_max_side,
-                    )
-        finally:
-            t.align = time.perf_counter() - start
-        self._observe("decode", t.decode)
-        self._observe("align", t.align)
-        return faces[0]
-
-    def _crops(
-        self, images: Sequence[ImageUpload], *, per_image: bool
-    ) -> tuple[np.ndarray, list[StageTimes], list[int], dict[int, FacebridgeError]]:
-        """(crops of the usable images, timings per upload, their upload indices, errors).
-
-        ``per_image`` False: the first failing image raises (named in a batch)."""
-        if not images:
-            raise InvalidInput("no image: send at least one multipart part named 'image'")
-        crops: list[np.ndarray] = []
-        times = [StageTimes() for _ in images]
-        ok: list[int] = []
-        errors: dict[int, FacebridgeError] = {}
-
-        def failed(i: int, exc: FacebridgeError) -> None:
-            if len(images) > 1:
-                # Name the image so a batch caller knows which part failed.
-                exc.detail = f"image {i}: {exc.detail}"
-                exc.args = (exc.detail,)
-                exc.extra.setdefault("image_index", i)
-            if not per_image:
-                raise exc
-            errors[i] = exc
-
-        # Headers first: the request's pixel budget is checked before anything is decoded.
-        sizes: dict[int, tuple[int, int]] = {}
-        for i, upload in enumerate(images):
-            try:
-                sizes[i] = image_size(
-                    upload.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
-                )
-            except FacebridgeError as exc:
-                failed(i, exc)
-        total = sum(width * height for width, height in sizes.values())
-        if self.max_request_pixels is not None and total > self.max_request_pixels:
-            raise ImageError(
-                f"the images of this request have {total} pixels together; the limit is "
-                f"{self.max_request_pixels} (send fewer or smaller images)"
-            )
-        for i, size in sizes.items():
-            try:
-                crops.append(self._crop(images[i], size, times[i]))
-                ok.append(i)
-            except FacebridgeError as exc:
-                failed(i, exc)
-        stacked = np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
-        return stacked, times, ok, errors
-
-    def detect(self, *, image: ImageUpload) -> tuple[tuple[int, int], list[FaceCrop]]:
-        """(width, height) of the decoded image and its aligned faces, the one identify uses
-        first; an aligned 112 x 112 crop passes through (no detection)."""
-        decoded = load_rgb_image(
-            image.data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels
-        )
-        if self.detector is None:
-            crops = face_crops(decoded, detector=None, face_check=self.face_check)
-        else:
-            with self._detector_lock:
-                crops = face_crops(
-                    decoded,
-                    detector=self.detector,
-                    all_faces=True,
-                    face_check=self.face_check,
-                    detect_max_side=self.detect_max_side,
-                )
-        return decoded.size, crops
 
     def map_images(
         self,
