@@ -32,6 +32,12 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._declare_requests()
+        self._declare_gallery()
+        self._declare_registry()
+
+    def _declare_requests(self) -> None:
+        """HTTP requests, identify stages, images and decisions."""
         self.requests = Counter(
             "facebridge_http_requests_total",
             "HTTP requests by route template, method and status code.",
@@ -66,6 +72,18 @@ class ServiceMetrics:
             buckets=_SCORE_BUCKETS,
             registry=self.registry,
         )
+        self.identify_decisions = Counter(
+            "facebridge_identify_decisions_total",
+            "Identify results per image by decision and the transformer version that served "
+            "them: match, no_match (top candidate below the threshold, or none), no_face (no "
+            "face found, or a 112x112 image refused by the face check), error (another problem "
+            "with the image).",
+            ("decision", "transformer"),
+            registry=self.registry,
+        )
+
+    def _declare_gallery(self) -> None:
+        """Gallery sizes per space, migration coverage and captures, consistency with SQL."""
         self.gallery_size = Gauge(
             "facebridge_gallery_vectors",
             "Vectors in the gallery index (vector store) of the old model's space.",
@@ -98,19 +116,19 @@ class ServiceMetrics:
             "Face change log sequence this process's index reflects (every entry up to it).",
             registry=self.registry,
         )
+        self.gallery_sql_faces = Gauge(
+            "facebridge_gallery_sql_faces",
+            "Faces in SQL (the source of truth), as last counted by /readyz.",
+            registry=self.registry,
+        )
+        self._active_version: str | None = None
+
+    def _declare_registry(self) -> None:
+        """The active transformer, its shadow runs, loads and non-finite outputs."""
         self.active_transformer = Gauge(
             "facebridge_active_transformer_info",
             "1 for the transformer version this worker serves with.",
             ("version",),
-            registry=self.registry,
-        )
-        self.identify_decisions = Counter(
-            "facebridge_identify_decisions_total",
-            "Identify results per image by decision and the transformer version that served "
-            "them: match, no_match (top candidate below the threshold, or none), no_face (no "
-            "face found, or a 112x112 image refused by the face check), error (another problem "
-            "with the image).",
-            ("decision", "transformer"),
             registry=self.registry,
         )
         self.shadow_images = Counter(
@@ -158,12 +176,6 @@ class ServiceMetrics:
             ("version",),
             registry=self.registry,
         )
-        self.gallery_sql_faces = Gauge(
-            "facebridge_gallery_sql_faces",
-            "Faces in SQL (the source of truth), as last counted by /readyz.",
-            registry=self.registry,
-        )
-        self._active_version: str | None = None
 
     def count_decisions(self, outcomes: list[IdentifyOutcome]) -> None:
         """One count per image (``IdentifyOutcome.outcome``) and its top-1 score, per version."""

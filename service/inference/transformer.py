@@ -85,6 +85,27 @@ def _static_dim(value: object) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _check_backward_map(
+    source: str, *, inputs: dict[str, Any], outputs: dict[str, Any], meta: TransformerMetadata
+) -> None:
+    """A two-way graph's backward map: old-space gallery vectors to new space, with a batch
+    dimension of its own."""
+    g_in, g_out = inputs[TRANSFORMER_GALLERY_INPUT], outputs[TRANSFORMER_GALLERY_OUTPUT]
+    back = (_static_dim(g_in.shape[1]), _static_dim(g_out.shape[1]))
+    if back != (meta.output_dim, meta.input_dim):
+        raise ContractError(
+            f"{source}: the backward map must take {TRANSFORMER_GALLERY_INPUT!r} "
+            f"[g, {meta.output_dim}] to {TRANSFORMER_GALLERY_OUTPUT!r} "
+            f"[g, {meta.input_dim}], got {g_in.shape} -> {g_out.shape}"
+        )
+    batch, gallery_batch = inputs[TRANSFORMER_INPUT].shape[0], g_in.shape[0]
+    if isinstance(batch, str) and batch and batch == gallery_batch:
+        raise ContractError(
+            f"{source}: {TRANSFORMER_INPUT!r} and {TRANSFORMER_GALLERY_INPUT!r} share the "
+            f"batch dimension {batch!r}; their batch dimensions must be independent"
+        )
+
+
 def _check_tensor(source: str, what: str, arg: Any) -> None:
     """float32, 2-D, dynamic batch (one ContractError line otherwise)."""
     if arg.type != "tensor(float)":
@@ -205,20 +226,7 @@ class TransformerRunner:
                 f"but the graph maps {graph_in} -> {graph_out}"
             )
         if two_way:
-            g_in, g_out = inputs[TRANSFORMER_GALLERY_INPUT], outputs[TRANSFORMER_GALLERY_OUTPUT]
-            back = (_static_dim(g_in.shape[1]), _static_dim(g_out.shape[1]))
-            if back != (meta.output_dim, meta.input_dim):
-                raise ContractError(
-                    f"{source}: the backward map must take {TRANSFORMER_GALLERY_INPUT!r} "
-                    f"[g, {meta.output_dim}] to {TRANSFORMER_GALLERY_OUTPUT!r} "
-                    f"[g, {meta.input_dim}], got {g_in.shape} -> {g_out.shape}"
-                )
-            batch, gallery_batch = inputs[TRANSFORMER_INPUT].shape[0], g_in.shape[0]
-            if isinstance(batch, str) and batch and batch == gallery_batch:
-                raise ContractError(
-                    f"{source}: {TRANSFORMER_INPUT!r} and {TRANSFORMER_GALLERY_INPUT!r} share the "
-                    f"batch dimension {batch!r}; their batch dimensions must be independent"
-                )
+            _check_backward_map(source, inputs=inputs, outputs=outputs, meta=meta)
         if two_way != meta.two_way:
             weight = (
                 f"{META_FUSION_WEIGHT} = {meta.fusion_weight}"

@@ -26,7 +26,9 @@ from service.gallery.engines.faiss_build import (
     ids_checksum,
     new_faiss_index,
     outgrown,
+    read_sidecar,
     resolve_index_type,
+    sidecar_path,
     stored_ids,
 )
 from service.gallery.engines.idset import IdSet
@@ -36,7 +38,8 @@ from service.vectors import as_float32_matrix
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
 
-SIDECAR_SUFFIX = ".json"
+__all__ = ["FaissStore", "read_sidecar", "sidecar_path"]
+
 SIDECAR_FORMAT = 2
 
 
@@ -393,19 +396,3 @@ class FaissStore:
         return store
 
     loaded_sync: dict[str, Any] = {}  # noqa: RUF012 (replaced per instance by load())
-
-
-def sidecar_path(index_path: str | Path) -> Path:
-    p = Path(index_path)
-    return p.with_name(p.name + SIDECAR_SUFFIX)
-
-
-def read_sidecar(index_path: str | Path) -> dict[str, Any]:
-    side = sidecar_path(index_path)
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as exc:
-        raise ContractError(f"{side}: missing or unreadable index sidecar") from exc
-    if not isinstance(meta, dict):
-        raise ContractError(f"{side}: not an index sidecar")
-    return meta

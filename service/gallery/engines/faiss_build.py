@@ -14,13 +14,15 @@ flat / ivf / ivfsq by gallery size (bench/gallery_scale.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.errors import InvalidInput
+from service.errors import ContractError, InvalidInput
 
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
@@ -219,3 +221,22 @@ def index_bytes(index: Any) -> int:
     if index is None:
         return 0
     return int(faiss.serialize_index(index).size)
+
+
+SIDECAR_SUFFIX = ".json"  # the index file's JSON sidecar: ids checksum, space, sync position
+
+
+def sidecar_path(index_path: str | Path) -> Path:
+    p = Path(index_path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(index_path: str | Path) -> dict[str, Any]:
+    side = sidecar_path(index_path)
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"{side}: missing or unreadable index sidecar") from exc
+    if not isinstance(meta, dict):
+        raise ContractError(f"{side}: not an index sidecar")
+    return meta
