@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from .kit_assets import KitAssets, build_kit_assets
+
 ADMIN_KEY = "e2e-admin-key-0123456789abcdef"
 ADMIN = {"X-API-Key": ADMIN_KEY}
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -273,106 +275,10 @@ def import_gallery(client: httpx.Client, path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # The kit: protocol gallery + probes, two fitted transformers (session-scoped, in tmp dirs)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class KitAssets:
-    manifest: Path
-    aligned_dir: Path
-    gallery_npz: Path  # OLD vectors of the eval gallery (templates + distractors)
-    gallery_size: int
-    probe_paths: list[str]  # relative to aligned_dir
-    probe_identities: list[str]  # the external id (= LFW name) each probe should find
-    transformers: dict[str, Path]
-    offline_top1: dict[str, float]  # protocol evaluation of the same ONNX files, percent
-
-
 @pytest.fixture(scope="session")
 def kit_assets(kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KitAssets:
-    import numpy as np
-
     pytest.importorskip("torch", reason="fitting the e2e transformers needs the train extra")
-    from dataclasses import replace
-
-    from api.onnx_fixtures import random_rotation, write_matrix_transformer
-
-    from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
-    from service.evaluation.protocol import (
-        build_gallery_and_probes,
-        evaluate_mapping,
-        runner_rows,
-    )
-    from service.inference.backbone import OnnxBackbone
-    from service.inference.transformer import TransformerRunner
-    from training.data.flip import mirrored_embeddings
-    from training.transformers.calibrate import fit_calibrations
-    from training.transformers.export import default_metadata, export_transformer
-    from training.transformers.fit import fit_transformer
-
-    root = tmp_path_factory.mktemp("kit-e2e")
-    pairs = load_pairs(kit_dir / "lfw" / "pairs.npz")
-    bridge, evaluation = pairs.select_split("bridge"), pairs.select_split("eval")
-    split = build_gallery_and_probes(evaluation)  # docs/PROTOCOL.md
-    gallery_rows, probe_rows = split.gallery_rows, split.probe_rows
-    gallery_npz = root / "eval-gallery.npz"
-    names = evaluation.name
-    assert names is not None and evaluation.path is not None
-    np.savez(
-        gallery_npz,
-        old=evaluation.old[gallery_rows],
-        external_id=names[gallery_rows],
-        name=names[gallery_rows],
-        path=evaluation.path[gallery_rows],
-    )
-    manifest = kit_dir / "models" / "mobilefacenet.json"
-    # The service flip-averages queries by default: the offline side needs e(mirror(crop)) of the
-    # probes. Only probe rows are queries; the other rows keep new_flip = new (never read).
-    probe_flip, _ = mirrored_embeddings(
-        pairs=evaluation.take(probe_rows),
-        images_dir=kit_dir / "lfw" / "aligned",
-        backbone=OnnxBackbone(manifest),
-        progress=False,
-    )
-    new_flip = np.array(evaluation.new, dtype=np.float32)
-    new_flip[probe_rows] = probe_flip
-    evaluation = replace(evaluation, new_flip=new_flip)
-    # The default recipe: two-way (forward + backward map), scored fused by the service.
-    fitted = fit_transformer(pairs=bridge, recipe="default", progress=False)
-    default = root / "default.onnx"
-    # the open-set calibration the fit CLI stores (in-sample here: the rule is what is tested)
-    calibrations = fit_calibrations(fitted, bridge, space=KIT_OLD_MODEL_ID, flip=True, folds=0)
-    metadata = default_metadata(
-        fitted,
-        source_model=KIT_NEW_MODEL_ID,
-        target_model=KIT_OLD_MODEL_ID,
-        calibrations=calibrations,
-    )
-    export_transformer(fitted, default, metadata=metadata)
-    runner = TransformerRunner(default)
-    assert runner.two_way
-    report = evaluate_mapping(
-        eval_pairs=evaluation,
-        mapped=runner_rows(evaluation, runner=runner, flip=True),
-    )
-    assert report.queries == "flip-averaged"
-    # A second valid version for the hot-swap test only (its accuracy is irrelevant there).
-    rotation = write_matrix_transformer(
-        root / "rotation.onnx",
-        matrix=random_rotation(fitted.input_dim, seed=7),
-        source_model=KIT_NEW_MODEL_ID,
-        target_model=KIT_OLD_MODEL_ID,
-        recipe="random-rotation",
-    )
-    transformers = {"default": default, "rotation": rotation}
-    offline_top1 = {"default": float(report.row("mapped").top1)}
-    return KitAssets(
-        manifest=manifest,
-        aligned_dir=kit_dir / "lfw" / "aligned",
-        gallery_npz=gallery_npz,
-        gallery_size=len(gallery_rows),
-        probe_paths=[str(p) for p in evaluation.path[probe_rows]],
-        probe_identities=[str(n) for n in names[probe_rows]],
-        transformers=transformers,
-        offline_top1=offline_top1,
-    )
+    return build_kit_assets(kit_dir, tmp_path_factory.mktemp("kit-e2e"))
 
 
 @dataclass
