@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gallery_data import GalleryGenerator
+from gallery_scale_rows import extrapolated, finish_row, print_table, read_rows, result_row
 
 from service.gallery.engines.faiss import FaissStore
 from service.gallery.engines.faiss_build import IndexParams
@@ -148,7 +148,9 @@ def run_faiss(kind: str, gen: GalleryGenerator, rows: int, queries, params, work
     extra = f"nlist={_nlist(kind, rows, params)} nprobe={store_nprobe}" if "ivf" in kind else ""
     if kind == "hnsw":
         extra = f"M={params.hnsw_m} efSearch={params.hnsw_ef_search}"
-    row = _row("faiss", kind, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, extra)
+    row = result_row(
+        "faiss", kind, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, extra
+    )
     row["_sweep"] = sweep
     return row
 
@@ -208,7 +210,7 @@ def run_milvus(kind: str, gen: GalleryGenerator, rows: int, queries, params, wor
     if "HNSW" in kind:
         extra = f"M={params.hnsw_m} ef={params.hnsw_ef_search}"
     note = f"Milvus Lite {_milvus_lite_version()}; {extra}; bytes = data dir (raw + index)"
-    return _row(
+    return result_row(
         "milvus-lite", kind, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, note
     )
 
@@ -226,50 +228,6 @@ def _milvus_lite_version() -> str:
     from importlib.metadata import version
 
     return version("milvus-lite")
-
-
-def _row(engine, index, rows, build_s, rss, size, qps1, qps32, p50, startup_s, top, note):  # type: ignore[no-untyped-def]
-    return {
-        "rows": rows,
-        "engine": engine,
-        "index": index,
-        "build_s": round(build_s, 2),
-        "rss_mb": round(rss, 1),
-        "bytes_per_vector": round(size / rows, 1),
-        "qps_batch1": round(qps1, 1),
-        "qps_batch32": round(qps32, 1),
-        "p50_ms_batch1": round(p50, 3),
-        "startup_s": round(startup_s, 2),
-        "_top": top,
-        "note": note,
-    }
-
-
-def extrapolated(config: str, rows: int, previous: list[dict], why: str) -> dict:
-    """A row for a configuration not run at ``rows``: build time scaled from the largest run
-    (n log n for graphs, n otherwise); the other figures are not guessed."""
-    engine, index = config.split(":")
-    engine = "milvus-lite" if engine == "milvus" else engine
-    runs = [r for r in previous if r["engine"] == engine and r["index"] == index and r["rows"]]
-    runs = [r for r in runs if r.get("build_s") is not None and r["rows"] < rows]
-    row: dict[str, Any] = {"rows": rows, "engine": engine, "index": index, "recall_at_1": None}
-    row.update(
-        dict.fromkeys(
-            ("speedup_vs_exact", "bytes_per_vector", "build_s", "qps_batch1", "startup_s")
-        )
-    )
-    if runs:
-        ref = max(runs, key=lambda r: r["rows"])
-        scale = rows / ref["rows"]
-        if "hnsw" in index.lower():
-            scale *= math.log(rows) / math.log(ref["rows"])
-        estimate = ref["build_s"] * scale
-        row["build_s_extrapolated"] = round(estimate, 0)
-        why += f"; build extrapolated from {ref['rows']:,} rows: ~{estimate / 60:.0f} min"
-        if ref.get("bytes_per_vector"):
-            row["bytes_per_vector_extrapolated"] = ref["bytes_per_vector"]
-    row["note"] = f"NOT RUN: {why}"
-    return row
 
 
 def run_isolated(config: str, rows: int, queries: np.ndarray, params, per_identity: int, work):  # type: ignore[no-untyped-def]
@@ -290,39 +248,7 @@ def _run_one(config: str, rows: int, queries, params, per_identity: int, work, s
     return run(kind, gen, rows, queries, params, work)
 
 
-def _finish(row: dict, gen: GalleryGenerator, exact: np.ndarray, exact_qps1: float) -> dict:
-    top = np.asarray(row.pop("_top"))
-    exact = exact[: top.shape[0]]
-    ok = gen.identity_of(np.maximum(top - 1, 0)) == gen.identity_of(exact)
-    row["recall_at_1"] = round(float(np.mean(ok & (top > 0))), 4)
-    row["speedup_vs_exact"] = round(row["qps_batch1"] / exact_qps1, 2)
-    return row
-
-
-def _print_table(rows: list[dict], *, dim: int) -> None:
-    raw = 4 * dim
-    print(
-        "| rows | engine | index | recall@1 | speed-up vs exact | bytes/vector (x raw) | "
-        "RSS MB | build s | q/s batch 1 | q/s batch 32 | p50 ms | start-up s | note |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-
-        def f(key: str, r: dict = r) -> str:
-            value = r.get(key)
-            return "-" if value is None else str(value)
-
-        bpv = r.get("bytes_per_vector")
-        ratio = f"{bpv:.0f} ({bpv / raw:.2f}x)" if bpv else "-"
-        print(
-            f"| {r['rows']:,} | {r['engine']} | {r['index']} | {f('recall_at_1')} | "
-            f"{f('speedup_vs_exact')} | {ratio} | {f('rss_mb')} | {f('build_s')} | "
-            f"{f('qps_batch1')} | {f('qps_batch32')} | {f('p50_ms_batch1')} | "
-            f"{f('startup_s')} | {r.get('note', '')} |"
-        )
-
-
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
     parser.add_argument("--queries", type=int, default=1000)
@@ -343,9 +269,73 @@ def main() -> None:
     parser.add_argument(
         "--table-from", type=Path, nargs="*", default=None, help="only print these runs' table"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _measure_n(  # type: ignore[no-untyped-def]
+    rows: int,
+    configs: list[str],
+    *,
+    args,
+    gen: GalleryGenerator,
+    params,
+    previous: list[dict],
+    results: list[dict],
+    work: Path,
+) -> None:
+    """All configurations at N = rows, appended to results (faiss:flat first: the reference)."""
+    queries, _ = gen.queries(args.queries, rows=rows)
+    exact, exact_qps1 = None, None
+    skipped_only = all(rows > MAX_ROWS.get(c, MAX_ROWS.get(c.split(":")[0], rows)) for c in configs)
+    order = configs if skipped_only else ["faiss:flat"] + [c for c in configs if c != "faiss:flat"]
+    for config in order:
+        limit = MAX_ROWS.get(config, MAX_ROWS.get(config.split(":")[0]))
+        if limit is not None and rows > limit:
+            why = f"{rows:,} rows > {limit:,}: not run on this shared 2-core machine (time)"
+            results.append(extrapolated(config, rows, previous + results, why))
+            continue
+        if exact is None:
+            t0 = time.perf_counter()
+            exact = cached_exact_top1(gen, queries, rows, args.cache_dir)
+            log(f"{rows:,} rows: exact ground truth in {time.perf_counter() - t0:.1f}s")
+        reused = [
+            r
+            for r in previous
+            if config == "faiss:flat"
+            and args.reference_from
+            and r["rows"] == rows
+            and (r["engine"], r["index"]) == ("faiss", "flat")
+        ]
+        if reused:  # measured before (same generator, same queries): not rebuilt
+            row = {**reused[0], "note": f"exact reference, from {args.reference_from}"}
+            row.pop("recall_at_1", None)
+            row.pop("speedup_vs_exact", None)
+            row["_top"] = exact[:EXACT_QUERIES] + 1
+            exact_qps1 = row["qps_batch1"]
+            results.append(finish_row(row, gen, exact, exact_qps1))
+            continue
+        log(f"{rows:,} rows: {config} ...")
+        row = run_isolated(config, rows, queries, params, args.per_identity, work)
+        if exact_qps1 is None:
+            exact_qps1 = row["qps_batch1"]  # faiss:flat runs first: the reference
+        sweep = row.pop("_sweep", [])
+        results.append(finish_row(row, gen, exact, exact_qps1))
+        log(f"  {json.dumps(results[-1])}")
+        for point in sweep:  # same index, another nprobe: search figures only
+            again = {k: v for k, v in results[-1].items() if k not in ("recall_at_1",)}
+            again.update(qps_batch1=round(point["qps"], 1), p50_ms_batch1=round(point["p50"], 3))
+            again.update(qps_batch32=None, _top=point["top"])
+            again["note"] = f"nprobe={point['nprobe']} (the same index)"
+            results.append(finish_row(again, gen, exact, exact_qps1))
+            log(f"  {json.dumps(results[-1])}")
+        if config == "faiss:flat" and config not in configs:
+            results[-1]["note"] = "exact reference"
+
+
+def main() -> None:
+    args = _parse_args()
     if args.table_from:
-        _print_table([r for p in args.table_from for r in _read_rows(p)], dim=128)
+        print_table([r for p in args.table_from for r in read_rows(p)], dim=128)
         return
     from service.settings import ServiceSettings
 
@@ -357,66 +347,22 @@ def main() -> None:
     gen = GalleryGenerator.fitted(per_identity=args.per_identity)
     NPROBE_SWEEP[:] = args.nprobe_sweep
     sources = [*args.extrapolate_from, *([args.reference_from] if args.reference_from else [])]
-    previous = [r for p in sources for r in _read_rows(p)]
+    previous = [r for p in sources for r in read_rows(p)]
     configs = [c.strip() for c in args.index.split(",") if c.strip()]
     work = Path(tempfile.mkdtemp(prefix="fb-scale-", dir=args.work_dir))
     results: list[dict] = []
     try:
         for rows in args.rows:
-            queries, _ = gen.queries(args.queries, rows=rows)
-            exact, exact_qps1 = None, None
-            skipped_only = all(
-                rows > MAX_ROWS.get(c, MAX_ROWS.get(c.split(":")[0], rows)) for c in configs
+            _measure_n(
+                rows,
+                configs,
+                args=args,
+                gen=gen,
+                params=params,
+                previous=previous,
+                results=results,
+                work=work,
             )
-            order = (
-                configs
-                if skipped_only
-                else ["faiss:flat"] + [c for c in configs if c != "faiss:flat"]
-            )
-            for config in order:
-                limit = MAX_ROWS.get(config, MAX_ROWS.get(config.split(":")[0]))
-                if limit is not None and rows > limit:
-                    why = f"{rows:,} rows > {limit:,}: not run on this shared 2-core machine (time)"
-                    results.append(extrapolated(config, rows, previous + results, why))
-                    continue
-                if exact is None:
-                    t0 = time.perf_counter()
-                    exact = cached_exact_top1(gen, queries, rows, args.cache_dir)
-                    log(f"{rows:,} rows: exact ground truth in {time.perf_counter() - t0:.1f}s")
-                reused = [
-                    r
-                    for r in previous
-                    if config == "faiss:flat"
-                    and args.reference_from
-                    and r["rows"] == rows
-                    and (r["engine"], r["index"]) == ("faiss", "flat")
-                ]
-                if reused:  # measured before (same generator, same queries): not rebuilt
-                    row = {**reused[0], "note": f"exact reference, from {args.reference_from}"}
-                    row.pop("recall_at_1", None)
-                    row.pop("speedup_vs_exact", None)
-                    row["_top"] = exact[:EXACT_QUERIES] + 1
-                    exact_qps1 = row["qps_batch1"]
-                    results.append(_finish(row, gen, exact, exact_qps1))
-                    continue
-                log(f"{rows:,} rows: {config} ...")
-                row = run_isolated(config, rows, queries, params, args.per_identity, work)
-                if exact_qps1 is None:
-                    exact_qps1 = row["qps_batch1"]  # faiss:flat runs first: the reference
-                sweep = row.pop("_sweep", [])
-                results.append(_finish(row, gen, exact, exact_qps1))
-                log(f"  {json.dumps(results[-1])}")
-                for point in sweep:  # same index, another nprobe: search figures only
-                    again = {k: v for k, v in results[-1].items() if k not in ("recall_at_1",)}
-                    again.update(
-                        qps_batch1=round(point["qps"], 1), p50_ms_batch1=round(point["p50"], 3)
-                    )
-                    again.update(qps_batch32=None, _top=point["top"])
-                    again["note"] = f"nprobe={point['nprobe']} (the same index)"
-                    results.append(_finish(again, gen, exact, exact_qps1))
-                    log(f"  {json.dumps(results[-1])}")
-                if config == "faiss:flat" and config not in configs:
-                    results[-1]["note"] = "exact reference"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     generator = {"source": gen.source, "per_identity": gen.per_identity, "dim": gen.dim}
@@ -424,19 +370,7 @@ def main() -> None:
         print(json.dumps({"generator": generator, "queries": args.queries, "rows": results}))
         return
     print(f"\ngallery scale bench: {args.queries} queries, 1 FAISS thread; {gen.source}\n")
-    _print_table(results, dim=gen.dim)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    """Rows of a --json output (or of a log's JSON lines)."""
-    text = path.read_text()
-    try:
-        rows = json.loads(text).get("rows")
-        if isinstance(rows, list):
-            return rows
-    except ValueError:
-        pass
-    return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+    print_table(results, dim=gen.dim)
 
 
 def log(message: str) -> None:
