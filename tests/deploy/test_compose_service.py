@@ -132,24 +132,24 @@ def _get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_api_starts_with_the_compose_command_and_environment(
-    fresh_database: str, tmp_path: Path
-) -> None:
-    operator_env = _operator_env()
-    compose = interpolate_tree(load_compose(), operator_env)
-    services = compose["services"]
+def _app_dir(tmp_path: Path) -> Path:
+    """The working directory: what the Dockerfile copies into /app."""
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     for name in APP_DIR_FILES:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, app_dir / name)
+    return app_dir
 
-    # 1. migrate: the one-shot, same image, same env_file.
-    migrate = services["migrate"]
+
+def _migrate(
+    migrate: dict, operator_env: dict[str, str], *, database_url: str, tmp_path: Path, app_dir: Path
+) -> None:
+    """Run compose's migrate one-shot and check it created the schema."""
     migrate_env = _localise(
         service_environment(migrate, compose_dir=DOCKER_DIR, env_file_values=operator_env),
         service=migrate,
-        database_url=fresh_database,
+        database_url=database_url,
         tmp_path=tmp_path,
     )
     done = subprocess.run(
@@ -161,12 +161,45 @@ def test_api_starts_with_the_compose_command_and_environment(
         timeout=120,
     )
     assert done.returncode == 0, f"migrate failed:\n{done.stdout}\n{done.stderr}"
-    engine = sa.create_engine(fresh_database)
+    engine = sa.create_engine(database_url)
     try:
         tables = set(sa.inspect(engine).get_table_names())
     finally:
         engine.dispose()
     assert {"identities", "faces", "api_keys", "alembic_version"} <= tables
+
+
+def _wait_ready(process: subprocess.Popen, port: int) -> tuple[int, dict]:
+    """Poll /readyz until 200, the process exits or READY_TIMEOUT_S passes: the last answer."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    status, body = 0, {}
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            status, body = _get(f"http://127.0.0.1:{port}/readyz")
+        except (OSError, ValueError):
+            status = 0
+        if status == 200:
+            break
+        time.sleep(0.5)
+    return status, body
+
+
+def test_api_starts_with_the_compose_command_and_environment(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    operator_env = _operator_env()
+    compose = interpolate_tree(load_compose(), operator_env)
+    services = compose["services"]
+    app_dir = _app_dir(tmp_path)
+
+    # 1. migrate: the one-shot, same image, same env_file.
+    _migrate(
+        services["migrate"],
+        operator_env,
+        database_url=fresh_database,
+        tmp_path=tmp_path,
+        app_dir=app_dir,
+    )
 
     # 2. api: the service process.
     api = services["api"]
@@ -187,16 +220,7 @@ def test_api_starts_with_the_compose_command_and_environment(
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        status, body = 0, {}
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                status, body = _get(f"http://127.0.0.1:{port}/readyz")
-            except (OSError, ValueError):
-                status = 0
-            if status == 200:
-                break
-            time.sleep(0.5)
+        status, body = _wait_ready(process, port)
         output = (tmp_path / "api.log").read_text()
         assert status == 200, f"/readyz never became 200 (last {status} {body}):\n{output[-3000:]}"
         assert body["ready"] is True and body["checks"]["database"] == "ok"
