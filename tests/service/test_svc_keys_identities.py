@@ -107,37 +107,47 @@ def test_multi_face_enrolment_is_all_or_nothing(env):
         assert len(both) == 2 and index.ids() == {f.id for f in both}
 
 
+def _create_and_list_identities(session):
+    """Three identities (external ids unique), listed by page, name and external id."""
+    ada = create_identity(session=session, name="Ada Lovelace", external_id="emp-1")
+    create_identity(session=session, name="Alan Turing", external_id="emp-2")
+    create_identity(session=session, name="Grace 100% Hopper")
+    with pytest.raises(Conflict):
+        create_identity(session=session, name="dup", external_id="emp-1")
+    page = list_identities(session=session, limit=2, offset=0)
+    assert page.total == 3 and [i.name for i in page.items] == ["Ada Lovelace", "Alan Turing"]
+    assert list_identities(session=session, name="LOVE").items[0].id == ada.id
+    assert list_identities(session=session, name="100%").total == 1  # LIKE wildcards escaped
+    assert list_identities(session=session, external_id="emp-2").total == 1
+    with pytest.raises(InvalidInput):
+        list_identities(session=session, limit=0)
+    return ada
+
+
+def _update_identity(session, identity_id: int) -> None:
+    """Rename, set metadata, and set / clear the external id (unique)."""
+    updated = update_identity(
+        session=session, identity_id=identity_id, name="Ada King", metadata={"team": "math"}
+    )
+    assert (updated.name, updated.external_id, updated.metadata) == (
+        "Ada King",
+        "emp-1",
+        {"team": "math"},
+    )
+    with pytest.raises(Conflict):
+        update_identity(session=session, identity_id=identity_id, external_id="emp-2")
+    assert (
+        update_identity(session=session, identity_id=identity_id, external_id=None).external_id
+        is None
+    )
+    assert UNSET is not None
+
+
 def test_identity_crud_and_faces(env):
     index = FaissStore(dim=None)
     with env.session() as session:
-        ada = create_identity(session=session, name="Ada Lovelace", external_id="emp-1")
-        create_identity(session=session, name="Alan Turing", external_id="emp-2")
-        create_identity(session=session, name="Grace 100% Hopper")
-        with pytest.raises(Conflict):
-            create_identity(session=session, name="dup", external_id="emp-1")
-        page = list_identities(session=session, limit=2, offset=0)
-        assert page.total == 3 and [i.name for i in page.items] == ["Ada Lovelace", "Alan Turing"]
-        assert list_identities(session=session, name="LOVE").items[0].id == ada.id
-        assert list_identities(session=session, name="100%").total == 1  # LIKE wildcards escaped
-        assert list_identities(session=session, external_id="emp-2").total == 1
-        with pytest.raises(InvalidInput):
-            list_identities(session=session, limit=0)
-
-        updated = update_identity(
-            session=session, identity_id=ada.id, name="Ada King", metadata={"team": "math"}
-        )
-        assert (updated.name, updated.external_id, updated.metadata) == (
-            "Ada King",
-            "emp-1",
-            {"team": "math"},
-        )
-        with pytest.raises(Conflict):
-            update_identity(session=session, identity_id=ada.id, external_id="emp-2")
-        assert (
-            update_identity(session=session, identity_id=ada.id, external_id=None).external_id
-            is None
-        )
-        assert UNSET is not None
+        ada = _create_and_list_identities(session)
+        _update_identity(session, ada.id)
 
         v = unit_vectors(2, 8)
         f1 = add_face(
