@@ -30,6 +30,49 @@ def jpeg_round_trip(image: np.ndarray, *, quality: int = 95) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
 
 
+def _print_report(
+    *,
+    checked: int,
+    seconds: float,
+    missed: list,
+    cos_new: list[float],
+    lm_err: list,
+    crop_err: list,
+    cos_kit_lm: list[float],
+    cos_kit_lm_jpeg: list[float],
+    cos_old: list[float],
+) -> None:
+    """The table of the checks."""
+    cos = np.array(cos_new)
+    print(f"kit photos with detected=True checked: {checked} ({seconds:.0f} s)")
+    print("| check | value |\n|---|---|")
+    print(f"| photos where our detector found no face | {len(missed)} |")
+    print(f"| new-vector cosine >= 0.99 | {100 * np.mean(cos >= 0.99):.2f}% of {len(cos)} |")
+    print(f"| new-vector cosine >= 0.999 | {100 * np.mean(cos >= 0.999):.2f}% |")
+    print(f"| new-vector cosine min / median | {cos.min():.4f} / {np.median(cos):.5f} |")
+    same = 100 * np.mean(np.array(lm_err) < 0.01)
+    print(f"| landmarks identical (max error < 0.01 px) | {same:.2f}% |")
+    print(
+        f"| crop from kit landmarks vs kit crop, mean abs diff (grey levels) | "
+        f"{np.mean(crop_err):.2f} (max {np.max(crop_err):.2f}) |"
+    )
+    raw, jpeg = np.array(cos_kit_lm), np.array(cos_kit_lm_jpeg)
+    print(
+        f"| crop from kit landmarks, cosine with kit `new`: median / min | "
+        f"{np.median(raw):.5f} / {raw.min():.5f} |"
+    )
+    print(
+        f"| same after the kit's JPEG q95 round trip: median / min | "
+        f"{np.median(jpeg):.5f} / {jpeg.min():.5f} |"
+    )
+    if cos_old:
+        old = np.array(cos_old)
+        print(
+            f"| old-vector (dlib) cosine >= 0.9999 | {100 * np.mean(old >= 0.9999):.2f}% "
+            f"(min {old.min():.5f}) |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="only the first N detected photos")
@@ -83,34 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         if (done + 1) % 1000 == 0:
             print(f"  {done + 1}/{len(chosen)} photos", file=sys.stderr)
     seconds = time.perf_counter() - started
-    cos = np.array(cos_new)
-    print(f"kit photos with detected=True checked: {len(chosen)} ({seconds:.0f} s)")
-    print("| check | value |\n|---|---|")
-    print(f"| photos where our detector found no face | {len(missed)} |")
-    print(f"| new-vector cosine >= 0.99 | {100 * np.mean(cos >= 0.99):.2f}% of {len(cos)} |")
-    print(f"| new-vector cosine >= 0.999 | {100 * np.mean(cos >= 0.999):.2f}% |")
-    print(f"| new-vector cosine min / median | {cos.min():.4f} / {np.median(cos):.5f} |")
-    same = 100 * np.mean(np.array(lm_err) < 0.01)
-    print(f"| landmarks identical (max error < 0.01 px) | {same:.2f}% |")
-    print(
-        f"| crop from kit landmarks vs kit crop, mean abs diff (grey levels) | "
-        f"{np.mean(crop_err):.2f} (max {np.max(crop_err):.2f}) |"
+    _print_report(
+        checked=len(chosen),
+        seconds=seconds,
+        missed=missed,
+        cos_new=cos_new,
+        lm_err=lm_err,
+        crop_err=crop_err,
+        cos_kit_lm=cos_kit_lm,
+        cos_kit_lm_jpeg=cos_kit_lm_jpeg,
+        cos_old=cos_old,
     )
-    raw, jpeg = np.array(cos_kit_lm), np.array(cos_kit_lm_jpeg)
-    print(
-        f"| crop from kit landmarks, cosine with kit `new`: median / min | "
-        f"{np.median(raw):.5f} / {raw.min():.5f} |"
-    )
-    print(
-        f"| same after the kit's JPEG q95 round trip: median / min | "
-        f"{np.median(jpeg):.5f} / {jpeg.min():.5f} |"
-    )
-    if cos_old:
-        old = np.array(cos_old)
-        print(
-            f"| old-vector (dlib) cosine >= 0.9999 | {100 * np.mean(old >= 0.9999):.2f}% "
-            f"(min {old.min():.5f}) |"
-        )
+    cos, jpeg = np.array(cos_new), np.array(cos_kit_lm_jpeg)
     return 0 if np.mean(cos >= 0.99) >= 0.99 and np.median(jpeg) >= 0.9999 else 1
 
 
