@@ -73,6 +73,56 @@ def write_tiny_backbone(directory: Path, *, seed: int = 0, dim: int = TINY_DIM) 
     return path
 
 
+def _nan_trap(d_in: int, nan_above: tuple[np.ndarray, float]) -> tuple[list, list]:
+    """The forward graph and its extra initializers when the map outputs NaN above a cosine."""
+    # out = x @ w + 0 * sqrt(c - x . u): NaN exactly where x . u > c.
+    trap, limit = nan_above
+    nodes = [
+        helper.make_node("MatMul", [TRANSFORMER_INPUT, "w"], ["mapped"]),
+        helper.make_node("MatMul", [TRANSFORMER_INPUT, "trap"], ["along"]),
+        helper.make_node("Sub", ["limit", "along"], ["room"]),
+        helper.make_node("Sqrt", ["room"], ["root"]),
+        helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
+        helper.make_node("Add", ["mapped", "nan_or_zero"], [TRANSFORMER_OUTPUT]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.asarray(trap, np.float32).reshape(d_in, 1), "trap"),
+        numpy_helper.from_array(np.array([limit], np.float32), "limit"),
+        numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+    ]
+    return nodes, initializers
+
+
+def _add_backward_map(
+    back: np.ndarray,
+    *,
+    nodes: list,
+    inputs: list,
+    outputs: list,
+    initializers: list,
+    gallery_output: bool,
+    gallery_batch: str,
+) -> None:
+    """Make the graph two-way: the gallery input and (unless off-contract) its mapped output."""
+    inputs.append(
+        helper.make_tensor_value_info(
+            TRANSFORMER_GALLERY_INPUT, TensorProto.FLOAT, [gallery_batch, back.shape[0]]
+        )
+    )
+    initializers.append(numpy_helper.from_array(back, "w_back"))
+    if gallery_output:
+        nodes.append(
+            helper.make_node(
+                "MatMul", [TRANSFORMER_GALLERY_INPUT, "w_back"], [TRANSFORMER_GALLERY_OUTPUT]
+            )
+        )
+        outputs.append(
+            helper.make_tensor_value_info(
+                TRANSFORMER_GALLERY_OUTPUT, TensorProto.FLOAT, [gallery_batch, back.shape[1]]
+            )
+        )
+
+
 def write_matrix_transformer(
     path: Path,
     *,
@@ -110,40 +160,18 @@ def write_matrix_transformer(
     ]
     initializers = [numpy_helper.from_array(matrix, "w")]
     if nan_above is not None:
-        # out = x @ w + 0 * sqrt(c - x . u): NaN exactly where x . u > c.
-        trap, limit = nan_above
-        nodes = [
-            helper.make_node("MatMul", [TRANSFORMER_INPUT, "w"], ["mapped"]),
-            helper.make_node("MatMul", [TRANSFORMER_INPUT, "trap"], ["along"]),
-            helper.make_node("Sub", ["limit", "along"], ["room"]),
-            helper.make_node("Sqrt", ["room"], ["root"]),
-            helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
-            helper.make_node("Add", ["mapped", "nan_or_zero"], [TRANSFORMER_OUTPUT]),
-        ]
-        initializers += [
-            numpy_helper.from_array(np.asarray(trap, np.float32).reshape(d_in, 1), "trap"),
-            numpy_helper.from_array(np.array([limit], np.float32), "limit"),
-            numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
-        ]
+        nodes, extra = _nan_trap(d_in, nan_above)
+        initializers += extra
     if backward is not None:
-        back = np.asarray(backward, dtype=np.float32)
-        inputs.append(
-            helper.make_tensor_value_info(
-                TRANSFORMER_GALLERY_INPUT, TensorProto.FLOAT, [gallery_batch, back.shape[0]]
-            )
+        _add_backward_map(
+            np.asarray(backward, dtype=np.float32),
+            nodes=nodes,
+            inputs=inputs,
+            outputs=outputs,
+            initializers=initializers,
+            gallery_output=gallery_output,
+            gallery_batch=gallery_batch,
         )
-        initializers.append(numpy_helper.from_array(back, "w_back"))
-        if gallery_output:
-            nodes.append(
-                helper.make_node(
-                    "MatMul", [TRANSFORMER_GALLERY_INPUT, "w_back"], [TRANSFORMER_GALLERY_OUTPUT]
-                )
-            )
-            outputs.append(
-                helper.make_tensor_value_info(
-                    TRANSFORMER_GALLERY_OUTPUT, TensorProto.FLOAT, [gallery_batch, back.shape[1]]
-                )
-            )
     if fusion_weight is None:
         fusion_weight = 0.9 if backward is not None else 1.0
     graph = helper.make_graph(
