@@ -51,6 +51,31 @@ def figures(report: object) -> dict[str, tuple[float, float]]:
     return rows
 
 
+def _print_swapped(
+    recipes: list[str], *, bridge: PairsSet, evaluation: PairsSet, query_kinds: list[bool]
+) -> None:
+    """The roles swapped: fitted on the eval people, tested on the bridge people."""
+    print("\nroles swapped: fitted on the eval people, tested on the bridge people")
+    print(
+        "| recipe | queries | top-1 | TAR | old/old top-1 | old/old TAR "
+        "| only mapped / only old/old right | McNemar p |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for recipe in recipes:
+        fitted = fit_transformer(pairs=evaluation, recipe=recipe, progress=False)
+        for flip in query_kinds:
+            report = evaluate_mapping(eval_pairs=bridge, mapped=fitted.map_rows(bridge, flip=flip))
+            rows = figures(report)
+            (m1, mt), (o1, ot) = rows[ROW_MAPPED], rows[ROW_OLD_OLD]
+            paired = report.paired
+            assert paired is not None
+            print(
+                f"| {recipe} | {'flip-averaged' if flip else 'plain'} | {m1:.2f} | {mt:.2f} "
+                f"| {o1:.2f} | {ot:.2f} | {paired.only_a} / {paired.only_b} "
+                f"| {paired.p_value:.3f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=Path, default=None, help="pairs file (default: the kit)")
@@ -114,27 +139,9 @@ def main() -> None:
     old = evaluate_mapping(eval_pairs=evaluation, mapped=None).row(ROW_OLD_OLD)
     print(f"\nold/old on eval: top-1 {old.top1:.2f}, TAR {old.tar_at_far_1e3:.2f}")
     if args.swapped:
-        print("\nroles swapped: fitted on the eval people, tested on the bridge people")
-        print(
-            "| recipe | queries | top-1 | TAR | old/old top-1 | old/old TAR "
-            "| only mapped / only old/old right | McNemar p |"
+        _print_swapped(
+            args.recipes.split(","), bridge=bridge, evaluation=evaluation, query_kinds=query_kinds
         )
-        print("|---|---|---|---|---|---|---|---|")
-        for recipe in args.recipes.split(","):
-            fitted = fit_transformer(pairs=evaluation, recipe=recipe, progress=False)
-            for flip in query_kinds:
-                report = evaluate_mapping(
-                    eval_pairs=bridge, mapped=fitted.map_rows(bridge, flip=flip)
-                )
-                rows = figures(report)
-                (m1, mt), (o1, ot) = rows[ROW_MAPPED], rows[ROW_OLD_OLD]
-                paired = report.paired
-                assert paired is not None
-                print(
-                    f"| {recipe} | {'flip-averaged' if flip else 'plain'} | {m1:.2f} | {mt:.2f} "
-                    f"| {o1:.2f} | {ot:.2f} | {paired.only_a} / {paired.only_b} "
-                    f"| {paired.p_value:.3f} |"
-                )
 
 
 if __name__ == "__main__":
