@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def synthetic_setup(work: Path, n: int) -> tuple[Path, Path]:
     return work / "crops", manifest
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -91,7 +92,54 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="extraction writes new_flip (its default); the raw reference embeds the mirrors too",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _raw_round(
+    backbone: Any, tensors: list[np.ndarray], mirrored: list[np.ndarray], *, new_flip: bool
+) -> tuple[float, float]:
+    """One raw ONNX Runtime round: (wall seconds, CPU seconds of this process)."""
+    started, cpu = time.perf_counter(), time.process_time()
+    for tensor, mirror in zip(tensors, mirrored, strict=True):
+        backbone.run_tensor(tensor)
+        backbone.run_tensor(tensor)
+        if new_flip:
+            backbone.run_tensor(mirror)
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def _print_table(
+    args: argparse.Namespace,
+    *,
+    source: str,
+    n: int,
+    raw: tuple[list[float], list[float]],
+    extract: tuple[list[float], list[float]],
+) -> None:
+    """Best-of-N rates (wall and CPU) of the raw runs and of extraction, and their ratio."""
+    (raw_seconds, raw_cpu), (extract_seconds, extract_cpu) = raw, extract
+    raw_rate, extract_rate = n / min(raw_seconds), n / min(extract_seconds)
+    raw_cpu_rate, extract_cpu_rate = n / min(raw_cpu), n / min(extract_cpu)
+    runs = "old + new + mirrored new" if args.new_flip else "old + new"
+    flag = "--new-flip" if args.new_flip else "--no-new-flip"
+    print(
+        f"source: {source}; {n} images; batch {args.batch_size}; threads {args.threads}; "
+        f"chunk {args.chunk_size}; {flag}"
+    )
+    print("| measurement | images/s (wall) | images per CPU-second |\n|---|---|---|")
+    print(f"| raw ONNX Runtime ({runs} backbone runs only) | {raw_rate:.1f} | {raw_cpu_rate:.1f} |")
+    print(
+        f"| facebridge pairs extract --aligned {flag} (end to end) | {extract_rate:.1f} "
+        f"| {extract_cpu_rate:.1f} |"
+    )
+    print(
+        f"| ratio extraction / raw (target >= 0.9) | {extract_rate / raw_rate:.3f} "
+        f"| {extract_cpu_rate / raw_cpu_rate:.3f} |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
 
     from service.inference.backbone import OnnxBackbone, mirror_crops
     from service.inference.images import read_image_file
@@ -132,14 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         # else the machine runs, wall time does.
         raw_seconds, extract_seconds, raw_cpu, extract_cpu = [], [], [], []
         for repeat in range(args.repeats):
-            started, cpu = time.perf_counter(), time.process_time()
-            for tensor, mirror in zip(tensors, mirrored, strict=True):
-                backbone.run_tensor(tensor)
-                backbone.run_tensor(tensor)
-                if args.new_flip:
-                    backbone.run_tensor(mirror)
-            raw_seconds.append(time.perf_counter() - started)
-            raw_cpu.append(time.process_time() - cpu)
+            seconds, cpu_seconds = _raw_round(backbone, tensors, mirrored, new_flip=args.new_flip)
+            raw_seconds.append(seconds)
+            raw_cpu.append(cpu_seconds)
             started, cpu = time.perf_counter(), time.process_time()
             result = extract_pairs(
                 images_dir=crops_dir,
@@ -158,23 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             extract_cpu.append(time.process_time() - cpu)
             assert result.rows == n, (result.rows, n)
 
-    raw_rate, extract_rate = n / min(raw_seconds), n / min(extract_seconds)
-    raw_cpu_rate, extract_cpu_rate = n / min(raw_cpu), n / min(extract_cpu)
-    runs = "old + new + mirrored new" if args.new_flip else "old + new"
-    flag = "--new-flip" if args.new_flip else "--no-new-flip"
-    print(
-        f"source: {source}; {n} images; batch {args.batch_size}; threads {args.threads}; "
-        f"chunk {args.chunk_size}; {flag}"
-    )
-    print("| measurement | images/s (wall) | images per CPU-second |\n|---|---|---|")
-    print(f"| raw ONNX Runtime ({runs} backbone runs only) | {raw_rate:.1f} | {raw_cpu_rate:.1f} |")
-    print(
-        f"| facebridge pairs extract --aligned {flag} (end to end) | {extract_rate:.1f} "
-        f"| {extract_cpu_rate:.1f} |"
-    )
-    print(
-        f"| ratio extraction / raw (target >= 0.9) | {extract_rate / raw_rate:.3f} "
-        f"| {extract_cpu_rate / raw_cpu_rate:.3f} |"
+    _print_table(
+        args, source=source, n=n, raw=(raw_seconds, raw_cpu), extract=(extract_seconds, extract_cpu)
     )
     return 0
 
