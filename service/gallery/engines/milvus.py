@@ -10,6 +10,7 @@ refills the collection from it). Importing this module does not import pymilvus.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +81,19 @@ def milvus_client(uri: str, *, token: str | None = None) -> Any:
         raise ServiceUnavailable(
             "FACEBRIDGE_VECTOR_STORE=milvus needs pymilvus: pip install 'facebridge[milvus]'"
         ) from exc
-    if not uri.startswith(("http://", "https://", "tcp://", "unix:")):
+    lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+    if lite:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return MilvusClient(uri=uri, token=token or "")
-    except Exception as exc:
-        raise ServiceUnavailable(f"cannot reach Milvus at {uri}: {exc}") from exc
+    # Milvus Lite's local server can miss pymilvus' 10 s connect window while it starts on a
+    # busy machine (seen in CI): a file URI gets two more tries; a remote URI fails at once.
+    for attempt in range(3 if lite else 1):
+        try:
+            return MilvusClient(uri=uri, token=token or "")
+        except Exception as exc:
+            if attempt == (2 if lite else 0):
+                raise ServiceUnavailable(f"cannot reach Milvus at {uri}: {exc}") from exc
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 class MilvusStore:
