@@ -31,6 +31,7 @@ from service.decision import Decision, GalleryCount, decide_identify, decide_ver
 from service.errors import ServiceUnavailable
 from service.fusion import fused_scores
 from service.fusion_search import fused_hits
+from service.gallery.hits import top_identities
 from service.inference.detect import FaceDetector
 from service.inference.facecheck import CropFaceCheck
 from service.migration.live import LiveMigration
@@ -305,35 +306,24 @@ class Pipeline(ImageStages):
             hits_per_query = self.search(mapped.vectors, top_k * 4)
             search_s = time.perf_counter() - start
         start = time.perf_counter()
-        wanted = sorted({int(f) for ids, _ in hits_per_query for f in ids if f >= 0})
-        hits = self.lookup(wanted) if wanted else {}
+        best = top_identities(hits_per_query, lookup=self.lookup, top_k=top_k)
         lookup_s = time.perf_counter() - start
         observe("search", search_s)
         observe("lookup", lookup_s)
         out: dict[int, list[Candidate]] = {}
         for row, i in enumerate(mapped.image_index):
-            seen: set[int] = set()
-            found: list[Candidate] = []
-            face_ids, scores = hits_per_query[row]
-            for face_id, score in zip(face_ids, scores, strict=True):
-                hit = hits.get(int(face_id))
-                if face_id < 0 or hit is None or hit.identity_id in seen:
-                    continue  # -1 = empty slot; None = deleted since the search
-                seen.add(hit.identity_id)
-                found.append(
-                    Candidate(
-                        identity_id=hit.identity_id,
-                        external_id=hit.external_id,
-                        name=hit.name,
-                        score=float(score),
-                        face_id=hit.face_id,
-                    )
+            out[i] = [
+                Candidate(
+                    identity_id=hit.identity_id,
+                    external_id=hit.external_id,
+                    name=hit.name,
+                    score=score,
+                    face_id=hit.face_id,
                 )
-                if len(found) == top_k:
-                    break
+                for hit, score in best[row]
+            ]
             t = mapped.timings[i]
             t.search, t.rerank, t.lookup = search_s / n, rerank_s / n, lookup_s / n
-            out[i] = found
         return out
 
     def verify(
