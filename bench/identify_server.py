@@ -26,24 +26,21 @@ def free_port() -> int:
 
 
 def prepare(workdir: Path, kit: Path, *, recipe: str) -> tuple[Path, Path]:
-    """(legacy gallery .npz, transformer .onnx fitted with ``recipe``) in ``workdir``."""
-    from service.contracts import KIT_NEW_MODEL_ID, KIT_OLD_MODEL_ID, load_pairs
-    from training.transformers.export import default_metadata, export_transformer
-    from training.transformers.fit import fit_transformer
+    """(legacy gallery .npz, transformer .onnx fitted with ``recipe``) in ``workdir``.
 
-    pairs = load_pairs(kit / "lfw" / "pairs.npz")
-    evaluation = pairs.select_split("eval")
+    The transformer is what an operator gets: ``facebridge transformer fit`` on the kit's
+    pairs (bridge split, export parity check, the open-set calibration the default rule uses).
+    """
+    from service.contracts import load_pairs
+
+    pairs_file = kit / "lfw" / "pairs.npz"
+    evaluation = load_pairs(pairs_file).select_split("eval")
     gallery = workdir / "gallery.npz"
     np.savez(gallery, old=evaluation.old, external_id=evaluation.path, name=evaluation.name)
-    fitted = fit_transformer(pairs=pairs.select_split("bridge"), recipe=recipe, progress=False)
     transformer = workdir / "transformer.onnx"
-    export_transformer(
-        fitted,
-        transformer,
-        metadata=default_metadata(
-            fitted, source_model=KIT_NEW_MODEL_ID, target_model=KIT_OLD_MODEL_ID
-        ),
-    )
+    fit = [sys.executable, "-m", "service.cli", "transformer", "fit", "--pairs", str(pairs_file)]
+    fit += ["--output", str(transformer), "--recipe", recipe]
+    subprocess.run(fit, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
     return gallery, transformer
 
 
