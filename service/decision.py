@@ -33,7 +33,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from functools import cached_property
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -45,6 +46,7 @@ MIN_KNOT_EXCEEDANCES = 50
 TAIL_FAR = 1e-4  # the exponential tail is fitted on impostors above this FAR's score ...
 TAIL_MIN_EXCEEDANCES = 1000  # ... or above the 1000th highest, whichever holds more of them
 MIN_LOG10_FAR = -15.0
+LN10 = math.log(10.0)
 
 # What kind of score a calibration describes (metadata ``score_kind``).
 SCORE_FORWARD = "forward"  # <f(q), g> in the old model's space
@@ -52,6 +54,13 @@ SCORE_FUSED = "fused-two-way"  # w <f(q), g> + (1 - w) <q, h(g)> (service.fusion
 SCORE_NATIVE = "native"  # <q, g> in the backbone's own space (issue 10)
 
 Rule = Literal["explicit", "target-fpir", "target-far", "transformer-threshold", "default"]
+
+
+class _Knots(NamedTuple):
+    score: np.ndarray  # increasing
+    log10_far: np.ndarray  # decreasing
+    score_down: np.ndarray  # the same, reversed (np.interp needs increasing x)
+    far_up: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -82,14 +91,24 @@ class ScoreCalibration:
             raise ContractError("calibration: FAR <= 1, tail scale > 0, impostors > 0")
 
     # -- score <-> FAR ---------------------------------------------------------------------
-    def log10_far_of(self, score: float | np.ndarray) -> np.ndarray:
+    @cached_property
+    def _knots(self) -> _Knots:
+        """The knots as float64 arrays, built once (the tuples are the contract; these are read
+        on every identify)."""
+        scores = np.asarray(self.score, dtype=np.float64)
+        fars = np.asarray(self.log10_far, dtype=np.float64)
+        return _Knots(scores, fars, scores[::-1].copy(), fars[::-1].copy())
+
+    def log10_far_of(self, score: float | np.ndarray | Sequence[float]) -> np.ndarray:
         """``log10 FAR`` at ``score`` (array in, array out)."""
         s = np.asarray(score, dtype=np.float64)
-        knots_s, knots_f = np.asarray(self.score), np.asarray(self.log10_far)
-        inside = np.interp(s, knots_s, knots_f, left=0.0, right=knots_f[-1])
-        tail = knots_f[-1] - (s - knots_s[-1]) / (self.tail_scale * math.log(10.0))
-        out = np.where(s > knots_s[-1], tail, inside)
-        return np.clip(out, MIN_LOG10_FAR, 0.0)
+        knots = self._knots
+        last_s, last_f = knots.score[-1], knots.log10_far[-1]
+        out = np.interp(s, knots.score, knots.log10_far, left=0.0, right=last_f)
+        above = s > last_s
+        if above.any():  # the exponential tail
+            out = np.where(above, last_f - (s - last_s) / (self.tail_scale * LN10), out)
+        return np.minimum(np.maximum(out, MIN_LOG10_FAR), 0.0)  # np.clip's values, less overhead
 
     def far(self, score: float) -> float:
         """P(impostor score >= ``score``) per comparison."""
@@ -99,11 +118,19 @@ class ScoreCalibration:
         """The score whose FAR is ``far`` (the inverse of :meth:`far`)."""
         if not 0.0 < far <= 1.0:
             raise ContractError(f"FAR must lie in (0, 1], got {far}")
-        target = max(math.log10(far), MIN_LOG10_FAR)
-        knots_f, knots_s = np.asarray(self.log10_far), np.asarray(self.score)
-        if target >= knots_f[-1]:  # inside the table: interpolate (np.interp needs increasing x)
-            return float(np.interp(target, knots_f[::-1], knots_s[::-1]))
-        return float(knots_s[-1] + (knots_f[-1] - target) * self.tail_scale * math.log(10.0))
+        return self.scores_at_log10_far([math.log10(far)])[0]
+
+    def scores_at_log10_far(self, log10_fars: Sequence[float]) -> list[float]:
+        """:meth:`score_at_far` at FAR ``10 ** v`` for each ``v`` <= 0 (one NumPy pass)."""
+        knots = self._knots
+        last_s, last_f = knots.score[-1], knots.log10_far[-1]
+        target = np.maximum(np.asarray(log10_fars, dtype=np.float64), MIN_LOG10_FAR)
+        # inside the table: interpolate (np.interp needs increasing x); below it, the tail
+        out = np.interp(target, knots.far_up, knots.score_down)
+        below = target < last_f
+        if below.any():
+            out = np.where(below, last_s + (last_f - target) * self.tail_scale * LN10, out)
+        return out.tolist()
 
     # -- the contract's JSON ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

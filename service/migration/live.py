@@ -12,6 +12,7 @@ re-scoring (service.fusion) and capture nothing.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -40,6 +41,42 @@ log = logging.getLogger(__name__)
 LookupFn = Callable[[Sequence[int]], dict[int, GalleryHit]]
 
 
+class VectorCounts:
+    """Vectors per identity in all spaces (an SQL count), cached while the gallery's revision
+    stays (:attr:`service.gallery.sync.GallerySync.revision`: any change to a store, from the
+    change log or written here, starts a new cache), so a request asks SQL only about the
+    identities it is the first to meet since the last change. Thread-safe."""
+
+    MAX_ENTRIES = 100_000  # then it starts again (a bound, not an LRU: the counts are cheap)
+
+    def __init__(self, *, session_factory: sessionmaker[Session], gallery: GallerySync) -> None:
+        self.session_factory = session_factory
+        self.gallery = gallery
+        self._lock = threading.Lock()
+        self._revision: object = None
+        self._counts: dict[int, int] = {}  # 0: no face in SQL
+
+    def __call__(self, identities: set[int]) -> dict[int, int]:
+        """identity -> its vectors, for those of ``identities`` that have any."""
+        revision = self.gallery.revision
+        with self._lock:
+            if revision != self._revision or len(self._counts) > self.MAX_ENTRIES:
+                self._counts, self._revision = {}, revision
+            counts = self._counts
+            missing = sorted(i for i in identities if i not in counts)
+        if missing:
+            with self.session_factory() as session:
+                rows = session.execute(
+                    select(Face.identity_id, func.count())
+                    .where(Face.identity_id.in_(missing))
+                    .group_by(Face.identity_id)
+                ).all()
+            found = {int(i): int(n) for i, n in rows}
+            with self._lock:
+                counts.update((i, found.get(i, 0)) for i in missing)
+        return {i: n for i in identities if (n := counts[i])}
+
+
 class LiveMigration:
     """Cross-space ranking + capture for one process (thread-safe: no per-request state)."""
 
@@ -59,21 +96,13 @@ class LiveMigration:
         self.rule = rule
         self.capture = capture
         self.on_capture = on_capture or (lambda n: None)
+        self._vector_counts = VectorCounts(session_factory=session_factory, gallery=gallery)
 
     def applies(self, mapping: ActiveMapping) -> bool:
         if mapping.two_way:
             return False
         native = self.gallery.store(self.native_space)
         return self.capture or (native is not None and native.ntotal > 0)
-
-    def _vector_counts(self, identities: set[int]) -> dict[int, int]:
-        with self.session_factory() as session:
-            rows = session.execute(
-                select(Face.identity_id, func.count())
-                .where(Face.identity_id.in_(sorted(identities)))
-                .group_by(Face.identity_id)
-            ).all()
-        return {int(i): int(n) for i, n in rows}
 
     def candidates(
         self,
@@ -117,13 +146,13 @@ class LiveMigration:
         """Candidates per row of ``mapped.vectors``; captures when asked and allowed."""
         hits: dict[int, GalleryHit] = {}
 
-        def identity_of(face_ids: np.ndarray) -> np.ndarray:
-            missing = [int(i) for i in face_ids if int(i) not in hits and i >= 0]
+        def identity_of(face_ids: np.ndarray) -> np.ndarray:  # once a request (search_spaces)
+            wanted = face_ids.tolist()
+            missing = [i for i in wanted if i >= 0 and i not in hits]
             if missing:
                 hits.update(lookup(missing))
-            return np.asarray(
-                [hits[int(i)].identity_id if int(i) in hits else -1 for i in face_ids], np.int64
-            )
+            found = [hits.get(i) for i in wanted]
+            return np.asarray([-1 if h is None else h.identity_id for h in found], np.int64)
 
         stores = dict(self.gallery.stores)
         query = SpaceQuery(mapped=mapped.vectors, native={self.native_space: mapped.queries_new})

@@ -21,6 +21,7 @@ from service.migration.fusion import KIND_MAPPED, KIND_NATIVE, FusedCandidate, S
 
 IdentityOf = Callable[[np.ndarray], np.ndarray]
 SEARCH_DEPTH = 4  # faces fetched per identity wanted (several faces of one identity)
+_NO_IDS = np.zeros(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -59,19 +60,30 @@ def search_spaces(
     identity_of: IdentityOf,
     top_k: int,
 ) -> list[list[SpaceHits]]:
-    """Per query: its hits in every space that has a store and faces."""
+    """Per query: its hits in every space that has a store and faces. One search per space for
+    the whole batch, then ONE ``identity_of`` call for every hit of every space and query (an
+    SQL round trip in the service, not one per space and query)."""
     n = int(query.mapped.shape[0])
-    out: list[list[SpaceHits]] = [[] for _ in range(n)]
     looks = [(old_space, KIND_MAPPED, query.mapped)]
     looks += [(space, KIND_NATIVE, vectors) for space, vectors in query.native.items()]
+    found = []
     for space, kind, vectors in looks:
         store = stores.get(space)
         if store is None or store.ntotal == 0 or vectors.shape[0] == 0:
             continue
-        for i, hits in enumerate(store.search(vectors, k=top_k * SEARCH_DEPTH)):
-            ids = np.asarray(hits.ids, np.int64)
-            identities = identity_of(ids) if ids.size else np.zeros(0, np.int64)
-            out[i].append(SpaceHits(space, kind, ids, np.asarray(hits.scores), identities))
+        found.append((space, kind, store.search(vectors, k=top_k * SEARCH_DEPTH)))
+    face_ids = [np.asarray(hits.ids, np.int64) for _, _, per_query in found for hits in per_query]
+    every = np.concatenate(face_ids) if face_ids else _NO_IDS
+    identities = np.asarray(identity_of(every) if every.size else _NO_IDS, np.int64)
+    out: list[list[SpaceHits]] = [[] for _ in range(n)]
+    ids, start = iter(face_ids), 0
+    for space, kind, per_query in found:
+        for i, hits in enumerate(per_query):
+            mine = next(ids)
+            end = start + mine.size
+            scores = np.asarray(hits.scores)
+            out[i].append(SpaceHits(space, kind, mine, scores, identities[start:end]))
+            start = end
     return out
 
 

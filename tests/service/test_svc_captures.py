@@ -128,3 +128,46 @@ def test_cli_status_export_and_undo_by_window(sqlite_env, monkeypatch, capsys) -
     assert cli_main(["migration", "status"]) == 0
     history = json.loads(capsys.readouterr().out)["undo_history"]
     assert [h["faces_removed"] for h in history] == [2, 0] and history[0]["reason"] == "bad version"
+
+
+def test_vector_counts_follow_the_gallery_and_skip_sql_while_it_stays(env) -> None:
+    """service.migration.live.VectorCounts: the SQL count per identity (a naive query per
+    call is the reference), asked once while no store changes; a capture (through the change
+    log) and a write straight into a store both start a new cache."""
+    from service.migration.live import VectorCounts
+
+    ids = _gallery(env)
+    sync, _ = open_gallery(session_factory=env.session_factory, settings=env.settings)
+    queries: list[int] = []
+
+    def factory():  # type: ignore[no-untyped-def]
+        queries.append(1)
+        return env.session_factory()
+
+    def naive(identities: set[int]) -> dict[int, int]:
+        with env.session() as session:
+            faces = session.scalars(sa.select(Face.identity_id)).all()
+        return {i: faces.count(i) for i in identities if faces.count(i)}
+
+    counts = VectorCounts(session_factory=factory, gallery=sync)  # type: ignore[arg-type]
+    try:
+        wanted = {ids[0], ids[1], 10_000}  # 10_000: no such identity
+        assert counts(wanted) == naive(wanted) == {ids[0]: 1, ids[1]: 1}
+        assert counts(wanted) == naive(wanted) and counts({ids[0]}) == {ids[0]: 1}
+        assert len(queries) == 1  # the cache answered
+        _capture(env, ids[0], unit_vectors(1, NEW_DIM, seed=4)[0])
+        assert counts(wanted) == {ids[0]: 1, ids[1]: 1} and len(queries) == 1  # not seen yet
+        sync.refresh()
+        assert counts(wanted) == naive(wanted) == {ids[0]: 2, ids[1]: 1} and len(queries) == 2
+        with env.session() as session:
+            add_faces(
+                session=session,
+                index=sync.primary,  # straight into the store, before any log poll
+                identity_id=ids[1],
+                vectors=unit_vectors(1, OLD_DIM, seed=7),
+                source="legacy",
+                settings=env.settings,
+            )
+        assert counts(wanted) == naive(wanted) == {ids[0]: 2, ids[1]: 2} and len(queries) == 3
+    finally:
+        sync.close()

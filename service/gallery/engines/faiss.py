@@ -70,6 +70,7 @@ class FaissStore:
         self._ids = IdSet()
         self._deleted: set[int] = set()  # HNSW tombstones: still in the graph, never returned
         self._index: Any = None  # built lazily (IVF needs training data)
+        self.revision = 0  # + 1 on every add or removal (caches of gallery facts key on it)
 
     @classmethod
     def from_settings(
@@ -180,6 +181,7 @@ class FaissStore:
                 self._rebuild_graph_locked()  # an HNSW id coming back: drop its old node first
             self._index.add_with_ids(vectors, ids_arr)
             self._ids.add(ids_arr)
+            self.revision += 1
 
     def _rebuild_graph_locked(self) -> None:
         """HNSW: a new graph from the live nodes (tombstones gone). O(n); rare by design."""
@@ -219,6 +221,7 @@ class FaissStore:
             if removed != ids.shape[0]:
                 raise RuntimeError(f"FAISS removed {removed} of {ids.shape[0]} ids")
         self._ids.discard(ids)
+        self.revision += 1
 
     # ------------------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, *, k: int, with_vectors: bool = False) -> list[Hits]:
@@ -231,29 +234,26 @@ class FaissStore:
             raise InvalidInput("k must be at least 1")
         queries = as_float32_matrix(vectors, dim=self._dim, name="query vectors")
         with self._lock.read():
-            index = self._index
-            if index is None or self.ntotal == 0:
+            index, total = self._index, self.ntotal
+            if index is None or total == 0:
                 empty = Hits(
                     np.zeros(0, np.int64),
                     np.zeros(0, np.float32),
                     np.zeros((0, self._dim or 0), np.float32) if with_vectors else None,
                 )
                 return [empty for _ in range(queries.shape[0])]
-            scores, ids = index.search(queries, min(k, self.ntotal), **self._search_kwargs())
+            scores, ids = index.search(queries, min(k, total), **self._search_kwargs())
             keep = ids >= 0
             if with_vectors and not self.exact_vectors:
                 raise InvalidInput(f"a {self.index_type} index keeps no vectors: read SQL")
             held = self._reconstruct_locked(ids[keep]) if with_vectors else None
-        out, start = [], 0
+        if held is None and bool(keep.all()):  # no empty slot (the usual case): row views
+            return [Hits(i, s) for s, i in zip(scores, ids, strict=True)]
+        out, start = [], 0  # (FAISS returns int64 ids and float32 scores: no conversion)
         for row_scores, row_ids, row_keep in zip(scores, ids, keep, strict=True):
             n = int(row_keep.sum())
-            out.append(
-                Hits(
-                    row_ids[row_keep].astype(np.int64),
-                    row_scores[row_keep].astype(np.float32),
-                    None if held is None else held[start : start + n],
-                )
-            )
+            vectors = None if held is None else held[start : start + n]
+            out.append(Hits(row_ids[row_keep], row_scores[row_keep], vectors))
             start += n
         return out
 

@@ -17,20 +17,24 @@ class ReadWriteLock:
         self._writers_waiting = 0
         self._writer: int | None = None
         self._writer_depth = 0
+        self._reading = _Reading(self)
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
+    def read(self) -> _Reading:
+        """``with lock.read():`` a shared hold (re-entrant inside this thread's own write)."""
+        return self._reading  # one stateless object: the counts live in the lock
+
+    def _acquire_read(self) -> None:
         me = threading.get_ident()
         with self._cond:
             if self._writer != me:  # a writer may search inside its own critical section
                 while self._writer is not None or self._writers_waiting:
                     self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
+
+    def _release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if self._readers == 0 and self._writers_waiting:  # only writers wait for readers
                 self._cond.notify_all()
 
     @contextmanager
@@ -55,3 +59,19 @@ class ReadWriteLock:
                 if self._writer_depth == 0:
                     self._writer = None
                     self._cond.notify_all()
+
+
+class _Reading:
+    """The context manager :meth:`ReadWriteLock.read` returns (a class, not a generator: a
+    search takes it once per call, and @contextmanager costs several microseconds more)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: ReadWriteLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock._acquire_read()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock._release_read()
