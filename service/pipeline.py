@@ -259,7 +259,6 @@ class Pipeline(ImageStages):
                 mapped=mapped,
                 mapping=mapping,
                 top_k=top_k,
-                lookup=self.lookup,
                 capture=capture,
                 observe=self._observe,
             )

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.decision import GalleryCounter
 from service.errors import ServiceUnavailable
 from service.gallery.face_reads import face_vectors_by_id
-from service.gallery.hits import gallery_hits
+from service.gallery.hits import gallery_hits, gallery_hits_counted
 from service.gallery.store import identities_with_faces
 from service.gallery.sync import GallerySync
 from service.inference.backbone import NoBackbone, OnnxBackbone
@@ -156,6 +156,7 @@ def build_pipeline(
             settings=settings,
             gallery=gallery_sync,
             session_factory=session_factory,
+            lookup=functools.partial(gallery_hits_counted, engine),  # + counts, same query
             native_space=None if backbone is None else backbone.model_id,
             on_capture=metrics.captures.inc,
         ),

@@ -5,6 +5,10 @@ no ORM session, no ``Identity`` objects, only the three columns the reply carrie
 (:func:`service.identities.identities_for_faces`) cost ~6% of the server's CPU per image under
 load (docs/service.md, "Where the time goes"). SQL stays the source of truth: a face deleted or
 an identity renamed since the search is seen by the next request, on every replica.
+
+:func:`gallery_hits_counted` is the cross-space ranking's lookup (service.migration.live): the
+same rows plus each identity's vectors in all spaces (the fusion's union bound), read in the
+same statement, so a request makes one SQL round trip for both.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Engine, bindparam, func, select
+from sqlalchemy.orm import aliased
 
 from service.db.models import Face, Identity
 from service.pipeline_types import GalleryHit
@@ -22,6 +27,11 @@ _HITS = (
     .join(Identity, Identity.id == Face.identity_id)
     .where(Face.id.in_(bindparam("face_ids", expanding=True)))
 )
+_OTHER = aliased(Face)
+_VECTORS = (  # the identity's faces, every space and source (an index on faces.identity_id)
+    select(func.count()).where(_OTHER.identity_id == Face.identity_id).scalar_subquery()
+)
+_COUNTED = _HITS.add_columns(_VECTORS)
 
 
 def gallery_hits(engine: Engine, face_ids: Sequence[int]) -> dict[int, GalleryHit]:
@@ -40,6 +50,25 @@ def gallery_hits(engine: Engine, face_ids: Sequence[int]) -> dict[int, GalleryHi
         )
         for face_id, identity_id, external_id, name in rows
     }
+
+
+def gallery_hits_counted(
+    engine: Engine, face_ids: Sequence[int]
+) -> tuple[dict[int, GalleryHit], dict[int, int]]:
+    """:func:`gallery_hits`, and the vectors (in all spaces) of each of their identities, from
+    the same statement."""
+    wanted = sorted({int(i) for i in face_ids})
+    if not wanted:
+        return {}, {}
+    with engine.connect() as connection:
+        rows = connection.execute(_COUNTED, {"face_ids": wanted}).all()
+    hits = {
+        int(face_id): GalleryHit(
+            face_id=int(face_id), identity_id=int(identity_id), external_id=external_id, name=name
+        )
+        for face_id, identity_id, external_id, name, _ in rows
+    }
+    return hits, {int(row[1]): int(row[4]) for row in rows}
 
 
 def top_identities(

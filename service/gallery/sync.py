@@ -111,7 +111,6 @@ class GallerySync:
         self._last_compact = self._last_maintain = time.monotonic()
         self._last_check = float("-inf")
         self.applied_total = 0
-        self._changes = 0  # + 1 per applied batch of log entries, resync or rebuild
         self.last_check: ConsistencyReport | None = None  # the last full id comparison
         self.last_check_at: datetime | None = None
 
@@ -137,14 +136,6 @@ class GallerySync:
     def primary(self) -> VectorStore:
         """The old model's store (read once per request: a rebuild swaps it)."""
         return self.stores[self.primary_space]
-
-    @property
-    def revision(self) -> tuple[int | None, ...]:
-        """Differs whenever a store may hold other vectors than before (log entries applied, a
-        resync, a rebuilt store swapped in, a write straight into a store): the key of caches
-        of gallery facts (service.migration.live's vector counts per identity)."""
-        stores = tuple(getattr(s, "revision", None) for s in self.stores.values())
-        return (self._changes, *stores)
 
     def store(self, space: str) -> VectorStore | None:
         """The store of ``space`` (None while the space has no face here)."""
@@ -191,7 +182,6 @@ class GallerySync:
         space with no store yet gets a new store (unless ``stores`` is given: a rebuild)."""
         lazily = stores is None
         stores = self.stores if stores is None else stores
-        self._changes += 1
         wanted = np.unique(np.asarray(face_ids, np.int64))
         by_space: dict[str, list[int]] = {}
         for start in range(0, wanted.size, 5000):
@@ -262,7 +252,6 @@ class GallerySync:
             while entries := feed.poll(session):
                 self._apply(session, [f for _, f in entries], stores={space: store})
             self.stores[space] = store
-            self._changes += 1
 
     def _resync_all(self, session: Session) -> None:
         """Too far behind the log: compare every store's ids with SQL and repair the difference
@@ -271,7 +260,6 @@ class GallerySync:
         for space, store in self.stores.items():
             reconcile(session=session, index=store, where=self.where(space))
         self.feed = feed
-        self._changes += 1
 
     # -- persistence and checks ----------------------------------------------------------------
     def save(self) -> None:

@@ -104,10 +104,10 @@ def _evidence(
             continue
         faces, space = _ints(hits.face_ids), hits.space
         raw = [scores[row] for row in best.values()]
-        log_fars = [-s for s in raw] if calibration is None else calibration.log10_far_of(raw)
-        for (identity, row), log_far in zip(
-            best.items(), np.asarray(log_fars).tolist(), strict=True
-        ):
+        log_fars = (
+            [-s for s in raw] if calibration is None else calibration.log10_far_of(raw).tolist()
+        )
+        for (identity, row), log_far in zip(best.items(), log_fars, strict=True):
             mine = evidence.get(identity)
             if mine is None:
                 evidence[identity] = {space: (log_far, -scores[row], 0, space, faces[row])}

@@ -12,16 +12,13 @@ re-scoring (service.fusion) and capture nothing.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import Face
 from service.migration.capture import CaptureRule, batch_verdicts
 from service.migration.captures import Provenance, store_capture
 from service.migration.fusion import FusedCandidate, SpaceHits
@@ -38,43 +35,9 @@ if TYPE_CHECKING:
     from service.gallery.sync import GallerySync
 
 log = logging.getLogger(__name__)
-LookupFn = Callable[[Sequence[int]], dict[int, GalleryHit]]
-
-
-class VectorCounts:
-    """Vectors per identity in all spaces (an SQL count), cached while the gallery's revision
-    stays (:attr:`service.gallery.sync.GallerySync.revision`: any change to a store, from the
-    change log or written here, starts a new cache), so a request asks SQL only about the
-    identities it is the first to meet since the last change. Thread-safe."""
-
-    MAX_ENTRIES = 100_000  # then it starts again (a bound, not an LRU: the counts are cheap)
-
-    def __init__(self, *, session_factory: sessionmaker[Session], gallery: GallerySync) -> None:
-        self.session_factory = session_factory
-        self.gallery = gallery
-        self._lock = threading.Lock()
-        self._revision: object = None
-        self._counts: dict[int, int] = {}  # 0: no face in SQL
-
-    def __call__(self, identities: set[int]) -> dict[int, int]:
-        """identity -> its vectors, for those of ``identities`` that have any."""
-        revision = self.gallery.revision
-        with self._lock:
-            if revision != self._revision or len(self._counts) > self.MAX_ENTRIES:
-                self._counts, self._revision = {}, revision
-            counts = self._counts
-            missing = sorted(i for i in identities if i not in counts)
-        if missing:
-            with self.session_factory() as session:
-                rows = session.execute(
-                    select(Face.identity_id, func.count())
-                    .where(Face.identity_id.in_(missing))
-                    .group_by(Face.identity_id)
-                ).all()
-            found = {int(i): int(n) for i, n in rows}
-            with self._lock:
-                counts.update((i, found.get(i, 0)) for i in missing)
-        return {i: n for i in identities if (n := counts[i])}
+# face ids -> (their hits, the vectors of each of their identities): one SQL round trip
+# (service.gallery.hits.gallery_hits_counted)
+CountedLookupFn = Callable[[Sequence[int]], tuple[dict[int, GalleryHit], dict[int, int]]]
 
 
 class LiveMigration:
@@ -85,6 +48,7 @@ class LiveMigration:
         *,
         gallery: GallerySync,
         session_factory: sessionmaker[Session],
+        lookup: CountedLookupFn,
         native_space: str,
         rule: CaptureRule,
         capture: bool,
@@ -92,11 +56,11 @@ class LiveMigration:
     ) -> None:
         self.gallery = gallery
         self.session_factory = session_factory
+        self.lookup = lookup
         self.native_space = native_space
         self.rule = rule
         self.capture = capture
         self.on_capture = on_capture or (lambda n: None)
-        self._vector_counts = VectorCounts(session_factory=session_factory, gallery=gallery)
 
     def applies(self, mapping: ActiveMapping) -> bool:
         if mapping.two_way:
@@ -110,7 +74,6 @@ class LiveMigration:
         mapped: MappedFaces,
         mapping: ActiveMapping,
         top_k: int,
-        lookup: LookupFn,
         capture: tuple[bool, str | None],
         observe: Callable[[str, float], None],
     ) -> dict[int, list[Candidate]]:
@@ -123,7 +86,6 @@ class LiveMigration:
             mapped=mapped,
             mapping=mapping,
             top_k=top_k,
-            lookup=lookup,
             capture=capture[0],
             request_id=capture[1],
         )
@@ -139,20 +101,21 @@ class LiveMigration:
         mapped: MappedFaces,
         mapping: ActiveMapping,
         top_k: int,
-        lookup: LookupFn,
         capture: bool,
         request_id: str | None,
     ) -> list[list[Candidate]]:
         """Candidates per row of ``mapped.vectors``; captures when asked and allowed."""
         hits: dict[int, GalleryHit] = {}
+        vectors: dict[int, int] = {}
 
         def identity_of(face_ids: np.ndarray) -> np.ndarray:  # once a request (search_spaces)
             wanted = face_ids.tolist()
-            missing = [i for i in wanted if i >= 0 and i not in hits]
-            if missing:
-                hits.update(lookup(missing))
-            found = [hits.get(i) for i in wanted]
-            return np.asarray([-1 if h is None else h.identity_id for h in found], np.int64)
+            found, counts = self.lookup([i for i in wanted if i >= 0])
+            hits.update(found)
+            vectors.update(counts)
+            return np.asarray(
+                [h.identity_id if (h := hits.get(i)) else -1 for i in wanted], np.int64
+            )
 
         stores = dict(self.gallery.stores)
         query = SpaceQuery(mapped=mapped.vectors, native={self.native_space: mapped.queries_new})
@@ -171,7 +134,7 @@ class LiveMigration:
             calibrations=calibrations,
             old_space=self.gallery.primary_space,
             top_k=max(top_k, 2),
-            vectors_of=self._vector_counts,
+            vectors_of=lambda identities: {i: vectors[i] for i in identities if i in vectors},
         )
         if capture and self.capture:
             faces = sum(s.ntotal for s in stores.values())

@@ -12,7 +12,7 @@ from service.migration.settings import MigrationSettings
 
 if TYPE_CHECKING:
     from service.gallery.sync import GallerySync
-    from service.migration.live import LiveMigration
+    from service.migration.live import CountedLookupFn, LiveMigration
 
 
 def capture_rule_from_settings(settings: MigrationSettings | None = None) -> CaptureRule:
@@ -29,6 +29,7 @@ def live_migration(
     settings: MigrationSettings,
     gallery: GallerySync,
     session_factory: sessionmaker[Session],
+    lookup: CountedLookupFn,
     native_space: str | None,
     on_capture: Callable[[int], None] | None = None,
 ) -> LiveMigration | None:
@@ -40,6 +41,7 @@ def live_migration(
     return LiveMigration(
         gallery=gallery,
         session_factory=session_factory,
+        lookup=lookup,
         native_space=native_space,
         rule=capture_rule_from_settings(settings),
         capture=settings.capture == "confident",

@@ -99,7 +99,7 @@ def fused_candidates(
     spaces: dict[str, ScoreCalibration | None] = {old_space: calibrations.mapped}
     spaces.update(calibrations.native)
     # One count lookup for the whole batch (an SQL round trip in the service), not one a query.
-    wanted = {int(i) for hits in per_query for h in hits for i in h.identities if i >= 0}
+    wanted = {i for hits in per_query for h in hits for i in h.identities.tolist() if i >= 0}
     counts = vectors_of(wanted) if vectors_of is not None and wanted else None
     return [
         fuse(

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 import service.api.auth as auth
 from service.api.state import VerifiedKeys
-from service.gallery.hits import gallery_hits
+from service.gallery.hits import gallery_hits, gallery_hits_counted
 from service.identities import identities_for_faces
 from service.startup import wait_until_started
 
@@ -45,6 +45,32 @@ def test_the_core_lookup_answers_what_the_orm_lookup_does(
             identity.name,
         )
     assert gallery_hits(state.engine, []) == {}
+
+
+def test_the_counted_lookup_adds_each_identitys_vectors_in_all_spaces(
+    client: TestClient, enrolled: Callable[[int], list[int]], keys: dict[str, dict[str, str]]
+) -> None:
+    """gallery_hits_counted (the cross-space ranking's one round trip): the same hits as
+    gallery_hits, and per identity the count a naive scan of every face row gives."""
+    import sqlalchemy as sa
+
+    from service.db.models import Face
+
+    ids = enrolled(3)
+    for seed in (11, 12):  # identity 0: three faces in the old space, three native twins
+        reply = client.post(
+            f"/v1/identities/{ids[0]}/faces", files=[image_part(seed)], headers=keys["enrol"]
+        )
+        assert reply.status_code == 201, reply.text
+    state = wait_until_started(client.app)  # type: ignore[arg-type]
+    with state.session_factory() as session:
+        faces = session.execute(sa.select(Face.id, Face.identity_id)).all()
+    wanted = [faces[0][0], faces[-1][0], 10**6]
+    hits, counts = gallery_hits_counted(state.engine, wanted)
+    assert hits == gallery_hits(state.engine, wanted) and len(hits) == 2
+    naive = {h.identity_id: sum(i == h.identity_id for _, i in faces) for h in hits.values()}
+    assert counts == naive and sorted(naive.values()) != [1, 1]
+    assert gallery_hits_counted(state.engine, []) == ({}, {})
 
 
 def test_a_cached_key_is_verified_without_sql(

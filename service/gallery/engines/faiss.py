@@ -70,7 +70,6 @@ class FaissStore:
         self._ids = IdSet()
         self._deleted: set[int] = set()  # HNSW tombstones: still in the graph, never returned
         self._index: Any = None  # built lazily (IVF needs training data)
-        self.revision = 0  # + 1 on every add or removal (caches of gallery facts key on it)
 
     @classmethod
     def from_settings(
@@ -181,7 +180,6 @@ class FaissStore:
                 self._rebuild_graph_locked()  # an HNSW id coming back: drop its old node first
             self._index.add_with_ids(vectors, ids_arr)
             self._ids.add(ids_arr)
-            self.revision += 1
 
     def _rebuild_graph_locked(self) -> None:
         """HNSW: a new graph from the live nodes (tombstones gone). O(n); rare by design."""
@@ -221,7 +219,6 @@ class FaissStore:
             if removed != ids.shape[0]:
                 raise RuntimeError(f"FAISS removed {removed} of {ids.shape[0]} ids")
         self._ids.discard(ids)
-        self.revision += 1
 
     # ------------------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, *, k: int, with_vectors: bool = False) -> list[Hits]:

@@ -118,7 +118,6 @@ class MilvusStore:
             raise InvalidInput(f"unknown Milvus index type {self.params.index_type!r}")
         self.collection = f"{collection_prefix}_{space_slug(space)}"
         self._dim = dim
-        self.revision = 0  # + 1 on every add or removal from this process
         self.existed = bool(client.has_collection(self.collection))
         if self.existed:
             self._dim = self._stored_dim()
@@ -238,7 +237,6 @@ class MilvusStore:
                 )
             ]
             self.client.upsert(self.collection, rows)
-        self.revision += 1
 
     def remove(self, *, ids: Iterable[int] | np.ndarray) -> int:
         """Delete ``ids`` (unknown ids are ignored); returns how many were present."""
@@ -249,7 +247,6 @@ class MilvusStore:
         for start in range(0, present.shape[0], WRITE_BATCH):
             part = present[start : start + WRITE_BATCH].tolist()
             self.client.delete(self.collection, ids=part)
-        self.revision += 1
         return int(present.size)
 
     def contains_many(self, ids: np.ndarray) -> np.ndarray:
