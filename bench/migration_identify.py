@@ -189,9 +189,8 @@ def _print(best: dict[str, list[float]], *, native: int, gallery: int, requests:
         f"{requests} requests per service (batch 1, capture=false, plain queries, 1 inference "
         f"/ ORT / FAISS thread), gallery {gallery} old-space vectors; two spaces: +{native} native"
     )
-    print(
-        "| service | /v1/identify median (ms) | vs one space off / on | search stage (ms) | vs off / on |"
-    )
+    head = "| service | /v1/identify median (ms) | vs one space off / on "
+    print(head + "| search stage (ms) | vs off / on |")
     print("|---|---|---|---|---|")
     off, on = best[SETUPS[0]], best[SETUPS[1]]
     for name, (wall, stage) in best.items():
