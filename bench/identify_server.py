@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,19 +140,24 @@ def load_gallery(url: str, gallery: Path, transformer: Path) -> tuple[bool, int]
     """Import the legacy gallery and activate the transformer: (two-way?, index vectors)."""
     import httpx
 
-    headers = {"X-API-Key": ADMIN_KEY}
     with httpx.Client(base_url=url, timeout=120) as client:
-        with gallery.open("rb") as fh:
-            client.post(
-                "/v1/gallery/import", files={"file": ("g.npz", fh)}, headers=headers
-            ).raise_for_status()
-        with transformer.open("rb") as fh:
-            uploaded = client.post(
-                "/v1/admin/transformers",
-                files={"file": ("t.onnx", fh)},
-                data={"activate": "true"},
-                headers=headers,
-            )
-        uploaded.raise_for_status()
-        stats = client.get("/v1/gallery/stats", headers=headers).json()
+        return post_gallery(client, gallery, transformer)
+
+
+def post_gallery(client: Any, gallery: Path, transformer: Path) -> tuple[bool, int]:
+    """:func:`load_gallery` through ``client`` (an httpx client or Starlette's TestClient)."""
+    headers = {"X-API-Key": ADMIN_KEY}
+    with gallery.open("rb") as fh:
+        client.post(
+            "/v1/gallery/import", files={"file": ("g.npz", fh)}, headers=headers
+        ).raise_for_status()
+    with transformer.open("rb") as fh:
+        uploaded = client.post(
+            "/v1/admin/transformers",
+            files={"file": ("t.onnx", fh)},
+            data={"activate": "true"},
+            headers=headers,
+        )
+    uploaded.raise_for_status()
+    stats = client.get("/v1/gallery/stats", headers=headers).json()
     return bool(uploaded.json().get("two_way", False)), int(stats["index_vectors"])

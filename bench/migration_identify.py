@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from identify_server import ADMIN_KEY, post_gallery
 
-ADMIN = {"X-API-Key": "bench-admin-key-0123456789abcdef"}
+ADMIN = {"X-API-Key": ADMIN_KEY}
 SETUPS = ("one space, capture off", "one space, capture on", "two spaces (full native)")
 
 
@@ -65,22 +67,6 @@ def _app(workdir: Path, kit: Path, *, capture: str) -> tuple[Any, Any]:
     client.__enter__()
     wait_until_started(app)
     return client, app
-
-
-def _load(client: Any, gallery: Path, transformer: Path) -> None:
-    with gallery.open("rb") as fh:
-        reply = client.post("/v1/gallery/import", files={"file": ("g.npz", fh)}, headers=ADMIN)
-    reply.raise_for_status()
-    with transformer.open("rb") as fh:
-        reply = client.post(
-            "/v1/admin/transformers",
-            files={"file": ("t.onnx", fh)},
-            data={"activate": "true"},
-            headers=ADMIN,
-        )
-    reply.raise_for_status()
-    if reply.json().get("two_way"):
-        raise SystemExit("a two-way transformer keeps its own re-scoring: give a one-way one")
 
 
 def _add_native(app: Any, names: np.ndarray, vectors: np.ndarray) -> int:
@@ -171,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         for n, capture in enumerate(("off", "confident", "off")):
             (work / str(n)).mkdir()
             client, app = _app(work / str(n), kit, capture=capture)
-            _load(client, npz, args.transformer)
+            if post_gallery(client, npz, args.transformer)[0]:
+                raise SystemExit(
+                    "a two-way transformer keeps its own re-scoring: give a one-way one"
+                )
             clients.append(client)
             apps.append(app)
         native = _add_native(apps[2], names, pairs.new[gallery])
