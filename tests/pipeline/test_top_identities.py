@@ -62,7 +62,9 @@ def test_matches_the_naive_walk_over_every_searched_face(seed: int) -> None:
 
 
 def test_one_lookup_of_top_k_faces_when_they_name_distinct_identities() -> None:
-    table = {f: GalleryHit(face_id=f, identity_id=f, external_id=None, name=None) for f in range(60)}
+    table = {
+        f: GalleryHit(face_id=f, identity_id=f, external_id=None, name=None) for f in range(60)
+    }
     ranked = [(np.arange(50, dtype=np.int64), np.linspace(1, 0, 50, dtype=np.float32))]
     lookup = CountingLookup(table)
     found = top_identities(ranked, lookup=lookup, top_k=5)
